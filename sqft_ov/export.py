@@ -1,0 +1,266 @@
+"""Stage 5: export a Hugging Face folder to an OpenVINO IR folder that optimum-intel and genai load as is.
+
+The conversion itself is optimum-intel's (`main_export`: stateful model with KV cache, tokenizer and
+detokenizer IRs, configs), weight compression is NNCF's (`compress_weights` on the OpenVINO model, the
+same step `optimum-cli export openvino` runs) and static W8A8 is optimum-intel's `OVQuantizer`. What this
+module adds is the SQFT guarantee, checked on the written IR: every weight that is exactly zero in the
+source model is exactly zero after dequantizing the IR's constants. The result, with the settings and the
+per-weight sparsity, is recorded in `sqft_export.json` and in the IR's rt_info.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sqft_ov.errors import SqftError
+from sqft_ov.output import atomic_output, check_output
+
+WEIGHT_FORMATS = ("fp16", "int8", "int4", "int8-w8a8")
+FALLBACKS = ("error", "adjust", "ignore")
+PROVENANCE = "sqft_export.json"
+
+
+@dataclass
+class ExportConfig:
+    weight_format: str = "int4"
+    sym: bool = False
+    group_size: int = 128  # INT4 only; -1 means per output channel
+    group_size_fallback: str = "error"
+    calibration: str | None = None  # int8-w8a8 only
+    text_fields: tuple[str, ...] = ()
+    num_samples: int = 128
+    seq_len: int = 512
+    sparse_rate: float | None = None
+    device: str | None = None  # compile the IR there once to check that it loads
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise SqftError(f"unknown --weight-format {self.weight_format!r}: choose {', '.join(WEIGHT_FORMATS)}")
+        if self.group_size_fallback not in FALLBACKS:
+            raise SqftError(f"unknown --group-size-fallback {self.group_size_fallback!r}: choose {', '.join(FALLBACKS)}")
+        if self.group_size == 0 or self.group_size < -1:
+            raise SqftError(f"--group-size must be positive or -1 (per channel), got {self.group_size}")
+        if self.weight_format == "int8-w8a8" and not self.calibration:
+            raise SqftError("--weight-format int8-w8a8 quantizes activations statically: pass --calibration FILE")
+        if self.sparse_rate is not None and not 0 < self.sparse_rate <= 1:
+            raise SqftError(f"--sparse-rate must be in (0, 1], got {self.sparse_rate}")
+
+
+@dataclass
+class ExportReport:
+    output: str
+    source: str
+    fingerprint: str
+    settings: dict
+    weights: dict[str, dict] = field(default_factory=dict)  # name -> storage, zeros in source / IR, kept
+    sparse_decompression: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def source_zeros(self) -> int:
+        return sum(w["source_zeros"] for w in self.weights.values())
+
+    @property
+    def zeros_kept(self) -> int:
+        return sum(w["zeros_kept"] for w in self.weights.values())
+
+    @property
+    def ir_sparsity(self) -> float:
+        return sum(w["ir_zeros"] for w in self.weights.values()) / max(1, sum(w["numel"] for w in self.weights.values()))
+
+
+def _check_group_size(model_dir: Path, config: ExportConfig) -> None:
+    """Fail before the (long) conversion when INT4 groups cannot tile a layer and no fallback is allowed."""
+    from safetensors import safe_open
+
+    if config.weight_format != "int4" or config.group_size == -1 or config.group_size_fallback != "error":
+        return
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                shape = f.get_slice(name).get_shape()
+                # NNCF keeps embeddings and lm_head in INT8 (per channel): only the decoder linears are grouped.
+                if len(shape) == 2 and name.endswith(".weight") and "embed" not in name and "lm_head" not in name \
+                        and shape[1] % config.group_size:
+                    raise SqftError(f"--group-size {config.group_size} does not divide {name} (input size {shape[1]}):"
+                                    " choose a divisor, or pass --group-size-fallback adjust|ignore")
+
+
+def _compress_weights(xml: Path, config: ExportConfig) -> dict:
+    import nncf
+    import openvino as ov
+
+    if config.weight_format == "int8":
+        mode, group = (nncf.CompressWeightsMode.INT8_SYM if config.sym else nncf.CompressWeightsMode.INT8_ASYM), -1
+    else:
+        mode, group = (nncf.CompressWeightsMode.INT4_SYM if config.sym else nncf.CompressWeightsMode.INT4_ASYM), config.group_size
+    params = nncf.AdvancedCompressionParameters(
+        group_size_fallback_mode=nncf.GroupSizeFallbackMode(config.group_size_fallback))
+    model = ov.Core().read_model(xml)
+    try:
+        model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, advanced_parameters=params)
+    except nncf.errors.InvalidGroupSizeError as exc:
+        raise SqftError(f"--group-size {config.group_size} does not divide every layer ({str(exc).splitlines()[0]}):"
+                        " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
+    _save_over(model, xml)
+    return {"nncf_mode": mode.value, "group_size": group}
+
+
+def _quantize_w8a8(ir_dir: Path, model_dir: Path, config: ExportConfig) -> dict:
+    from datasets import Dataset
+    from optimum.intel import OVConfig, OVModelForCausalLM, OVQuantizationConfig, OVQuantizer
+    from transformers import AutoTokenizer
+
+    from sqft_ov.data import load_texts, token_chunks
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                              trust_remote_code=config.trust_remote_code)
+    chunks = token_chunks(tokenizer, load_texts(config.calibration, config.text_fields), config.num_samples, config.seq_len)
+    rows = Dataset.from_dict({"input_ids": [c[0].tolist() for c in chunks],
+                              "attention_mask": [[1] * c.shape[1] for c in chunks]})
+    model = OVModelForCausalLM.from_pretrained(ir_dir, compile=False, trust_remote_code=config.trust_remote_code)
+    qconfig = OVQuantizationConfig(bits=8, sym=True, num_samples=len(chunks))
+    side = ir_dir / ".w8a8"  # the loaded IR is memory-mapped: writing over it in place crashes (SIGBUS)
+    OVQuantizer(model).quantize(calibration_dataset=rows, ov_config=OVConfig(quantization_config=qconfig),
+                                save_directory=side)
+    del model
+    for name in ("openvino_model.xml", "openvino_model.bin", "openvino_config.json"):
+        (side / name).replace(ir_dir / name)
+    shutil.rmtree(side)
+    return {"calibration": str(Path(config.calibration).absolute()), "calibration_samples": len(chunks)}
+
+
+def _save_over(model, xml: Path) -> None:
+    """Write a model over the IR it was read from (the .bin may be memory-mapped, so write aside first)."""
+    import openvino as ov
+
+    tmp = xml.with_name(".sqft." + xml.name)
+    ov.save_model(model, tmp, compress_to_fp16=False)
+    del model
+    tmp.replace(xml)
+    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+
+
+def verify_zeros(ir_dir: Path, model_dir: Path) -> dict[str, dict]:
+    """Per weight: zeros in the source, zeros in the dequantized IR, and how many source zeros stayed zero."""
+    from sqft_ov.ir import iter_ir_weights
+    from sqft_ov.loading import read_tensor, safetensors_index
+
+    index = safetensors_index(model_dir)
+    out = {}
+    for weight in iter_ir_weights(ir_dir):
+        if weight.name not in index:
+            continue  # e.g. a tied lm_head: its source is the embedding, checked under that name
+        source = read_tensor(index, weight.name).float().numpy()
+        if source.shape != weight.values.shape:
+            raise SqftError(f"IR weight {weight.name} has shape {weight.values.shape}, source {source.shape}")
+        source_zero = source == 0
+        ir_zero = weight.values == 0
+        out[weight.name] = {"storage": weight.storage, "numel": int(source.size),
+                            "source_zeros": int(source_zero.sum()), "ir_zeros": int(ir_zero.sum()),
+                            "zeros_kept": int(np.logical_and(source_zero, ir_zero).sum())}
+    if not out:
+        raise SqftError(f"found no weights of the source model in the IR {ir_dir}: the export is unusable")
+    return out
+
+
+def _sparse_decompression(ir_dir: Path, config: ExportConfig) -> dict:
+    from sqft_ov.runtime import SPARSE_RATE, cpu_has_amx, write_runtime_config
+
+    if config.sparse_rate is None:
+        return {}
+    write_runtime_config(ir_dir, {SPARSE_RATE: str(config.sparse_rate)})
+    amx = cpu_has_amx()
+    reasons = []
+    if config.weight_format != "int8-w8a8":
+        reasons.append("it needs INT8 weights with INT8 activations (--weight-format int8-w8a8)")
+    if not amx:
+        reasons.append("this CPU has no AMX")
+    return {"property": SPARSE_RATE, "rate": config.sparse_rate, "cpu_has_amx": amx,
+            "can_engage_here": not reasons, "why_not": "; ".join(reasons)}
+
+
+def _check_compiles(ir_dir: Path, device: str) -> dict:
+    from sqft_ov.runtime import check_device, fully_connected_primitives, run_prefill, runtime_properties
+
+    import openvino as ov
+
+    check_device(device)
+    compiled = ov.Core().compile_model(ir_dir / "openvino_model.xml", device, runtime_properties(ir_dir))
+    result = {"device": device}
+    run_prefill(compiled)
+    if device.upper().startswith("CPU"):
+        primitives = fully_connected_primitives(compiled)
+        result["fully_connected_primitives"] = sorted(set(primitives.values()))
+        result["sparse_kernels"] = sum("sparse" in p for p in primitives.values())
+    return result
+
+
+def export(model_dir: str | Path, output: str | Path, config: ExportConfig | None = None,
+           overwrite: bool = False) -> ExportReport:
+    """Convert, compress, verify and record; OUTPUT appears only when all of it succeeded."""
+    import openvino as ov
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+
+    from sqft_ov import __version__
+    from sqft_ov.loading import check_model_dir, load_config, model_fingerprint
+
+    config = config or ExportConfig()
+    model_dir = check_model_dir(model_dir)
+    load_config(model_dir, config.trust_remote_code)
+    if not any(model_dir.glob("*.safetensors")):
+        raise SqftError(f"{model_dir} has no .safetensors weights: save the model with safe_serialization=True")
+    check_output(output, overwrite)
+    if config.device:
+        from sqft_ov.runtime import check_device
+
+        check_device(config.device)
+    _check_group_size(model_dir, config)
+    if config.calibration and not Path(config.calibration).expanduser().exists():
+        raise SqftError(f"calibration file {config.calibration} does not exist")
+
+    start = time.perf_counter()
+    with atomic_output(output, overwrite) as tmp:
+        # fp16 constants for every format (what optimum-cli does); an explicit OVConfig also stops optimum
+        # from silently compressing models of 1e9+ parameters to INT8 when fp16 was asked for.
+        main_export(str(model_dir), tmp, task="text-generation-with-past", convert_tokenizer=True,
+                    ov_config=OVConfig(dtype="fp16"), trust_remote_code=config.trust_remote_code,
+                    local_files_only=True)
+        xml = tmp / "openvino_model.xml"
+        if not (tmp / "openvino_tokenizer.xml").is_file():
+            raise SqftError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "
+                            "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
+        settings = {"weight_format": config.weight_format}
+        if config.weight_format in ("int4", "int8"):
+            settings |= {"sym": config.sym, "group_size_fallback": config.group_size_fallback}
+            settings |= _compress_weights(xml, config)
+        elif config.weight_format == "int8-w8a8":
+            settings |= _quantize_w8a8(tmp, model_dir, config)
+        report = ExportReport(output=str(Path(output).absolute()), source=str(model_dir),
+                              fingerprint=model_fingerprint(model_dir), settings=settings)
+        report.weights = verify_zeros(tmp, model_dir)
+        lost = {k: w["source_zeros"] - w["zeros_kept"] for k, w in report.weights.items()
+                if w["zeros_kept"] != w["source_zeros"]}
+        if lost:
+            raise SqftError(f"{sum(lost.values())} source zeros became nonzero in the IR (e.g. {next(iter(lost))}): "
+                            "the export is not sparsity-preserving; please report this with the command used")
+        report.sparse_decompression = _sparse_decompression(tmp, config)
+        model = ov.Core().read_model(xml)
+        model.set_rt_info(json.dumps({"sqft_ov_version": __version__, "source": report.source,
+                                      "fingerprint": report.fingerprint, "settings": settings,
+                                      "ir_sparsity": report.ir_sparsity}), ["sqft_ov", "provenance"])
+        _save_over(model, xml)
+        if config.device:
+            report.settings["compiled_on"] = _check_compiles(tmp, config.device)
+        report.seconds = time.perf_counter() - start
+        (tmp / PROVENANCE).write_text(json.dumps({**asdict(report), "sqft_ov_version": __version__,
+                                                  "openvino_version": ov.get_version()}, indent=2))
+    return report
