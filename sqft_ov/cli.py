@@ -26,6 +26,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # we draw our own progress with rich
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("torchao", "torch.utils._pytree", "nncf", "optimum", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import warnings
@@ -80,14 +82,16 @@ def tiny_model(
     heads: int = typer.Option(4, help="Attention heads."),
     kv_heads: int = typer.Option(2, help="Key/value heads (grouped-query attention)."),
     vocab: int = typer.Option(1024, help="BPE vocabulary size."),
+    max_positions: int = typer.Option(512, help="Longest sequence (rotary embedding range)."),
     seed: int = typer.Option(0, help="Seed for the weights and the tokenizer corpus."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 weights."),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
 ) -> None:
     """Build a tiny random causal LM with a locally trained tokenizer: no download needed."""
     from sqft_ov.tiny import TinyModelConfig, build_tiny_model
 
     cfg = TinyModelConfig(arch=arch, layers=layers, hidden=hidden, intermediate=intermediate, heads=heads,
-                          kv_heads=kv_heads, vocab=vocab, seed=seed)
+                          kv_heads=kv_heads, vocab=vocab, max_positions=max_positions, seed=seed, dtype=dtype)
     path = build_tiny_model(output, cfg, overwrite)
     console.print(f"tiny {arch} model written to {path}")
 

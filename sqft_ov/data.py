@@ -21,6 +21,8 @@ def load_table(path: str | Path):
     path = Path(path).expanduser()
     if not path.exists():
         raise SqftError(f"data file {path} does not exist: pass a local .txt/.json/.jsonl/.csv/.parquet file")
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a read error is re-raised below as one line
     try:
         if path.is_dir():
             table = datasets.load_from_disk(str(path))
@@ -36,6 +38,8 @@ def load_table(path: str | Path):
     except Exception as exc:  # datasets raises many types for unreadable files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SqftError(f"cannot read data file {path}: {first}") from exc
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def load_texts(path: str | Path, text_fields: Sequence[str] = ()) -> list[str]:

@@ -5,7 +5,8 @@ detokenizer IRs, configs), weight compression is NNCF's (`compress_weights` on t
 same step `optimum-cli export openvino` runs) and static W8A8 is optimum-intel's `OVQuantizer`. What this
 module adds is the SQFT guarantee, checked on the written IR: every weight that is exactly zero in the
 source model is exactly zero after dequantizing the IR's constants. The result, with the settings and the
-per-weight sparsity, is recorded in `sqft_export.json` and in the IR's rt_info.
+per-weight sparsity, is recorded in `sqft_export.json` beside the IR (INT4/INT8 IRs also carry the source
+and settings in their rt_info).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _check_group_size(model_dir: Path, config: ExportConfig) -> None:
                                     " choose a divisor, or pass --group-size-fallback adjust|ignore")
 
 
-def _compress_weights(xml: Path, config: ExportConfig) -> dict:
+def _compress_weights(xml: Path, config: ExportConfig, provenance: dict) -> dict:
     import nncf
     import openvino as ov
 
@@ -109,8 +110,11 @@ def _compress_weights(xml: Path, config: ExportConfig) -> dict:
     except nncf.errors.InvalidGroupSizeError as exc:
         raise SqftError(f"--group-size {config.group_size} does not divide every layer ({str(exc).splitlines()[0]}):"
                         " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
+    settings = {"nncf_mode": mode.value, "group_size": group}
+    # The IR is written here anyway: stamp where it came from into it (rt_info travels with the .xml).
+    model.set_rt_info(json.dumps({**provenance, "settings": settings}), ["sqft_ov", "provenance"])
     _save_over(model, xml)
-    return {"nncf_mode": mode.value, "group_size": group}
+    return settings
 
 
 def _quantize_w8a8(ir_dir: Path, model_dir: Path, config: ExportConfig) -> dict:
@@ -239,13 +243,15 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
             raise SqftError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "
                             "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
         settings = {"weight_format": config.weight_format}
+        fingerprint = model_fingerprint(model_dir)
         if config.weight_format in ("int4", "int8"):
             settings |= {"sym": config.sym, "group_size_fallback": config.group_size_fallback}
-            settings |= _compress_weights(xml, config)
+            provenance = {"sqft_ov_version": __version__, "source": str(model_dir), "fingerprint": fingerprint}
+            settings |= _compress_weights(xml, config, provenance)
         elif config.weight_format == "int8-w8a8":
             settings |= _quantize_w8a8(tmp, model_dir, config)
         report = ExportReport(output=str(Path(output).absolute()), source=str(model_dir),
-                              fingerprint=model_fingerprint(model_dir), settings=settings)
+                              fingerprint=fingerprint, settings=settings)
         report.weights = verify_zeros(tmp, model_dir)
         lost = {k: w["source_zeros"] - w["zeros_kept"] for k, w in report.weights.items()
                 if w["zeros_kept"] != w["source_zeros"]}
@@ -253,11 +259,6 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
             raise SqftError(f"{sum(lost.values())} source zeros became nonzero in the IR (e.g. {next(iter(lost))}): "
                             "the export is not sparsity-preserving; please report this with the command used")
         report.sparse_decompression = _sparse_decompression(tmp, config)
-        model = ov.Core().read_model(xml)
-        model.set_rt_info(json.dumps({"sqft_ov_version": __version__, "source": report.source,
-                                      "fingerprint": report.fingerprint, "settings": settings,
-                                      "ir_sparsity": report.ir_sparsity}), ["sqft_ov", "provenance"])
-        _save_over(model, xml)
         if config.device:
             report.settings["compiled_on"] = _check_compiles(tmp, config.device)
         report.seconds = time.perf_counter() - start

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-_TORCH_NAME = re.compile(r"^__module\.(.+?)/aten::(linear|embedding|matmul)/")
+_TORCH_NAME = re.compile(r"^__module\.(.+?)/(?:aten|ov_ext)::(?:linear|embedding|matmul)/")  # ov_ext: 16-bit sources
 _FLOAT = {"f32": np.float32, "f16": np.float16, "f64": np.float64}
 
 

@@ -35,6 +35,7 @@ class TinyModelConfig:
     vocab: int = 1024
     max_positions: int = 512
     seed: int = 0
+    dtype: str = "float32"  # weights as saved: float32, bfloat16 or float16
 
 
 def sample_corpus(n_lines: int = 2000, seed: int = 0) -> list[str]:
@@ -99,6 +100,8 @@ def _check(cfg: TinyModelConfig) -> None:
     if cfg.hidden % cfg.heads or cfg.heads % cfg.kv_heads:
         raise SqftError(f"--hidden ({cfg.hidden}) must be divisible by --heads ({cfg.heads}) and --heads by "
                         f"--kv-heads ({cfg.kv_heads})")
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise SqftError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
     if cfg.vocab < 300:
         raise SqftError("--vocab must be at least 300 (256 byte tokens, special tokens and some merges)")
 
@@ -119,7 +122,7 @@ def build_tiny_model(output: str | Path, config: TinyModelConfig | None = None, 
         model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                    eos_token_id=tokenizer.eos_token_id,
                                                    pad_token_id=tokenizer.pad_token_id)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.to(getattr(torch, cfg.dtype)).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "sqft_tiny_model.json").write_text(json.dumps(asdict(cfg), indent=2))
     return Path(output).absolute()

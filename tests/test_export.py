@@ -52,8 +52,10 @@ def test_every_source_zero_is_zero_in_the_ir(exported, sparse_models, arch, fmt)
     assert record["settings"]["weight_format"] == fmt
     assert all(w["zeros_kept"] == w["source_zeros"] for w in record["weights"].values())
     assert sum(w["source_zeros"] for w in record["weights"].values()) == source_zeros
-    rt = ov.Core().read_model(ir / "openvino_model.xml").get_rt_info(["sqft_ov", "provenance"]).astype(str)
-    assert json.loads(rt)["source"] == str(sparse_models[arch])
+    assert record["source"] == str(sparse_models[arch]) and len(record["fingerprint"]) == 64
+    if fmt != "fp16":
+        rt = ov.Core().read_model(ir / "openvino_model.xml").get_rt_info(["sqft_ov", "provenance"]).astype(str)
+        assert json.loads(rt)["fingerprint"] == record["fingerprint"]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -159,3 +161,15 @@ def test_a_failing_export_leaves_no_output(sparse_models, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="half-way"):
         export(sparse_models["qwen2"], tmp_path / "out", ExportConfig(weight_format="int8"))
     assert list(tmp_path.iterdir()) == []  # neither OUTPUT nor the temporary folder beside it
+
+
+def test_bf16_source_keeps_zeros(tmp_path):
+    """Real checkpoints are often bf16; optimum traces those through its own `ov_ext::linear` ops."""
+    from sqft_ov.sparsify import SparsityConfig, sparsify_folder
+    from sqft_ov.tiny import TinyModelConfig, build_tiny_model
+
+    base = build_tiny_model(tmp_path / "bf16", TinyModelConfig(layers=1, dtype="bfloat16"))
+    sparsify_folder(base, tmp_path / "sparse", SparsityConfig("magnitude", pattern="2:4"))
+    report = export(tmp_path / "sparse", tmp_path / "ir", ExportConfig(weight_format="int4", group_size=64))
+    assert len(report.weights) == 9 and report.source_zeros > 0
+    assert report.zeros_kept == report.source_zeros
