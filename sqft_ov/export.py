@@ -17,21 +17,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from sqft_ov.errors import SqftError
+from sqft_ov.ir import save_over
 from sqft_ov.output import atomic_output, check_output
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4", "int8-w8a8")
 FALLBACKS = ("error", "adjust", "ignore")
 PROVENANCE = "sqft_export.json"
+_OPTIMUM_DTYPE = {"fp16": "fp16", "int8": "int8", "int4": "int4", "int8-w8a8": "int8"}
 
 
 @dataclass
 class ExportConfig:
     weight_format: str = "int4"
-    sym: bool = False
-    group_size: int = 128  # INT4 only; -1 means per output channel
+    sym: bool | None = None  # default: asymmetric (or the trained grid's, for a merged QA-SparsePEFT folder)
+    group_size: int | None = None  # INT4 only; -1 means per output channel; default 128 (or the trained grid's)
     group_size_fallback: str = "error"
     calibration: str | None = None  # int8-w8a8 only
     text_fields: tuple[str, ...] = ()
@@ -46,7 +46,7 @@ class ExportConfig:
             raise SqftError(f"unknown --weight-format {self.weight_format!r}: choose {', '.join(WEIGHT_FORMATS)}")
         if self.group_size_fallback not in FALLBACKS:
             raise SqftError(f"unknown --group-size-fallback {self.group_size_fallback!r}: choose {', '.join(FALLBACKS)}")
-        if self.group_size == 0 or self.group_size < -1:
+        if self.group_size is not None and (self.group_size == 0 or self.group_size < -1):
             raise SqftError(f"--group-size must be positive or -1 (per channel), got {self.group_size}")
         if self.weight_format == "int8-w8a8" and not self.calibration:
             raise SqftError("--weight-format int8-w8a8 quantizes activations statically: pass --calibration FILE")
@@ -58,7 +58,6 @@ class ExportConfig:
 class ExportReport:
     output: str
     source: str
-    fingerprint: str
     settings: dict
     weights: dict[str, dict] = field(default_factory=dict)  # name -> storage, zeros in source / IR, kept
     sparse_decompression: dict = field(default_factory=dict)
@@ -81,7 +80,8 @@ def _check_group_size(model_dir: Path, config: ExportConfig) -> None:
     """Fail before the (long) conversion when INT4 groups cannot tile a layer and no fallback is allowed."""
     from safetensors import safe_open
 
-    if config.weight_format != "int4" or config.group_size == -1 or config.group_size_fallback != "error":
+    group_size = config.group_size or 128
+    if config.weight_format != "int4" or group_size == -1 or config.group_size_fallback != "error":
         return
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(file, framework="pt") as f:
@@ -89,8 +89,8 @@ def _check_group_size(model_dir: Path, config: ExportConfig) -> None:
                 shape = f.get_slice(name).get_shape()
                 # NNCF keeps embeddings and lm_head in INT8 (per channel): only the decoder linears are grouped.
                 if len(shape) == 2 and name.endswith(".weight") and "embed" not in name and "lm_head" not in name \
-                        and shape[1] % config.group_size:
-                    raise SqftError(f"--group-size {config.group_size} does not divide {name} (input size {shape[1]}):"
+                        and shape[1] % group_size:
+                    raise SqftError(f"--group-size {group_size} does not divide {name} (input size {shape[1]}):"
                                     " choose a divisor, or pass --group-size-fallback adjust|ignore")
 
 
@@ -101,19 +101,20 @@ def _compress_weights(xml: Path, config: ExportConfig, provenance: dict) -> dict
     if config.weight_format == "int8":
         mode, group = (nncf.CompressWeightsMode.INT8_SYM if config.sym else nncf.CompressWeightsMode.INT8_ASYM), -1
     else:
-        mode, group = (nncf.CompressWeightsMode.INT4_SYM if config.sym else nncf.CompressWeightsMode.INT4_ASYM), config.group_size
+        mode = nncf.CompressWeightsMode.INT4_SYM if config.sym else nncf.CompressWeightsMode.INT4_ASYM
+        group = config.group_size or 128
     params = nncf.AdvancedCompressionParameters(
         group_size_fallback_mode=nncf.GroupSizeFallbackMode(config.group_size_fallback))
     model = ov.Core().read_model(xml)
     try:
         model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, advanced_parameters=params)
     except nncf.errors.InvalidGroupSizeError as exc:
-        raise SqftError(f"--group-size {config.group_size} does not divide every layer ({str(exc).splitlines()[0]}):"
+        raise SqftError(f"--group-size {group} does not divide every layer ({str(exc).splitlines()[0]}):"
                         " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
     settings = {"nncf_mode": mode.value, "group_size": group}
     # The IR is written here anyway: stamp where it came from into it (rt_info travels with the .xml).
     model.set_rt_info(json.dumps({**provenance, "settings": settings}), ["sqft_ov", "provenance"])
-    _save_over(model, xml)
+    save_over(model, xml)
     return settings
 
 
@@ -141,19 +142,48 @@ def _quantize_w8a8(ir_dir: Path, model_dir: Path, config: ExportConfig) -> dict:
     return {"calibration": str(Path(config.calibration).absolute()), "calibration_samples": len(chunks)}
 
 
-def _save_over(model, xml: Path) -> None:
-    """Write a model over the IR it was read from (the .bin may be memory-mapped, so write aside first)."""
-    import openvino as ov
+def _check_grid(grid: dict, config: ExportConfig) -> None:
+    """A merged QA-SparsePEFT folder already holds INT4 values: refuse anything that would re-quantize them."""
+    if config.weight_format != "int4":
+        raise SqftError(f"this model was merged onto a trained INT4 grid: export it with --weight-format int4 "
+                        f"(--weight-format {config.weight_format} would re-quantize the merged weights)")
+    if config.group_size not in (None, grid["group_size"]):
+        raise SqftError(f"--group-size {config.group_size} conflicts with the trained INT4 grid's group size "
+                        f"{grid['group_size']}: drop --group-size")
+    if config.sym is not None and config.sym != grid["sym"]:
+        raise SqftError(f"--{'sym' if config.sym else 'asym'} conflicts with the trained INT4 grid "
+                        f"({'sym' if grid['sym'] else 'asym'}metric): drop the flag")
 
-    tmp = xml.with_name(".sqft." + xml.name)
-    ov.save_model(model, tmp, compress_to_fp16=False)
-    del model
-    tmp.replace(xml)
-    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+
+def _export_on_grid(model_dir: Path, out: Path, grid: dict, grids: dict, config: ExportConfig) -> dict:
+    """Write the merged weights' own INT4 codes: NNCF quantizers set to the saved grid, stripped to packed INT4.
+
+    The weights already lie on the grid, so quantizing them with it reproduces their codes exactly; optimum's
+    `export_from_model` then keeps the packed INT4 tensors bit for bit.
+    """
+    import nncf
+    import torch
+    from optimum.exporters.openvino.convert import export_from_model, export_tokenizer
+
+    from sqft_ov.loading import load_causal_lm
+    from sqft_ov.qa_lora import compress_with_lora, load_grid
+
+    model, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=torch.float32)
+    model = compress_with_lora(model, grid["sym"], grid["group_size"], rank=1, nls=False, masked=False)
+    load_grid(model, grids)
+    example = {"input_ids": torch.ones(1, 8, dtype=torch.long)}
+    model = nncf.strip(model, do_copy=False, strip_format=nncf.StripFormat.DQ, example_input=example)
+    export_from_model(model, out, task="text-generation-with-past", preprocessors=[tokenizer],
+                      trust_remote_code=config.trust_remote_code)
+    export_tokenizer(tokenizer, out, task="text-generation-with-past")
+    return {"nncf_mode": "int4_sym" if grid["sym"] else "int4_asym", "group_size": grid["group_size"],
+            "sym": grid["sym"], "trained_int4_grid": True}
 
 
 def verify_zeros(ir_dir: Path, model_dir: Path) -> dict[str, dict]:
     """Per weight: zeros in the source, zeros in the dequantized IR, and how many source zeros stayed zero."""
+    import torch
+
     from sqft_ov.ir import iter_ir_weights
     from sqft_ov.loading import read_tensor, safetensors_index
 
@@ -162,14 +192,16 @@ def verify_zeros(ir_dir: Path, model_dir: Path) -> dict[str, dict]:
     for weight in iter_ir_weights(ir_dir):
         if weight.name not in index:
             continue  # e.g. a tied lm_head: its source is the embedding, checked under that name
-        source = read_tensor(index, weight.name).float().numpy()
-        if source.shape != weight.values.shape:
-            raise SqftError(f"IR weight {weight.name} has shape {weight.values.shape}, source {source.shape}")
+        source = read_tensor(index, weight.name)
+        if tuple(source.shape) != weight.values.shape:
+            raise SqftError(f"IR weight {weight.name} has shape {weight.values.shape}, source {tuple(source.shape)}")
+        # Compared in torch, in each side's own dtype: numpy's float16 ops are slow, and no f32 copy is needed.
         source_zero = source == 0
-        ir_zero = weight.values == 0
-        out[weight.name] = {"storage": weight.storage, "numel": int(source.size),
-                            "source_zeros": int(source_zero.sum()), "ir_zeros": int(ir_zero.sum()),
-                            "zeros_kept": int(np.logical_and(source_zero, ir_zero).sum())}
+        ir_zero = torch.from_numpy(weight.values) == 0
+        out[weight.name] = {"storage": weight.storage, "numel": source.numel(),
+                            "source_zeros": int(torch.count_nonzero(source_zero)),
+                            "ir_zeros": int(torch.count_nonzero(ir_zero)),
+                            "zeros_kept": int(torch.count_nonzero(source_zero & ir_zero))}
     if not out:
         raise SqftError(f"found no weights of the source model in the IR {ir_dir}: the export is unusable")
     return out
@@ -215,7 +247,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     from optimum.intel import OVConfig
 
     from sqft_ov import __version__
-    from sqft_ov.loading import check_model_dir, load_config, model_fingerprint
+    from sqft_ov.loading import check_model_dir, load_config
 
     config = config or ExportConfig()
     model_dir = check_model_dir(model_dir)
@@ -227,31 +259,39 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         from sqft_ov.runtime import check_device
 
         check_device(config.device)
-    _check_group_size(model_dir, config)
+    from sqft_ov.merge import read_grid
+
+    trained = read_grid(model_dir)
+    if trained is not None:
+        _check_grid(trained[0], config)
+    else:
+        _check_group_size(model_dir, config)
     if config.calibration and not Path(config.calibration).expanduser().exists():
         raise SqftError(f"calibration file {config.calibration} does not exist")
 
     start = time.perf_counter()
     with atomic_output(output, overwrite) as tmp:
-        # fp16 constants for every format (what optimum-cli does); an explicit OVConfig also stops optimum
-        # from silently compressing models of 1e9+ parameters to INT8 when fp16 was asked for.
-        main_export(str(model_dir), tmp, task="text-generation-with-past", convert_tokenizer=True,
-                    ov_config=OVConfig(dtype="fp16"), trust_remote_code=config.trust_remote_code,
-                    local_files_only=True)
+        # The dtype optimum-cli passes for each format (it decides the loading precision: 16-bit checkpoints
+        # stay 16-bit); an explicit OVConfig also stops optimum from silently compressing models of 1e9+
+        # parameters to INT8 when fp16 was asked for.
+        settings = {"weight_format": config.weight_format}
+        if trained is not None:
+            settings |= _export_on_grid(model_dir, tmp, *trained, config)
+        else:
+            main_export(str(model_dir), tmp, task="text-generation-with-past", convert_tokenizer=True,
+                        ov_config=OVConfig(dtype=_OPTIMUM_DTYPE[config.weight_format]),
+                        trust_remote_code=config.trust_remote_code, local_files_only=True)
         xml = tmp / "openvino_model.xml"
         if not (tmp / "openvino_tokenizer.xml").is_file():
             raise SqftError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "
                             "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
-        settings = {"weight_format": config.weight_format}
-        fingerprint = model_fingerprint(model_dir)
-        if config.weight_format in ("int4", "int8"):
-            settings |= {"sym": config.sym, "group_size_fallback": config.group_size_fallback}
-            provenance = {"sqft_ov_version": __version__, "source": str(model_dir), "fingerprint": fingerprint}
+        if trained is None and config.weight_format in ("int4", "int8"):
+            settings |= {"sym": bool(config.sym), "group_size_fallback": config.group_size_fallback}
+            provenance = {"sqft_ov_version": __version__, "source": str(model_dir)}
             settings |= _compress_weights(xml, config, provenance)
         elif config.weight_format == "int8-w8a8":
             settings |= _quantize_w8a8(tmp, model_dir, config)
-        report = ExportReport(output=str(Path(output).absolute()), source=str(model_dir),
-                              fingerprint=fingerprint, settings=settings)
+        report = ExportReport(output=str(Path(output).absolute()), source=str(model_dir), settings=settings)
         report.weights = verify_zeros(tmp, model_dir)
         lost = {k: w["source_zeros"] - w["zeros_kept"] for k, w in report.weights.items()
                 if w["zeros_kept"] != w["source_zeros"]}

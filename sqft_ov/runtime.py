@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from sqft_ov.errors import SqftError
+from sqft_ov.ir import save_over
 
 RUNTIME_CONFIG = "runtime_config.json"
 SPARSE_RATE = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
@@ -61,11 +62,7 @@ def write_runtime_config(ir_dir: str | Path, properties: dict[str, str]) -> None
     model = ov.Core().read_model(xml)
     for key, value in merged.items():
         model.set_rt_info(value, ["runtime_options", key])
-    tmp = ir_dir / ".openvino_model.rt.xml"
-    ov.save_model(model, tmp, compress_to_fp16=False)
-    del model
-    tmp.replace(xml)
-    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+    save_over(model, xml)
 
 
 def runtime_properties(ir_dir: str | Path, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -79,3 +79,23 @@ def test_bad_input(case, tmp_path, sparse_models, calibration_txt):
     if case != "output-exists":
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_a_killed_export_leaves_no_output(tmp_path, sparse_models):
+    """SIGKILL mid-run: OUTPUT must not exist (only a hidden temporary folder may remain beside it)."""
+    import signal
+    import time
+
+    out = tmp_path / "ir"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sqft_ov.cli", "export", str(sparse_models["llama"]), str(out),
+                             "--weight-format", "int4", "--group-size", "64"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".ir.tmp-") for p in tmp_path.iterdir()):
+        time.sleep(0.05)  # wait until the export has started writing
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the export finished before it could be killed"
+    assert not out.exists()
