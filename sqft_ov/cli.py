@@ -126,8 +126,8 @@ def export(
     model: Path = typer.Argument(..., help="Hugging Face model folder."),
     output: Path = typer.Argument(..., help="Folder for the OpenVINO IR."),
     weight_format: str = typer.Option("int4", help="fp16 | int8 | int4 | int8-w8a8"),
-    sym: bool = typer.Option(False, "--sym/--asym", help="Symmetric (no zero point) or asymmetric INT weights."),
-    group_size: int = typer.Option(128, help="INT4 group size along the input dimension; -1 per channel."),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric (no zero point) or asymmetric (default) INT weights."),
+    group_size: Optional[int] = typer.Option(None, help="INT4 group size along the input dimension; -1 per channel. [default: 128, or a merged model's trained grid]"),
     group_size_fallback: str = typer.Option("error", help="error | adjust | ignore: for layers the group size does not divide."),
     calibration: Optional[Path] = typer.Option(None, help="Text data for int8-w8a8 static quantization."),
     text_field: list[str] = typer.Option([], help="Field(s) holding the calibration text."),
@@ -153,6 +153,131 @@ def export(
 
 
 @app.command()
+def finetune(
+    model: Path = typer.Argument(..., help="Base model folder (e.g. the output of sparsify)."),
+    data: Path = typer.Argument(..., help="Training data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
+    output: Path = typer.Argument(..., help="Folder for the trained adapter."),
+    method: str = typer.Option("sparsepeft", help="lora | sparsepeft | qa-sparsepeft"),
+    rank: int = typer.Option(16, help="LoRA rank (without --nls)."),
+    nls: bool = typer.Option(False, help="Elastic ranks (Neural Low-rank adapter Search)."),
+    rank_space: str = typer.Option("32 24 16", help="Ranks NLS samples from, e.g. --rank-space 32 24 16."),
+    target_modules: str = typer.Option("q_proj k_proj v_proj up_proj down_proj",  # finetune.DEFAULT_TARGETS
+                                       help="Linear layers that get adapters."),
+    int4: Optional[bool] = typer.Option(None, "--int4-sym/--int4-asym", help="INT4 grid (qa-sparsepeft: default asym; lora: QLoRA-style base)."),
+    group_size: int = typer.Option(64, help="INT4 group size."),
+    prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
+    response_field: str = typer.Option("response", help="Field with the response (the loss is on it only)."),
+    chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
+    max_length: int = typer.Option(512, help="Longest tokenized example."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [default: 2 x the (maximum) rank]."),
+    epochs: float = typer.Option(1.0, help="Training epochs."),
+    max_steps: int = typer.Option(-1, help="Stop after this many optimizer steps (overrides --epochs)."),
+    lr: float = typer.Option(3e-4, help="Learning rate."),
+    batch_size: int = typer.Option(4, help="Examples per device and step."),
+    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    seed: int = typer.Option(42, help="Seed for data order, NLS sampling and initialisation."),
+    eval_split: float = typer.Option(0.1, help="Share of the data held out for validation."),
+    save_steps: int = typer.Option(50, help="Checkpoint every N steps (for --resume)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint of an interrupted run."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+) -> None:
+    """Train mergeable adapters: LoRA, SparsePEFT or QA-SparsePEFT, optionally with NLS."""
+    from sqft_ov.finetune import FinetuneConfig
+    from sqft_ov.finetune import finetune as run_finetune
+    from sqft_ov.sft_data import SFTFormat
+
+    config = FinetuneConfig(
+        method=method, rank=rank, nls=nls, rank_space=_ints(rank_space, "--rank-space"),
+        target_modules=tuple(target_modules.replace(",", " ").split()),
+        int4=None if int4 is None else ("sym" if int4 else "asym"), group_size=group_size, lora_alpha=lora_alpha,
+        data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), epochs=epochs,
+        max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed, eval_split=eval_split,
+        save_steps=save_steps, trust_remote_code=trust_remote_code)
+    result = run_finetune(model, data, output, config, resume=resume, overwrite=overwrite,
+                          show_progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) == 0:
+        table = Table(title=f"{method}{' + NLS' if nls else ''} adapter: {result.output}")
+        table.add_column("field")
+        table.add_column("value")
+        table.add_row("steps", str(result.steps))
+        if result.train_loss:
+            table.add_row("train loss (first -> last)", f"{result.train_loss[0]:.4f} -> {result.train_loss[-1]:.4f}")
+        table.add_row("validation loss", "-" if result.eval_loss is None else f"{result.eval_loss:.4f}")
+        console.print(table)
+
+
+@app.command()
+def search(
+    output: Path = typer.Argument(..., help="An NLS adapter folder written by finetune --nls."),
+    strategy: str = typer.Option("hill-climb", help="max | median | min | most-activated | min-loss | hill-climb"),
+    validation: Optional[Path] = typer.Option(None, help="Validation data [default: the held-out split of the training data]."),
+    budget: int = typer.Option(20, help="Most sub-adapters hill-climb evaluates."),
+    save: Path = typer.Option(..., help="Where to write the chosen configuration (CONFIG.json)."),
+    base: Optional[Path] = typer.Option(None, help="The base model, if it moved since training."),
+) -> None:
+    """Pick one rank per decoder block from an NLS super-adapter."""
+    from sqft_ov.search import search as run_search
+
+    result = run_search(output, strategy, validation, budget, base)
+    record = __import__("json").loads((Path(output) / "sqft_adapter.json").read_text())
+    result.save(save, record["rank_space"])
+    loss = "" if result.validation_loss is None else f", validation loss {result.validation_loss:.4f}"
+    console.print(f"{strategy}: ranks {result.ranks}{loss} ({len(result.evaluated)} evaluated) -> {save}")
+
+
+@app.command()
+def merge(
+    output: Path = typer.Argument(..., help="Adapter folder written by finetune."),
+    merged: Path = typer.Argument(..., help="Folder for the merged model (Hugging Face layout)."),
+    sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search (NLS adapters)."),
+    base: Optional[Path] = typer.Option(None, help="The base model, if it moved since training."),
+    overwrite: bool = typer.Option(False, help="Replace MERGED if it exists."),
+) -> None:
+    """Merge the adapter into the weights at target precision (sparse float, or the trained INT4 grid)."""
+    from sqft_ov.merge import merge as run_merge
+
+    report = run_merge(output, merged, sub_adapter, overwrite, base)
+    if report.method == "lora" and report.base_zeros:
+        err_console.print(f"[yellow]warning:[/yellow] plain LoRA filled the base's zeros: only "
+                          f"{report.zeros_kept_share:.2%} of them are left (use sparsepeft to keep them)")
+    table = Table(title=f"merged {report.method}: {report.output}")
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("precision", report.precision)
+    table.add_row("ranks", str(report.ranks) if report.ranks else "fixed")
+    table.add_row("base zeros kept", f"{report.base_zeros_kept}/{report.base_zeros} ({report.zeros_kept_share:.2%})")
+    table.add_row("max |logit| trained vs merged", f"{report.max_logit_diff:.3g}")
+    console.print(table)
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        raise SqftError(f"{flag} takes whole numbers, e.g. {flag} 32 24 16") from None
+
+
+_LIST_OPTIONS = ("--rank-space", "--target-modules")
+
+
+def _fold_list_options(argv: list[str]) -> list[str]:
+    """`--rank-space 32 24 16` -> `--rank-space "32 24 16"`: the values run up to the next option."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] in _LIST_OPTIONS:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("-"):
+                j += 1
+            out.append(" ".join(argv[i + 1:j]))
+            i = j
+            continue
+        i += 1
+    return out
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("sqft-ov-demo"), help="Folder for the demo's models and IR."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
@@ -171,7 +296,7 @@ def demo(
 def main() -> None:
     _quiet_libraries()
     try:
-        app()
+        app(args=_fold_list_options(sys.argv[1:]), prog_name="sqft-ov")
     except SqftError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -1,0 +1,116 @@
+"""Fine-tuning cost of each adapter method: step time and peak memory, as ratios to plain PEFT LoRA.
+
+One model (a locally built Llama, Wanda 50 %), one data set (generated arithmetic problems), one command
+per method run in its own process (`sqft-ov finetune`), the methods repeated in alternating order. Step
+time is Trainer's train_runtime / steps (set-up and saving excluded); peak RSS is the process tree's
+ru_maxrss. Goals (issue 3): qa-sparsepeft <= 1.5x LoRA step time and <= 1.3x its peak memory.
+
+    python benchmarks/train.py            # ~150M-parameter Llama, ~10 min on 2 cores
+    python benchmarks/train.py --small    # a quick check that it all runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIUM = dict(arch="llama", layers=8, hidden=1024, intermediate=2816, heads=16, kv_heads=4, vocab=8192)
+SMALL = dict(arch="llama", layers=2, hidden=256, intermediate=512, heads=4, kv_heads=2, vocab=1024)
+METHODS = {
+    "lora": ["--method", "lora", "--rank", "16"],
+    "sparsepeft": ["--method", "sparsepeft", "--rank", "16"],
+    "qa-sparsepeft": ["--method", "qa-sparsepeft", "--rank", "16"],
+    "qa-sparsepeft+nls": ["--method", "qa-sparsepeft", "--nls", "--rank-space", "16", "12", "8"],
+    "sparsepeft+nls": ["--method", "sparsepeft", "--nls", "--rank-space", "16", "12", "8"],
+}
+
+
+def run(cmd: list[str]) -> dict:
+    """One command in its own process: wall seconds and peak RSS (MiB). This process stays small, because
+    a child's ru_maxrss starts from its parent's RSS at fork."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
+    return {"seconds": time.perf_counter() - start, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def cli(*args) -> list[str]:
+    return [sys.executable, "-m", "sqft_ov.cli", *map(str, args)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--small", action="store_true")
+    args = parser.parse_args()
+    shape, name = (SMALL, "small") if args.small else (MEDIUM, "llama-150m")
+    work = args.work / f"train-{name}"
+    work.mkdir(parents=True, exist_ok=True)
+    base, sparse, data, calibration = work / "base", work / "sparse", work / "sft.jsonl", work / "calib.txt"
+    rng = random.Random(0)
+    rows = []
+    for _ in range(256):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        rows.append({"prompt": f"Ana has {a} apples and buys {b} more. How many apples does she have now?",
+                     "response": f"She has {a} + {b} = {a + b} apples. #### {a + b}"})
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    calibration.write_text("\n".join(r["prompt"] + " " + r["response"] for r in rows) + "\n")
+    if not sparse.exists():
+        run(cli("tiny-model", base, *[f"--{k.replace('_', '-')}={v}" for k, v in shape.items()], "--overwrite"))
+        run(cli("sparsify", base, sparse, "--method", "wanda", "--calibration", calibration, "--num-samples", 16,
+                "--seq-len", 128, "--overwrite"))
+
+    common = ["--max-steps", args.steps, "--batch-size", 4, "--max-length", 128, "--eval-split", 0, "--save-steps",
+              10_000, "--group-size", 64, "--overwrite"]
+    runs: dict[str, list[dict]] = {m: [] for m in METHODS}
+    for r in range(args.repeats):
+        for method in (list(METHODS) if r % 2 == 0 else list(reversed(METHODS))):
+            out = work / f"adapter-{method}"
+            measured = run(cli("finetune", sparse, data, out, *METHODS[method], *common))
+            log = json.loads((out / "loss_log.json").read_text())
+            summary = next(h for h in log if "train_runtime" in h)
+            measured["step_seconds"] = summary["train_runtime"] / args.steps
+            runs[method].append(measured)
+            print(f"repeat {r} {method:18s} step {measured['step_seconds']:.3f} s  peak {measured['peak_rss_mib']:.0f} MiB",
+                  flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+
+    results = {"model": name, "shape": shape, "steps": args.steps, "batch_size": 4, "max_length": 128,
+               "repeats": args.repeats, "methods": {},
+               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
+    for method, measured in runs.items():
+        ratios_t = [m["step_seconds"] / l["step_seconds"] for m, l in zip(measured, runs["lora"])]
+        ratios_m = [m["peak_rss_mib"] / l["peak_rss_mib"] for m, l in zip(measured, runs["lora"])]
+        results["methods"][method] = {
+            "runs": measured, "step_seconds": statistics.median(m["step_seconds"] for m in measured),
+            "peak_rss_mib": statistics.median(m["peak_rss_mib"] for m in measured),
+            "step_time_vs_lora": statistics.median(ratios_t), "peak_memory_vs_lora": statistics.median(ratios_m)}
+    print(f"\n{name}: {args.steps} steps of batch 4 x 128 tokens, medians of {args.repeats} alternating repeats")
+    print(f"  {'method':18s} {'step s':>8s} {'x LoRA':>7s} {'peak MiB':>9s} {'x LoRA':>7s}")
+    for method, m in results["methods"].items():
+        print(f"  {method:18s} {m['step_seconds']:8.3f} {m['step_time_vs_lora']:7.2f} {m['peak_rss_mib']:9.0f} "
+              f"{m['peak_memory_vs_lora']:7.2f}")
+    results["benchmark_process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    target = ROOT / "benchmarks" / "results" / f"train-{name}.json"
+    target.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Stage 4: merge trained adapters into the weights at target precision.
+
+* sparsepeft: W + M * (B A) * alpha / r in float: exactly as sparse as the base.
+* qa-sparsepeft: fake_quant(W + M * B A) with the trained quantizer: the weights land on the trained INT4
+  grid (and stay sparse). The grid itself (the quantizers' ranges / scales, group size, sym/asym) is saved
+  beside them in `sqft_int4_grid.safetensors` + `.json`, so `sqft-ov export MERGED --weight-format int4`
+  writes exactly these INT4 values instead of re-quantizing.
+* lora: W + (B A) * alpha / r: the update fills the base's zeros; a warning says how much sparsity is lost.
+
+`merge_report.json` records the base zeros kept, the final precision and the largest logit difference
+between the trained (unmerged) model and the merged one on sample inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sqft_ov.errors import SqftError
+
+GRID = "sqft_int4_grid"
+REPORT = "merge_report.json"
+
+
+@dataclass
+class MergeReport:
+    method: str
+    output: str
+    precision: str
+    ranks: list[int] | None
+    base_zeros: int
+    base_zeros_kept: int
+    max_logit_diff: float
+
+    @property
+    def zeros_kept_share(self) -> float:
+        return self.base_zeros_kept / self.base_zeros if self.base_zeros else 1.0
+
+
+def _sample_batch(tokenizer, record: dict, n: int = 4) -> dict:
+    from sqft_ov.sft_data import SFTFormat, load_pairs
+
+    pairs = load_pairs(record["data"], SFTFormat(**record["data_format"]))[:n]
+    texts = [p + " " + r for p, r in pairs]
+    return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)
+
+
+def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path | None = None,
+          overwrite: bool = False, base: str | Path | None = None) -> MergeReport:
+    from safetensors.torch import save_file
+
+    from sqft_ov.finetune import load_adapted
+    from sqft_ov.loading import load_causal_lm
+    from sqft_ov.nls import blocks_of, expand
+    from sqft_ov.output import atomic_output, check_output
+    from sqft_ov.search import load_sub_adapter
+
+    output = check_output(output, overwrite)
+    adapted, tokenizer, record = load_adapted(adapter_dir, base)
+    method = record["method"]
+    ranks = None
+    if sub_adapter is not None and not record["nls"]:
+        raise SqftError(f"{adapter_dir} was trained without --nls: --sub-adapter does not apply")
+    if record["nls"]:
+        blocks = blocks_of(adapted.adapted_weights)
+        ranks = (load_sub_adapter(sub_adapter, record["rank_space"], len(blocks)) if sub_adapter
+                 else [max(record["rank_space"])] * len(blocks))
+        adapted.set_ranks(expand(dict(zip(blocks, ranks)), blocks))
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = _sample_batch(tokenizer, record)
+    with torch.no_grad():
+        reference = adapted.model(**batch).logits
+
+    merged: dict[str, torch.Tensor] = {}
+    grids = None
+    if method == "qa-sparsepeft":
+        from sqft_ov.qa_lora import merge_in_place
+
+        grids = merge_in_place(adapted.model)
+        params = dict(adapted.model.named_parameters())
+        merged = {name: params[name].detach().clone() for name in grids}
+    else:
+        from sqft_ov.sparse_lora import merged_weight
+
+        for name, layer in adapted.layers.items():
+            merged[name] = merged_weight(layer, layer.sqft_rank if hasattr(layer, "sqft_rank") else None,
+                                         masked=method == "sparsepeft")
+
+    model, _ = load_causal_lm(record["base"] if base is None else base, dtype=torch.float32)
+    state = model.state_dict()
+    base_zeros = kept = 0
+    with torch.no_grad():
+        for name, weight in merged.items():
+            zero = state[name] == 0
+            base_zeros += int(torch.count_nonzero(zero))
+            kept += int(torch.count_nonzero(zero & (weight == 0)))
+            state[name].copy_(weight)
+        logits = model(**batch).logits
+    mask = batch["attention_mask"].bool()
+    diff = float((logits - reference).abs()[mask].max())
+    precision = "int4 (trained grid)" if grids is not None else "float"
+    report = MergeReport(method, str(output), precision, ranks, base_zeros, kept, diff)
+
+    with atomic_output(output, overwrite) as tmp:
+        if grids is None:  # float merges keep the base's dtype; INT4 grid values need float32 to stay exact
+            dtype = getattr(model.config, "dtype", None) or torch.float32
+            model.to(dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), torch.float32))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if grids is not None:
+            quant = record["quantization"]
+            save_file({f"{w}::{k}": v.contiguous() for w, g in grids.items() for k, v in g.items()},
+                      tmp / f"{GRID}.safetensors")
+            (tmp / f"{GRID}.json").write_text(json.dumps({"bits": 4, "sym": quant["sym"],
+                                                          "group_size": quant["group_size"],
+                                                          "weights": sorted(grids)}, indent=2))
+        (tmp / REPORT).write_text(json.dumps({**asdict(report), "zeros_kept_share": report.zeros_kept_share,
+                                              "adapter": str(Path(adapter_dir).absolute())}, indent=2))
+    return report
+
+
+def read_grid(model_dir: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]] | None:
+    """(settings, grids by weight) of a folder merged by qa-sparsepeft, or None."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    if not (model_dir / f"{GRID}.json").is_file():
+        return None
+    meta = json.loads((model_dir / f"{GRID}.json").read_text())
+    grids: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(model_dir / f"{GRID}.safetensors").items():
+        weight, tensor = key.split("::")
+        grids.setdefault(weight, {})[tensor] = value
+    return meta, grids

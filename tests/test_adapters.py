@@ -1,0 +1,228 @@
+"""finetune / search / merge / export of merged adapters on a 50 %-sparse tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sqft_ov.errors import SqftError
+from sqft_ov.finetune import FinetuneConfig, finetune, load_adapted
+from sqft_ov.merge import merge
+from sqft_ov.search import search
+from sqft_ov.sft_data import SFTFormat
+
+STEPS = 12
+
+
+def _train(sparse, data, out, **kwargs):
+    defaults = dict(max_steps=STEPS, lr=5e-3, batch_size=4, save_steps=100, eval_split=0.2, seed=3)
+    cfg = FinetuneConfig(**{**defaults, **kwargs})
+    return finetune(sparse, data, out, cfg)
+
+
+@pytest.fixture(scope="session")
+def sft_data(workdir) -> Path:
+    rng = random.Random(0)
+    rows = []
+    for _ in range(64):
+        a, b = rng.randint(1, 40), rng.randint(1, 40)
+        rows.append({"question": f"Mia has {a} pens and buys {b} more. How many pens?",
+                     "answer": f"{a} + {b} = {a + b}. #### {a + b}"})
+    path = workdir / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+FIELDS = dict(data_format=SFTFormat(prompt_field="question", response_field="answer", max_length=64))
+
+
+@pytest.fixture(scope="session")
+def trained(workdir, sparse_models, sft_data):
+    """One trained adapter per (method, nls), built lazily and shared."""
+    cache = {}
+
+    def get(method: str, nls: bool = False) -> Path:
+        key = (method, nls)
+        if key not in cache:
+            out = workdir / f"adapter-{method}-{'nls' if nls else 'fixed'}"
+            extra = dict(nls=True, rank_space=(16, 12, 8)) if nls else dict(rank=8)
+            _train(sparse_models["llama"], sft_data, out, method=method, **extra, **FIELDS)
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("method,nls", [("sparsepeft", False), ("sparsepeft", True), ("qa-sparsepeft", False),
+                                        ("qa-sparsepeft", True), ("lora", False)])
+def test_loss_falls_and_output_is_self_describing(trained, method, nls):
+    out = trained(method, nls)
+    record = json.loads((out / "sqft_adapter.json").read_text())
+    losses = record["train_loss"]
+    assert len(losses) == STEPS and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
+    assert record["method"] == method and record["nls"] == nls and len(record["base_fingerprint"]) == 64
+    assert (out / "sqft_trainable.safetensors").stat().st_size < 2_000_000  # adapters only, not the model
+    if nls:
+        history = json.loads((out / "nls_history.json").read_text())
+        assert len(history) == STEPS and all(set(h["ranks"]) <= {16, 12, 8} and len(h["ranks"]) == 2 for h in history)
+    if method == "qa-sparsepeft":
+        assert record["quantization"] == {"bits": 4, "sym": False, "group_size": 64}
+
+
+@pytest.mark.parametrize("method", ["lora", "sparsepeft"])
+def test_peft_loads_the_adapter(trained, sparse_models, method):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(sparse_models["llama"])
+    model = PeftModel.from_pretrained(base, trained(method))
+    assert model.peft_config["default"].r == 8
+
+
+@pytest.mark.parametrize("method,nls", [("sparsepeft", False), ("sparsepeft", True), ("qa-sparsepeft", False),
+                                        ("qa-sparsepeft", True)])
+def test_merge_keeps_every_base_zero_and_the_ir_too(trained, workdir, method, nls):
+    from sqft_ov.export import ExportConfig, export
+    from sqft_ov.ir import iter_ir_weights
+    from sqft_ov.loading import read_tensor, safetensors_index
+
+    merged = workdir / f"merged-{method}-{nls}"
+    report = merge(trained(method, nls), merged, overwrite=True)
+    assert report.base_zeros > 0 and report.base_zeros_kept == report.base_zeros
+    assert report.max_logit_diff < (5e-2 if method == "qa-sparsepeft" else 1e-4)
+    ir = workdir / f"ir-merged-{method}-{nls}"
+    fmt = "int4" if method == "qa-sparsepeft" else "fp16"
+    result = export(merged, ir, ExportConfig(weight_format=fmt), overwrite=True)
+    assert result.zeros_kept == result.source_zeros >= report.base_zeros
+    if method == "qa-sparsepeft":
+        index = safetensors_index(merged)
+        quantized = [w for w in iter_ir_weights(ir) if w.storage == "u4"]
+        assert len(quantized) == 14
+        for w in quantized:
+            source = read_tensor(index, w.name).float().numpy()
+            # The IR holds the merged grid values (fp16 scales aside), not a re-quantization of them.
+            np.testing.assert_allclose(w.values.astype(np.float32), source, rtol=2e-3, atol=1e-6)
+            np.testing.assert_array_equal(w.values == 0, source == 0)
+
+
+def test_merged_qa_ir_matches_the_trained_model(trained, workdir):
+    from sqft_ov.export import ExportConfig, export
+    from sqft_ov.runtime import open_ov_model
+
+    adapter = trained("qa-sparsepeft")
+    merged, ir = workdir / "merged-qa-logits", workdir / "ir-qa-logits"
+    merge(adapter, merged, overwrite=True)
+    export(merged, ir, ExportConfig(weight_format="int4"), overwrite=True)
+    adapted, tok, _ = load_adapted(adapter)
+    ids = tok("Mia has 3 pens and buys 4 more. How many pens?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        trained_logits = adapted.model(input_ids=ids).logits[0].numpy()
+    ov = open_ov_model(ir, properties={"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
+    ov_logits = ov(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
+    assert np.abs(ov_logits - trained_logits).max() < 2e-2 * max(1.0, np.abs(trained_logits).max())
+
+
+def test_plain_lora_merge_loses_sparsity(trained, workdir):
+    report = merge(trained("lora"), workdir / "merged-lora", overwrite=True)
+    assert report.zeros_kept_share < 0.05  # the paper's point: B A fills the zeros
+
+
+def test_export_refuses_to_requantize_a_merged_int4_folder(trained, workdir, tmp_path):
+    from sqft_ov.export import ExportConfig, export
+
+    merged = workdir / "merged-qa-refuse"
+    merge(trained("qa-sparsepeft"), merged, overwrite=True)
+    with pytest.raises(SqftError, match="trained INT4 grid"):
+        export(merged, tmp_path / "a", ExportConfig(weight_format="int8"))
+    with pytest.raises(SqftError, match="group size"):
+        export(merged, tmp_path / "b", ExportConfig(weight_format="int4", group_size=32))
+    with pytest.raises(SqftError, match="sym"):
+        export(merged, tmp_path / "c", ExportConfig(weight_format="int4", sym=True))
+
+
+@pytest.mark.parametrize("strategy", ["max", "median", "min", "most-activated", "min-loss", "hill-climb"])
+def test_search_strategies(trained, tmp_path, strategy):
+    adapter = trained("sparsepeft", True)
+    result = search(adapter, strategy, budget=6)
+    assert len(result.ranks) == 2 and set(result.ranks) <= {16, 12, 8}
+    if strategy == "max":
+        assert result.ranks == [16, 16]
+    if strategy == "median":
+        assert result.ranks == [12, 12]
+    if strategy == "hill-climb":
+        assert 1 <= len(result.evaluated) <= 6 and result.validation_loss is not None
+        assert result.validation_loss == min(e["validation_loss"] for e in result.evaluated)
+    result.save(tmp_path / "sub.json", [16, 12, 8])
+    report = merge(adapter, tmp_path / "merged", sub_adapter=tmp_path / "sub.json")
+    assert report.ranks == result.ranks and report.base_zeros_kept == report.base_zeros
+
+
+def test_resume_ends_with_the_same_adapter(sparse_models, sft_data, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    common = dict(method="sparsepeft", nls=True, rank_space=(8, 4), max_steps=6, save_steps=3, lr=5e-3,
+                  batch_size=4, eval_split=0.0, seed=5, **FIELDS)
+    finetune(sparse_models["llama"], sft_data, tmp_path / "straight", FinetuneConfig(**common))
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(sparse_models["llama"], sft_data, tmp_path / "resumed", FinetuneConfig(**common),
+                 callbacks=[Crash()])
+    assert not (tmp_path / "resumed").exists()
+    finetune(sparse_models["llama"], sft_data, tmp_path / "resumed", FinetuneConfig(**common), resume=True)
+    a = load_file(tmp_path / "straight" / "sqft_trainable.safetensors")
+    b = load_file(tmp_path / "resumed" / "sqft_trainable.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    history_a = json.loads((tmp_path / "straight" / "nls_history.json").read_text())
+    history_b = json.loads((tmp_path / "resumed" / "nls_history.json").read_text())
+    assert [h["ranks"] for h in history_a] == [h["ranks"] for h in history_b]
+
+
+def test_bad_input(sparse_models, tiny_models, sft_data, trained, tmp_path):
+    sparse = sparse_models["llama"]
+    with pytest.raises(SqftError, match="no field prompt"):
+        _train(sparse, sft_data, tmp_path / "a", method="sparsepeft")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SqftError, match="cannot read|no example"):
+        _train(sparse, tmp_path / "empty.jsonl", tmp_path / "b", method="sparsepeft", **FIELDS)
+    with pytest.raises(SqftError, match="larger than a target layer"):
+        _train(sparse, sft_data, tmp_path / "c", method="sparsepeft", rank=256, **FIELDS)
+    with pytest.raises(SqftError, match="duplicates"):
+        FinetuneConfig(method="sparsepeft", nls=True, rank_space=(16, 8, 16))
+    with pytest.raises(SqftError, match="not the one the adapter was trained on"):
+        merge(trained("sparsepeft"), tmp_path / "d", base=tiny_models["llama"])
+    (tmp_path / "bad.json").write_text(json.dumps({"ranks": [16, 20]}))
+    with pytest.raises(SqftError, match="outside the adapter's rank space"):
+        merge(trained("sparsepeft", True), tmp_path / "e", sub_adapter=tmp_path / "bad.json")
+    assert not any((tmp_path / x).exists() for x in "abcde")
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_finetune(sparse_models, sft_data, tmp_path):
+    """Two DDP processes on CPU (gloo). accelerate's `--cpu` launcher starts several processes only through
+    MPI; its torchrun launcher (`--multi_gpu`) does it anywhere, and Trainer runs on CPU when there is no GPU."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sqft_ov.cli", "finetune",
+           str(sparse_models["llama"]), str(sft_data), str(out), "--method", "sparsepeft", "--rank", "4",
+           "--prompt-field", "question", "--response-field", "answer", "--max-steps", "4", "--batch-size", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "sqft_adapter.json").read_text())
+    assert record["steps"] == 4 and record["world_size"] == 2
