@@ -19,34 +19,16 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from common import cli, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 TINYLLAMA = dict(arch="llama", layers=22, hidden=2048, intermediate=5632, heads=32, kv_heads=4, vocab=32000,
                  max_positions=2048, dtype="bfloat16")
 SMALL = dict(arch="llama", layers=4, hidden=256, intermediate=512, heads=4, kv_heads=2, vocab=2048,
              max_positions=512, dtype="bfloat16")
-
-
-def measure(cmd: list[str]) -> dict:
-    """Run one command in its own process; wall seconds and peak RSS (MiB) of its process tree."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stderr = proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
-
-
-def cli(*args) -> list[str]:
-    return [sys.executable, "-m", "sqft_ov.cli", *map(str, args)]
 
 
 def optimum(*args) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -220,7 +221,7 @@ def search(
     from sqft_ov.search import search as run_search
 
     result = run_search(output, strategy, validation, budget, base)
-    record = __import__("json").loads((Path(output) / "sqft_adapter.json").read_text())
+    record = json.loads((Path(output) / "sqft_adapter.json").read_text())
     result.save(save, record["rank_space"])
     loss = "" if result.validation_loss is None else f", validation loss {result.validation_loss:.4f}"
     console.print(f"{strategy}: ranks {result.ranks}{loss} ({len(result.evaluated)} evaluated) -> {save}")

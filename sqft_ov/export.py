@@ -62,6 +62,7 @@ class ExportReport:
     weights: dict[str, dict] = field(default_factory=dict)  # name -> storage, zeros in source / IR, kept
     sparse_decompression: dict = field(default_factory=dict)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase: convert, compress, verify ...
 
     @property
     def source_zeros(self) -> int:
@@ -275,6 +276,8 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         # stay 16-bit); an explicit OVConfig also stops optimum from silently compressing models of 1e9+
         # parameters to INT8 when fp16 was asked for.
         settings = {"weight_format": config.weight_format}
+        phases: dict[str, float] = {}
+        mark = time.perf_counter()
         if trained is not None:
             settings |= _export_on_grid(model_dir, tmp, *trained, config)
         else:
@@ -285,14 +288,20 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         if not (tmp / "openvino_tokenizer.xml").is_file():
             raise SqftError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "
                             "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
+        phases["convert"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         if trained is None and config.weight_format in ("int4", "int8"):
             settings |= {"sym": bool(config.sym), "group_size_fallback": config.group_size_fallback}
             provenance = {"sqft_ov_version": __version__, "source": str(model_dir)}
             settings |= _compress_weights(xml, config, provenance)
         elif config.weight_format == "int8-w8a8":
             settings |= _quantize_w8a8(tmp, model_dir, config)
-        report = ExportReport(output=str(Path(output).absolute()), source=str(model_dir), settings=settings)
+        phases["compress"] = time.perf_counter() - mark
+        report = ExportReport(output=str(Path(output).absolute()), source=str(model_dir), settings=settings,
+                              phases=phases)
+        mark = time.perf_counter()
         report.weights = verify_zeros(tmp, model_dir)
+        phases["verify_zeros"] = time.perf_counter() - mark
         lost = {k: w["source_zeros"] - w["zeros_kept"] for k, w in report.weights.items()
                 if w["zeros_kept"] != w["source_zeros"]}
         if lost:

@@ -237,6 +237,26 @@ class FinetuneResult:
     steps: int
 
 
+def _step_timer():
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall seconds of each optimizer step (the first one includes one-off costs such as kernel loading)."""
+
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return StepTimer()
+
+
 def _rich_progress_callback():
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import TrainerCallback
@@ -310,6 +330,8 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
                                                                            else []) + list(callbacks or []))
     from transformers.trainer_callback import PrinterCallback
 
+    timer = _step_timer()
+    trainer.add_callback(timer)
     trainer.remove_callback(PrinterCallback)  # the loss goes to the progress bar and loss_log.json instead
     trainer.train(resume_from_checkpoint=checkpoint)
     eval_loss = trainer.evaluate(eval_set)["eval_loss"] if eval_set is not None else None
@@ -329,6 +351,7 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
                 "data": str(Path(data).absolute()), "data_format": asdict(config.data_format),
                 "eval_split": config.eval_split, "seed": config.seed, "adapted_weights": adapted.adapted_weights,
                 "steps": trainer.state.global_step, "world_size": args.world_size, "eval_loss": eval_loss,
+                "step_seconds": timer.seconds,
                 "train_loss": train_loss,
             }
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(record, indent=2))

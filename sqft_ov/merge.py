@@ -107,9 +107,8 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
     report = MergeReport(method, str(output), precision, ranks, base_zeros, kept, diff)
 
     with atomic_output(output, overwrite) as tmp:
-        if grids is None:  # float merges keep the base's dtype; INT4 grid values need float32 to stay exact
-            dtype = getattr(model.config, "dtype", None) or torch.float32
-            model.to(dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), torch.float32))
+        if grids is None:  # float merges keep the base checkpoint's dtype; INT4 grid values need float32
+            model.to(_checkpoint_dtype(record["base"] if base is None else base))
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if grids is not None:
@@ -122,6 +121,13 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
         (tmp / REPORT).write_text(json.dumps({**asdict(report), "zeros_kept_share": report.zeros_kept_share,
                                               "adapter": str(Path(adapter_dir).absolute())}, indent=2))
     return report
+
+
+def _checkpoint_dtype(model_dir: str | Path) -> torch.dtype:
+    from sqft_ov.loading import load_config
+
+    dtype = getattr(load_config(model_dir), "dtype", None) or torch.float32
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).removeprefix("torch."), torch.float32)
 
 
 def read_grid(model_dir: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]] | None:

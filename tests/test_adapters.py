@@ -226,3 +226,41 @@ def test_two_process_accelerate_finetune(sparse_models, sft_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "sqft_adapter.json").read_text())
     assert record["steps"] == 4 and record["world_size"] == 2
+
+
+def test_qlora_style_base_is_on_the_int4_grid(sparse_models, sft_data, tmp_path):
+    """lora with --int4-sym: the frozen base weights are NNCF's INT4 values (at most 16 levels a group)."""
+    out = tmp_path / "qlora"
+    _train(sparse_models["llama"], sft_data, out, method="lora", rank=4, int4="sym", group_size=64, max_steps=2,
+           **FIELDS)
+    adapted, _, record = load_adapted(out)
+    assert record["quantization"] == {"bits": 4, "sym": True, "group_size": 64}
+    weight = adapted.layers["model.layers.0.mlp.up_proj.weight"].base_layer.weight.detach()
+    groups = weight.reshape(weight.shape[0], -1, 64)
+    levels = max(len(torch.unique(groups[r, g])) for r in range(8) for g in range(groups.shape[1]))
+    assert levels <= 16
+    assert (weight == 0).float().mean() > 0.45  # the sparse base's zeros are still zeros
+
+
+def test_masked_quantizer_is_nncf_quantizer_on_the_masked_sum(tiny_models, sparse_models):
+    """Fails loudly if the pinned NNCF changes what qa_lora relies on."""
+    from sqft_ov.loading import load_causal_lm
+    from sqft_ov.qa_lora import check_nncf_internals, compress_with_lora, lora_quantizers
+
+    check_nncf_internals()
+    model, _ = load_causal_lm(sparse_models["llama"], dtype=torch.float32)
+    model = compress_with_lora(model, sym=False, group_size=64, rank=8, nls=True, masked=True)
+    params = dict(model.named_parameters())
+    for name, quantizer in list(lora_quantizers(model).items())[:3]:
+        with torch.no_grad():
+            quantizer.lora_B.normal_(std=0.05)
+            quantizer.set_active_rank(4)
+        weight = params[name].detach()
+        A, B = quantizer.get_active_adapters()
+        mask = (weight != 0).to(weight.dtype)
+        nncf_class = type(quantizer).__mro__[2]  # Masked<cls> -> (mixin, NNCF's own class)
+        assert nncf_class.__module__.startswith("nncf.")
+        expected = nncf_class.quantize(quantizer, (weight + ((mask - 1) * (B @ A)).to(weight.dtype)))
+        got = quantizer.quantize(weight)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+        assert (got.reshape(weight.shape)[weight == 0] == 0).all()
