@@ -292,7 +292,7 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
 
     from sqft_ov import __version__
     from sqft_ov.loading import load_causal_lm, model_fingerprint
-    from sqft_ov.nls import HISTORY, RankSampler, blocks_of, expand
+    from sqft_ov.nls import HISTORY, RankSampler, blocks_of
     from sqft_ov.output import atomic_output, check_output
     from sqft_ov.sft_data import ResponseCollator, build_datasets
 

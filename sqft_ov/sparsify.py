@@ -14,7 +14,7 @@ stripped in place). NNCF has neither Wanda nor N:M, so those masks are computed 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
