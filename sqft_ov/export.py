@@ -225,11 +225,10 @@ def _sparse_decompression(ir_dir: Path, config: ExportConfig) -> dict:
 
 
 def _check_compiles(ir_dir: Path, device: str) -> dict:
-    from sqft_ov.runtime import check_device, fully_connected_primitives, run_prefill, runtime_properties
-
     import openvino as ov
 
-    check_device(device)
+    from sqft_ov.runtime import fully_connected_primitives, run_prefill, runtime_properties
+
     compiled = ov.Core().compile_model(ir_dir / "openvino_model.xml", device, runtime_properties(ir_dir))
     result = {"device": device}
     run_prefill(compiled)
@@ -248,13 +247,12 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     from optimum.intel import OVConfig
 
     from sqft_ov import __version__
-    from sqft_ov.loading import check_model_dir, load_config
+    from sqft_ov.loading import check_model_dir, load_config, require_safetensors
 
     config = config or ExportConfig()
     model_dir = check_model_dir(model_dir)
     load_config(model_dir, config.trust_remote_code)
-    if not any(model_dir.glob("*.safetensors")):
-        raise SqftError(f"{model_dir} has no .safetensors weights: save the model with safe_serialization=True")
+    require_safetensors(model_dir)
     check_output(output, overwrite)
     if config.device:
         from sqft_ov.runtime import check_device
@@ -272,15 +270,15 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
 
     start = time.perf_counter()
     with atomic_output(output, overwrite) as tmp:
-        # The dtype optimum-cli passes for each format (it decides the loading precision: 16-bit checkpoints
-        # stay 16-bit); an explicit OVConfig also stops optimum from silently compressing models of 1e9+
-        # parameters to INT8 when fp16 was asked for.
         settings = {"weight_format": config.weight_format}
         phases: dict[str, float] = {}
         mark = time.perf_counter()
         if trained is not None:
             settings |= _export_on_grid(model_dir, tmp, *trained, config)
         else:
+            # The dtype optimum-cli passes for each format (it decides the loading precision: 16-bit
+            # checkpoints stay 16-bit); an explicit OVConfig also stops optimum from silently compressing
+            # models of 1e9+ parameters to INT8 when fp16 was asked for.
             main_export(str(model_dir), tmp, task="text-generation-with-past", convert_tokenizer=True,
                         ov_config=OVConfig(dtype=_OPTIMUM_DTYPE[config.weight_format]),
                         trust_remote_code=config.trust_remote_code, local_files_only=True)

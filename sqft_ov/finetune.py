@@ -321,17 +321,15 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
         data_seed=config.seed, logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=2, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
         disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        eval_strategy="no", prediction_loss_only=True, ddp_find_unused_parameters=False, lr_scheduler_type="linear", warmup_steps=0,
-        save_only_model=False)
-    trainer = _trainer_class()(model=adapted.model, args=args, train_dataset=train_set,
-                               data_collator=ResponseCollator(tokenizer.pad_token_id), adapted=adapted,
-                               sampler=sampler,
-                               callbacks=([sampler] if sampler else []) + ([_rich_progress_callback()] if show_progress
-                                                                           else []) + list(callbacks or []))
+        eval_strategy="no", prediction_loss_only=True, ddp_find_unused_parameters=False,
+        lr_scheduler_type="linear", warmup_steps=0)
     from transformers.trainer_callback import PrinterCallback
 
     timer = _step_timer()
-    trainer.add_callback(timer)
+    extra = [timer] + ([sampler] if sampler else []) + ([_rich_progress_callback()] if show_progress else [])
+    trainer = _trainer_class()(model=adapted.model, args=args, train_dataset=train_set,
+                               data_collator=ResponseCollator(tokenizer.pad_token_id), adapted=adapted,
+                               sampler=sampler, callbacks=extra + list(callbacks or []))
     trainer.remove_callback(PrinterCallback)  # the loss goes to the progress bar and loss_log.json instead
     trainer.train(resume_from_checkpoint=checkpoint)
     eval_loss = trainer.evaluate(eval_set)["eval_loss"] if eval_set is not None else None

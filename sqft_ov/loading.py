@@ -36,15 +36,19 @@ def load_config(path: str | Path, trust_remote_code: bool = False):
     return config
 
 
+def require_safetensors(path: Path) -> None:
+    if not any(path.glob("*.safetensors")):
+        raise SqftError(f"{path} has no .safetensors weights: convert the checkpoint with save_pretrained("
+                        "safe_serialization=True); pickled .bin weights are not loaded")
+
+
 def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype="auto"):
     """Model (eval mode) and tokenizer from a local folder; safetensors only, no remote code unless asked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = check_model_dir(path)
     config = load_config(path, trust_remote_code)
-    if not any(path.glob("*.safetensors")):
-        raise SqftError(f"{path} has no .safetensors weights: convert the checkpoint with save_pretrained("
-                        "safe_serialization=True); pickled .bin weights are not loaded")
+    require_safetensors(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code, local_files_only=True)

@@ -53,7 +53,6 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
     from safetensors.torch import save_file
 
     from sqft_ov.finetune import load_adapted
-    from sqft_ov.loading import load_causal_lm
     from sqft_ov.nls import blocks_of, expand
     from sqft_ov.output import atomic_output, check_output
     from sqft_ov.search import load_sub_adapter
@@ -76,30 +75,27 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
     with torch.no_grad():
         reference = adapted.model(**batch).logits
 
-    merged: dict[str, torch.Tensor] = {}
+    # Merge in place into the model already in memory (no second copy of the base): the adapters' base
+    # weights become the merged weights, then the adapter machinery is taken off.
+    base_dir = Path(record["base"] if base is None else base)
     grids = None
-    if method == "qa-sparsepeft":
-        from sqft_ov.qa_lora import merge_in_place
-
-        grids = merge_in_place(adapted.model)
-        params = dict(adapted.model.named_parameters())
-        merged = {name: params[name].detach().clone() for name in grids}
-    else:
-        from sqft_ov.sparse_lora import merged_weight
-
-        for name, layer in adapted.layers.items():
-            merged[name] = merged_weight(layer, layer.sqft_rank if hasattr(layer, "sqft_rank") else None,
-                                         masked=method == "sparsepeft")
-
-    model, _ = load_causal_lm(record["base"] if base is None else base, dtype=torch.float32)
-    state = model.state_dict()
-    base_zeros = kept = 0
     with torch.no_grad():
-        for name, weight in merged.items():
-            zero = state[name] == 0
-            base_zeros += int(torch.count_nonzero(zero))
-            kept += int(torch.count_nonzero(zero & (weight == 0)))
-            state[name].copy_(weight)
+        if method == "qa-sparsepeft":
+            from sqft_ov.qa_lora import merge_in_place
+
+            grids = merge_in_place(adapted.model)
+            names = sorted(grids)
+            model = _without_hooks(adapted.model)
+        else:
+            from sqft_ov.sparse_lora import merged_weight
+
+            for layer in adapted.layers.values():
+                layer.base_layer.weight.copy_(merged_weight(layer, getattr(layer, "sqft_rank", None),
+                                                            masked=method == "sparsepeft"))
+            names = sorted(adapted.layers)
+            model = adapted.model.unload()  # PEFT: the base model with its (now merged) Linear layers
+        model.eval()
+        base_zeros, kept = _zeros_kept(base_dir, model, names)
         logits = model(**batch).logits
     mask = batch["attention_mask"].bool()
     diff = float((logits - reference).abs()[mask].max())
@@ -108,7 +104,7 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
 
     with atomic_output(output, overwrite) as tmp:
         if grids is None:  # float merges keep the base checkpoint's dtype; INT4 grid values need float32
-            model.to(_checkpoint_dtype(record["base"] if base is None else base))
+            model.to(_checkpoint_dtype(base_dir))
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if grids is not None:
@@ -121,6 +117,42 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
         (tmp / REPORT).write_text(json.dumps({**asdict(report), "zeros_kept_share": report.zeros_kept_share,
                                               "adapter": str(Path(adapter_dir).absolute())}, indent=2))
     return report
+
+
+def _zeros_kept(base_dir: Path, model, names: list[str]) -> tuple[int, int]:
+    """Zeros of the base checkpoint's weights, and how many of them are zero in the merged model."""
+    from sqft_ov.loading import read_tensor, safetensors_index
+
+    index = safetensors_index(base_dir)
+    params = dict(model.named_parameters())
+    zeros = kept = 0
+    for name in names:
+        zero = read_tensor(index, name) == 0
+        zeros += int(torch.count_nonzero(zero))
+        kept += int(torch.count_nonzero(zero & (params[name] == 0)))
+    return zeros, kept
+
+
+def _without_hooks(model):
+    """The same tensors in a plain transformers model: NNCF's hooks stay behind on the wrapped one."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model.config)
+    wanted = plain.state_dict().keys()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in wanted}, assign=True)
+    for name, buffer in model.named_buffers():  # non-persistent buffers (rotary tables) are not in state_dict
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = plain.get_submodule(module_name)
+        except AttributeError:
+            continue
+        if attr in module._buffers:
+            module._buffers[attr] = buffer
+    if getattr(model.config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain
 
 
 def _checkpoint_dtype(model_dir: str | Path) -> torch.dtype:
