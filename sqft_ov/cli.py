@@ -252,6 +252,59 @@ def merge(
     console.print(table)
 
 
+@app.command()
+def bench(
+    models: list[Path] = typer.Argument(..., help="IR folders, or Hugging Face folders (run in PyTorch)."),
+    device: str = typer.Option("CPU", help="OpenVINO device for IR models: CPU, GPU, AUTO ..."),
+    prompt_tokens: int = typer.Option(32, help="Prompt length in tokens (a different prompt each run)."),
+    new_tokens: int = typer.Option(128, help="Tokens generated per run (greedy, EOS ignored)."),
+    repeats: int = typer.Option(8, help="Measured runs per model, interleaved across models."),
+    warmup: int = typer.Option(1, help="Uncounted rounds first."),
+    baseline: int = typer.Option(1, help="Position of the baseline among MODELS, counting from 1."),
+    sparse_rate: Optional[float] = typer.Option(None, help="CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE for IR models."),
+    property: list[str] = typer.Option([], "--property", help="KEY=VALUE OpenVINO or genai property for IR models; repeatable."),
+    adapter: list[str] = typer.Option([], "--adapter", help="Adapter for the k-th Hugging Face MODEL (PEFT or sqft-ov finetune folder); '-' for none."),
+    torch_dtype: str = typer.Option("auto", help="PyTorch models: auto (the checkpoint's) | float32 | bfloat16 | float16."),
+    bandwidth_gib: float = typer.Option(1.0, help="Buffer of the memory read-bandwidth test (GiB); 0 skips it."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the full report (every run) as JSON."),
+    markdown_file: Optional[Path] = typer.Option(None, "--markdown", help="Write the tables as markdown."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart with error bars."),
+    overwrite: bool = typer.Option(False, help="Replace existing report files."),
+) -> None:
+    """Benchmark deployed models side by side: TTFT, decode/prefill speed, memory, size, bandwidth use."""
+    from sqft_ov.bench import BenchConfig, BenchModel
+    from sqft_ov.bench import bench as run_bench
+    from sqft_ov.bench.report import check_report_paths, context_lines, rich_tables, write_reports
+
+    properties = {}
+    for item in (word for text in property for word in text.split()):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SqftError(f"--property takes KEY=VALUE, got {item!r}")
+        properties[key] = value
+    config = BenchConfig(device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                         warmup=warmup, baseline=baseline, sparse_rate=sparse_rate, properties=properties,
+                         torch_dtype=torch_dtype, bandwidth_gib=bandwidth_gib)
+    check_report_paths([json_file, markdown_file, plot_file], overwrite)
+    hf_models = [m for m in models if not (m / "openvino_model.xml").is_file()]
+    if len(adapter) > len(hf_models):
+        raise SqftError(f"{len(adapter)} --adapter given but only {len(hf_models)} Hugging Face MODEL folder(s): "
+                        "each --adapter pairs with the next Hugging Face folder, '-' for none")
+    adapters = dict(zip(map(id, hf_models), (None if a == "-" else Path(a) for a in adapter)))
+    with _progress() as progress:
+        report = run_bench([BenchModel(m, adapters.get(id(m))) for m in models], config, progress)
+    for table in rich_tables(report):
+        console.print(table)
+    for line in context_lines(report):
+        console.print(line, highlight=False, markup=False)
+    write_reports(report, json_file, markdown_file, plot_file, overwrite)
+    failed = [m for m in report["models"] if not m["ok"]]
+    for entry in failed:
+        err_console.print(f"[red]failed:[/red] {entry['label']}: {entry['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        sys.exit(1)
+
+
 def _ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.replace(",", " ").split())
@@ -259,7 +312,7 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise SqftError(f"{flag} takes whole numbers, e.g. {flag} 32 24 16") from None
 
 
-_LIST_OPTIONS = ("--rank-space", "--target-modules")
+_LIST_OPTIONS = ("--rank-space", "--target-modules", "--property")
 
 
 def _fold_list_options(argv: list[str]) -> list[str]:

@@ -364,7 +364,8 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
     return FinetuneResult(output, train_loss, eval_loss, trainer.state.global_step)
 
 
-def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_fingerprint: bool = True):
+def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_fingerprint: bool = True,
+                 dtype: torch.dtype = torch.float32):
     """Rebuild the trained model from an OUTPUT folder: base + method structure + trained tensors."""
     from safetensors.torch import load_file
 
@@ -385,7 +386,7 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
                             group_size=quant.get("group_size", 64), lora_alpha=record["lora_alpha"],
                             data_format=SFTFormat(**record["data_format"]), eval_split=record["eval_split"],
                             seed=record["seed"])
-    model, tokenizer = load_causal_lm(base, dtype=torch.float32)
+    model, tokenizer = load_causal_lm(base, dtype=dtype)
     adapted = Adapted.build(model, config)
     adapted.load_state(load_file(adapter_dir / TRAINABLE))
     adapted.model.eval()

@@ -46,3 +46,28 @@ def atomic_output(output: str | Path, overwrite: bool = False) -> Iterator[Path]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_file(output: str | Path, overwrite: bool) -> Path:
+    """Like check_output, for a single report file."""
+    output = Path(output).expanduser().absolute()
+    if output.exists() and not overwrite:
+        raise SqftError(f"output {output} already exists: pass --overwrite to replace it, or choose another path")
+    if output.is_dir():
+        raise SqftError(f"output {output} is a folder: give a file name")
+    return output
+
+
+def write_file_atomic(output: str | Path, data: str | bytes, overwrite: bool = False) -> Path:
+    """Write a file through a temporary sibling and a rename: readers never see half a file."""
+    output = check_output_file(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.tmp-", dir=output.parent)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(output)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return output

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+import json
+import random
 from pathlib import Path
 
 import pytest
+
+from sqft_ov.sft_data import SFTFormat
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -65,5 +69,50 @@ def exported(workdir, sparse_models):
             cache[arch, fmt] = workdir / f"ir-{arch}-{fmt}"
             export(sparse_models[arch], cache[arch, fmt], ExportConfig(weight_format=fmt, group_size=64))
         return cache[arch, fmt]
+
+    return get
+
+
+STEPS = 12
+
+
+def train(sparse, data, out, **kwargs):
+    """finetune with the tests' defaults: a few steps, a high learning rate, no checkpoints."""
+    from sqft_ov.finetune import FinetuneConfig, finetune
+
+    defaults = dict(max_steps=STEPS, lr=5e-3, batch_size=4, save_steps=100, eval_split=0.2, seed=3)
+    cfg = FinetuneConfig(**{**defaults, **kwargs})
+    return finetune(sparse, data, out, cfg)
+
+
+@pytest.fixture(scope="session")
+def sft_data(workdir) -> Path:
+    rng = random.Random(0)
+    rows = []
+    for _ in range(64):
+        a, b = rng.randint(1, 40), rng.randint(1, 40)
+        rows.append({"question": f"Mia has {a} pens and buys {b} more. How many pens?",
+                     "answer": f"{a} + {b} = {a + b}. #### {a + b}"})
+    path = workdir / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+FIELDS = dict(data_format=SFTFormat(prompt_field="question", response_field="answer", max_length=64))
+
+
+@pytest.fixture(scope="session")
+def trained(workdir, sparse_models, sft_data):
+    """One trained adapter per (method, nls), built lazily and shared."""
+    cache = {}
+
+    def get(method: str, nls: bool = False) -> Path:
+        key = (method, nls)
+        if key not in cache:
+            out = workdir / f"adapter-{method}-{'nls' if nls else 'fixed'}"
+            extra = dict(nls=True, rank_space=(16, 12, 8)) if nls else dict(rank=8)
+            train(sparse_models["llama"], sft_data, out, method=method, **extra, **FIELDS)
+            cache[key] = out
+        return cache[key]
 
     return get

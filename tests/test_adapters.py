@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,48 +15,8 @@ from sqft_ov.errors import SqftError
 from sqft_ov.finetune import FinetuneConfig, finetune, load_adapted
 from sqft_ov.merge import merge
 from sqft_ov.search import search
-from sqft_ov.sft_data import SFTFormat
 
-STEPS = 12
-
-
-def _train(sparse, data, out, **kwargs):
-    defaults = dict(max_steps=STEPS, lr=5e-3, batch_size=4, save_steps=100, eval_split=0.2, seed=3)
-    cfg = FinetuneConfig(**{**defaults, **kwargs})
-    return finetune(sparse, data, out, cfg)
-
-
-@pytest.fixture(scope="session")
-def sft_data(workdir) -> Path:
-    rng = random.Random(0)
-    rows = []
-    for _ in range(64):
-        a, b = rng.randint(1, 40), rng.randint(1, 40)
-        rows.append({"question": f"Mia has {a} pens and buys {b} more. How many pens?",
-                     "answer": f"{a} + {b} = {a + b}. #### {a + b}"})
-    path = workdir / "sft.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
-FIELDS = dict(data_format=SFTFormat(prompt_field="question", response_field="answer", max_length=64))
-
-
-@pytest.fixture(scope="session")
-def trained(workdir, sparse_models, sft_data):
-    """One trained adapter per (method, nls), built lazily and shared."""
-    cache = {}
-
-    def get(method: str, nls: bool = False) -> Path:
-        key = (method, nls)
-        if key not in cache:
-            out = workdir / f"adapter-{method}-{'nls' if nls else 'fixed'}"
-            extra = dict(nls=True, rank_space=(16, 12, 8)) if nls else dict(rank=8)
-            _train(sparse_models["llama"], sft_data, out, method=method, **extra, **FIELDS)
-            cache[key] = out
-        return cache[key]
-
-    return get
+from conftest import FIELDS, STEPS, train as _train  # noqa: E402
 
 
 @pytest.mark.parametrize("method,nls", [("sparsepeft", False), ("sparsepeft", True), ("qa-sparsepeft", False),
