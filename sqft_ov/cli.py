@@ -31,6 +31,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("torchao", "torch.utils._pytree", "nncf", "optimum", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.disable(logging.INFO)  # NNCF resets its logger to INFO when imported, after the line above
     import warnings
 
     warnings.filterwarnings("ignore")

@@ -170,7 +170,8 @@ def _export_on_grid(model_dir: Path, out: Path, grid: dict, grids: dict, config:
     from sqft_ov.qa_lora import compress_with_lora, load_grid
 
     model, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=torch.float32)
-    model = compress_with_lora(model, grid["sym"], grid["group_size"], rank=1, nls=False, masked=False)
+    model = compress_with_lora(model, grid["sym"], grid["group_size"], rank=1, nls=False, masked=False,
+                               init_adapters=False)
     load_grid(model, grids)
     example = {"input_ids": torch.ones(1, 8, dtype=torch.long)}
     model = nncf.strip(model, do_copy=False, strip_format=nncf.StripFormat.DQ, example_input=example)

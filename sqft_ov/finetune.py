@@ -131,14 +131,15 @@ class Adapted:
         self.adapted_weights = sorted(names)
 
     @classmethod
-    def build(cls, base, config: FinetuneConfig) -> "Adapted":
+    def build(cls, base, config: FinetuneConfig, init_adapters: bool = True) -> "Adapted":
+        """`init_adapters=False`: the caller loads trained tensors next (NNCF's own init costs minutes)."""
         _check_targets(base, config)
         base.requires_grad_(False)
         if config.method == "qa-sparsepeft":
             from sqft_ov.qa_lora import compress_with_lora, trainable_tensors
 
             model = compress_with_lora(base, config.int4 == "sym", config.group_size, config.max_rank, config.nls,
-                                       masked=True)
+                                       masked=True, init_adapters=init_adapters)
             model.requires_grad_(False)
             for param in trainable_tensors(model, set(config.target_modules)).values():
                 param.requires_grad_(True)
@@ -387,7 +388,7 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
                             data_format=SFTFormat(**record["data_format"]), eval_split=record["eval_split"],
                             seed=record["seed"])
     model, tokenizer = load_causal_lm(base, dtype=dtype)
-    adapted = Adapted.build(model, config)
+    adapted = Adapted.build(model, config, init_adapters=False)
     adapted.load_state(load_file(adapter_dir / TRAINABLE))
     adapted.model.eval()
     return adapted, tokenizer, record

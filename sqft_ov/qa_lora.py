@@ -11,6 +11,8 @@ NNCF changes what this relies on.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
@@ -37,6 +39,10 @@ def check_nncf_internals() -> None:
     for name in ("QuantizeAsymmetricTorch", "QuantizeSymmetricTorch", "TuneRange"):
         if not hasattr(quantize_functions, name):
             problems.append(f"nncf.torch.quantization.quantize_functions.{name}")
+    from nncf.quantization.algorithms.weight_compression import torch_backend
+
+    if not isinstance(torch_backend.PTWeightCompressionAlgoBackend.__dict__.get("init_lora_adapters"), staticmethod):
+        problems.append("PTWeightCompressionAlgoBackend.init_lora_adapters")
     source = inspect.getsource(quantize_functions.asymmetric_quantize_lora)
     if "input_ + B @ A" not in source.replace("(", "").replace(")", ""):
         problems.append("asymmetric_quantize_lora no longer computes fake_quant(W + B @ A)")
@@ -115,8 +121,34 @@ def lora_quantizers(model) -> dict[str, torch.nn.Module]:
     return out
 
 
-def compress_with_lora(model, sym: bool, group_size: int, rank: int, nls: bool, masked: bool):
-    """NNCF INT4 fake-quantized LoRA on every linear weight; with `masked`, the SQFT sparsity mask."""
+@contextlib.contextmanager
+def _adapters_left_uninitialised():
+    """NNCF initialises every adapter by a full SVD of a random residual (minutes on a 1B model, 2 cores).
+
+    Callers that overwrite the adapters right away (loading a trained adapter, exporting a saved grid)
+    skip it: the adapters start at zero instead.
+    """
+    from nncf.quantization.algorithms.weight_compression.torch_backend import PTWeightCompressionAlgoBackend as backend
+
+    original = backend.__dict__["init_lora_adapters"]
+
+    def zeros(svd_residual: torch.Tensor, rank: int | None = None):
+        rank = rank or min(svd_residual.shape)
+        return svd_residual.new_zeros(svd_residual.shape[0], rank), svd_residual.new_zeros(rank, svd_residual.shape[1])
+
+    backend.init_lora_adapters = staticmethod(zeros)
+    try:
+        yield
+    finally:
+        backend.init_lora_adapters = original
+
+
+def compress_with_lora(model, sym: bool, group_size: int, rank: int, nls: bool, masked: bool,
+                       init_adapters: bool = True):
+    """NNCF INT4 fake-quantized LoRA on every linear weight; with `masked`, the SQFT sparsity mask.
+
+    `init_adapters=False` when the adapters are overwritten next (see _adapters_left_uninitialised).
+    """
     import nncf
     from nncf.torch.model_graph_manager import get_const_data_by_name
 
@@ -125,9 +157,10 @@ def compress_with_lora(model, sym: bool, group_size: int, rank: int, nls: bool, 
     fmt = nncf.CompressionFormat.FQ_LORA_NLS if nls else nncf.CompressionFormat.FQ_LORA
     example = {"input_ids": torch.ones(1, 8, dtype=torch.long)}
     try:
-        model = nncf.compress_weights(model, mode=mode, group_size=group_size, compression_format=fmt,
-                                      dataset=nncf.Dataset([example]),
-                                      advanced_parameters=nncf.AdvancedCompressionParameters(lora_adapter_rank=rank))
+        with contextlib.nullcontext() if init_adapters else _adapters_left_uninitialised():
+            model = nncf.compress_weights(model, mode=mode, group_size=group_size, compression_format=fmt,
+                                          dataset=nncf.Dataset([example]),
+                                          advanced_parameters=nncf.AdvancedCompressionParameters(lora_adapter_rank=rank))
     except nncf.errors.InvalidGroupSizeError as exc:
         raise SqftError(f"--group-size {group_size} does not divide every layer: choose a divisor") from exc
     except nncf.ValidationError as exc:

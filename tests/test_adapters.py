@@ -222,3 +222,19 @@ def test_masked_quantizer_is_nncf_quantizer_on_the_masked_sum(tiny_models, spars
         got = quantizer.quantize(weight)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
         assert (got.reshape(weight.shape)[weight == 0] == 0).all()
+
+
+def test_loading_skips_nncf_adapter_init_and_restores_it(sparse_models):
+    """Loading a trained adapter must not pay for NNCF's SVD initialisation, and must leave NNCF as it was."""
+    from nncf.quantization.algorithms.weight_compression.torch_backend import PTWeightCompressionAlgoBackend
+
+    from sqft_ov.loading import load_causal_lm
+    from sqft_ov.qa_lora import compress_with_lora, lora_quantizers
+
+    original = PTWeightCompressionAlgoBackend.__dict__["init_lora_adapters"]
+    model, _ = load_causal_lm(sparse_models["llama"], dtype=torch.float32)
+    model = compress_with_lora(model, sym=True, group_size=64, rank=4, nls=False, masked=True, init_adapters=False)
+    assert PTWeightCompressionAlgoBackend.__dict__["init_lora_adapters"] is original
+    quantizers = lora_quantizers(model)
+    assert quantizers and all(q.lora_A.abs().sum() == 0 and q.lora_B.abs().sum() == 0 for q in quantizers.values())
+    assert all(q.lora_A.shape[0] == 4 for q in quantizers.values())

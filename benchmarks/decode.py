@@ -1,0 +1,132 @@
+"""Headline inference benchmark: the SQFT merged sparse INT4 IR against what users would deploy otherwise.
+
+On a TinyLlama-1.1B-shaped model (random bf16 weights, Wanda 50 %), built locally:
+  * plain INT4 IR from `optimum-cli export openvino --weight-format int4` (asym, group 128);
+  * the SQFT model: `sqft-ov finetune --method qa-sparsepeft` (a few steps, INT4 asym group 128 grid)
+    -> `sqft-ov merge` -> `sqft-ov export` (on the trained grid);
+  * FP16 IR from `optimum-cli`;
+  * PyTorch with an unmerged PEFT LoRA adapter (`sqft-ov finetune --method lora`), the checkpoint's bf16.
+All four run through `sqft-ov bench` (interleaved, one process per model). Goals (issue 4): SQFT decode
+>= 0.98x plain INT4, >= 2.3x FP16, >= 5x PyTorch unmerged, as medians of per-repeat paired ratios.
+
+    python benchmarks/decode.py             # ~25 min on 2 cores the first time (building), ~8 min after
+    python benchmarks/decode.py --small     # the same steps on a small shape, a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+
+from common import cli, measure
+from export import SMALL, TINYLLAMA, optimum
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"int4-optimum-cli": 0.98, "fp16-optimum-cli": 2.3, "pytorch+lora-unmerged": 5.0}
+
+
+def build(work: Path, shape: dict, steps: int) -> dict[str, Path]:
+    """Every model of the comparison, built once and reused by later runs (delete WORK to rebuild)."""
+    from sqft_ov.tiny import sample_corpus
+
+    base, sparse, data = work / "base", work / "sparse-wanda", work / "sft.jsonl"
+    calibration = work / "calibration.txt"
+    if not calibration.exists():
+        calibration.write_text("\n".join(sample_corpus(2000, seed=3)) + "\n")
+    if not base.exists():
+        print("building the model ...", flush=True)
+        measure(cli("tiny-model", base, *[f"--{k.replace('_', '-')}={v}" for k, v in shape.items()]))
+    if not sparse.exists():
+        print("sparsify (Wanda 50 %) ...", flush=True)
+        measure(cli("sparsify", base, sparse, "--calibration", calibration, "--num-samples", 16, "--seq-len", 256))
+    rng = random.Random(0)
+    rows = []
+    for _ in range(64):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        rows.append({"prompt": f"Ana has {a} apples and buys {b} more. How many apples does she have now?",
+                     "response": f"She has {a} + {b} = {a + b} apples. #### {a + b}"})
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    models = {"int4-optimum-cli": work / "ir-int4-optimum-cli", "fp16-optimum-cli": work / "ir-fp16-optimum-cli",
+              "sqft": work / "ir-sqft-qa-sparsepeft-int4", "lora-adapter": work / "adapter-lora"}
+    train = ["--max-steps", steps, "--batch-size", 1, "--max-length", 64, "--eval-split", 0, "--rank", 16,
+             "--save-steps", 10_000]
+    for name, flags in (("int4-optimum-cli", ["--weight-format", "int4", "--group-size", "128", "--ratio", "1.0"]),
+                        ("fp16-optimum-cli", ["--weight-format", "fp16"])):
+        if not models[name].exists():
+            print(f"optimum-cli {name} ...", flush=True)
+            measure(optimum("-m", sparse, "--task", "text-generation-with-past", *flags, models[name]))
+    adapter, merged = work / "adapter-qa-sparsepeft", work / "merged-qa-sparsepeft"
+    steps_sqft = (("finetune qa-sparsepeft", adapter, cli("finetune", sparse, data, adapter, "--method", "qa-sparsepeft",
+                                                      "--int4-asym", "--group-size", 128, *train)),
+                  ("merge", merged, cli("merge", adapter, merged)),
+                  ("export int4 (trained grid)", models["sqft"], cli("export", merged, models["sqft"],
+                                                                     "--weight-format", "int4")))
+    for title, output, command in steps_sqft:  # ~8 min and 18 GiB for the 1.1B finetune: NNCF's adapter init
+        if not output.exists():
+            print(f"{title} ...", flush=True)
+            print(f"  {measure(command)}", flush=True)
+    if not models["lora-adapter"].exists():
+        print("finetune lora (unmerged adapter for PyTorch) ...", flush=True)
+        measure(cli("finetune", sparse, data, models["lora-adapter"], "--method", "lora", *train))
+    models["sparse-base"] = sparse
+    return models
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    parser.add_argument("--small", action="store_true", help="small shape: a quick check that it all runs")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3, help="fine-tuning steps of the SQFT and LoRA adapters")
+    args = parser.parse_args()
+    name = "small" if args.small else "tinyllama-1.1b-shape"
+    work = args.work / name
+    work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))
+    models = build(work, SMALL if args.small else TINYLLAMA, args.steps)
+
+    results = ROOT / "benchmarks" / "results"
+    def result(suffix: str) -> Path:
+        return results / f"decode-{name}{suffix}"
+
+    order = ["int4-optimum-cli", "sqft", "fp16-optimum-cli", "pytorch+lora-unmerged"]
+    print("sqft-ov bench ...", flush=True)
+    bench_json = work / "bench.json"
+    command = cli("bench", models["int4-optimum-cli"], models["sqft"], models["fp16-optimum-cli"], models["sparse-base"],
+                  "--adapter", models["lora-adapter"], "--repeats", args.repeats, "--warmup", args.warmup,
+                  "--prompt-tokens", args.prompt_tokens, "--new-tokens", args.new_tokens, "--baseline", 1,
+                  "--json", bench_json, "--markdown", result(".bench.md"), "--plot", result(".png"),
+                  "--overwrite")
+    measure(command)
+    report = json.loads(bench_json.read_text())
+
+    from sqft_ov.bench.stats import paired_ratios, summarize
+
+    entries = dict(zip(order, report["models"]))
+    sqft = entries["sqft"]
+    goals = {}
+    for other, goal in GOALS.items():
+        ratios = paired_ratios([r["decode_tokens_per_s"] for r in sqft["runs"]],
+                               [r["decode_tokens_per_s"] for r in entries[other]["runs"]])
+        summary = summarize(ratios)
+        goals[other] = {"goal": goal, "per_repeat": ratios, **summary, "met": summary["median"] >= goal}
+    shutil.copy(bench_json, result(".json"))
+    out = {"model": name, "bench_command": " ".join(str(c).replace(f"{ROOT}/", "") for c in command[1:]), "sqft_decode_vs": goals}
+    result(".goals.json").write_text(json.dumps(out, indent=2) + "\n")
+
+    print(f"\n{name}: SQFT merged sparse INT4 IR, decode tokens/s as paired ratios over {args.repeats} repeats")
+    print(f"  {'against':24s} {'median':>7s} {'q1':>6s} {'q3':>6s} {'goal':>6s}  met")
+    for other, g in goals.items():
+        print(f"  {other:24s} {g['median']:7.2f} {g['q1']:6.2f} {g['q3']:6.2f} {g['goal']:6.2f}  {g['met']}")
+    print(f"written {result('.json')}, .goals.json, .bench.md, .png")
+
+
+if __name__ == "__main__":
+    main()
