@@ -136,13 +136,18 @@ class Adapted:
         _check_targets(base, config)
         base.requires_grad_(False)
         if config.method == "qa-sparsepeft":
-            from sqft_ov.qa_lora import compress_with_lora, trainable_tensors
+            from sqft_ov.qa_lora import compress_with_lora, lora_quantizers, trainable_tensors
 
             model = compress_with_lora(base, config.int4 == "sym", config.group_size, config.max_rank, config.nls,
                                        masked=True, init_adapters=init_adapters)
             model.requires_grad_(False)
             for param in trainable_tensors(model, set(config.target_modules)).values():
                 param.requires_grad_(True)
+            with torch.no_grad():  # NNCF gives every INT4 linear an adapter; the untrained ones must add nothing
+                for name, quantizer in lora_quantizers(model).items():
+                    if name.rsplit(".", 2)[-2] not in config.target_modules:
+                        quantizer.lora_A.zero_()
+                        quantizer.lora_B.zero_()
             return cls(model, config)
         from peft import LoraConfig, get_peft_model
 

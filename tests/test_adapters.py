@@ -238,3 +238,17 @@ def test_loading_skips_nncf_adapter_init_and_restores_it(sparse_models):
     quantizers = lora_quantizers(model)
     assert quantizers and all(q.lora_A.abs().sum() == 0 and q.lora_B.abs().sum() == 0 for q in quantizers.values())
     assert all(q.lora_A.shape[0] == 4 for q in quantizers.values())
+
+
+def test_untrained_linears_get_no_adapter_noise(trained, sparse_models):
+    """NNCF gives every INT4 linear an adapter; those outside --target-modules must add nothing (train and merge)."""
+    from sqft_ov.finetune import Adapted
+    from sqft_ov.loading import load_causal_lm
+    from sqft_ov.qa_lora import lora_quantizers
+
+    adapted, _, record = load_adapted(trained("qa-sparsepeft"))
+    fresh = Adapted.build(load_causal_lm(sparse_models["llama"], dtype=torch.float32)[0], adapted.config)
+    for model in (adapted.model, fresh.model):
+        quantizers = lora_quantizers(model)
+        others = [q for n, q in quantizers.items() if n.rsplit(".", 2)[-2] not in record["target_modules"]]
+        assert others and all(q.lora_B.abs().sum() == 0 for q in others)
