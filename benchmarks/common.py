@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -26,3 +27,14 @@ def measure(cmd: list[str]) -> dict:
 def cli(*args) -> list[str]:
     """`sqft-ov ARGS` with this interpreter."""
     return [sys.executable, "-m", "sqft_ov.cli", *map(str, args)]
+
+
+def apples_sft_rows(n: int = 256, seed: int = 0) -> list[dict]:
+    """Prompt/response rows of a generated arithmetic task: the fine-tuning data of the benchmarks."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        rows.append({"prompt": f"Ana has {a} apples and buys {b} more. How many apples does she have now?",
+                     "response": f"She has {a} + {b} = {a + b} apples. #### {a + b}"})
+    return rows

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import sys
 from pathlib import Path
 
-from common import cli, measure
+from common import apples_sft_rows, cli, measure
 from export import SMALL, TINYLLAMA, optimum
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +42,7 @@ def build(work: Path, shape: dict, steps: int) -> dict[str, Path]:
     if not sparse.exists():
         print("sparsify (Wanda 50 %) ...", flush=True)
         measure(cli("sparsify", base, sparse, "--calibration", calibration, "--num-samples", 16, "--seq-len", 256))
-    rng = random.Random(0)
-    rows = []
-    for _ in range(64):
-        a, b = rng.randint(1, 99), rng.randint(1, 99)
-        rows.append({"prompt": f"Ana has {a} apples and buys {b} more. How many apples does she have now?",
-                     "response": f"She has {a} + {b} = {a + b} apples. #### {a + b}"})
+    rows = apples_sft_rows(64)
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     models = {"int4-optimum-cli": work / "ir-int4-optimum-cli", "fp16-optimum-cli": work / "ir-fp16-optimum-cli",
               "sqft": work / "ir-sqft-qa-sparsepeft-int4", "lora-adapter": work / "adapter-lora"}

@@ -15,13 +15,12 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
 import shutil
 import statistics
 from pathlib import Path
 
-from common import cli, measure
+from common import apples_sft_rows, cli, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIUM = dict(arch="llama", layers=8, hidden=1024, intermediate=2816, heads=16, kv_heads=4, vocab=8192)
@@ -46,12 +45,7 @@ def main() -> None:
     work = args.work / f"train-{name}"
     work.mkdir(parents=True, exist_ok=True)
     base, sparse, data, calibration = work / "base", work / "sparse", work / "sft.jsonl", work / "calib.txt"
-    rng = random.Random(0)
-    rows = []
-    for _ in range(256):
-        a, b = rng.randint(1, 99), rng.randint(1, 99)
-        rows.append({"prompt": f"Ana has {a} apples and buys {b} more. How many apples does she have now?",
-                     "response": f"She has {a} + {b} = {a + b} apples. #### {a + b}"})
+    rows = apples_sft_rows(256)
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     calibration.write_text("\n".join(r["prompt"] + " " + r["response"] for r in rows) + "\n")
     if not sparse.exists():
