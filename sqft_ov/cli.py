@@ -276,6 +276,7 @@ def bench(
     from sqft_ov.bench import BenchConfig, BenchModel
     from sqft_ov.bench import bench as run_bench
     from sqft_ov.bench.report import check_report_paths, context_lines, rich_tables, write_reports
+    from sqft_ov.bench.worker import IR_FILE
 
     properties = {}
     for item in (word for text in property for word in text.split()):
@@ -287,7 +288,7 @@ def bench(
                          warmup=warmup, baseline=baseline, sparse_rate=sparse_rate, properties=properties,
                          torch_dtype=torch_dtype, bandwidth_gib=bandwidth_gib)
     check_report_paths([json_file, markdown_file, plot_file], overwrite)
-    hf_models = [m for m in models if not (m / "openvino_model.xml").is_file()]
+    hf_models = [m for m in models if not (m / IR_FILE).is_file()]
     if len(adapter) > len(hf_models):
         raise SqftError(f"{len(adapter)} --adapter given but only {len(hf_models)} Hugging Face MODEL folder(s): "
                         "each --adapter pairs with the next Hugging Face folder, '-' for none")

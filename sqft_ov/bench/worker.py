@@ -254,9 +254,7 @@ def load_engine(spec: dict):
         facts["weight_bytes_per_token"] = torch_weight_bytes_per_token(model)
         facts["size_bytes"] = folder_bytes(path, *([Path(spec["adapter"])] if spec.get("adapter") else []))
         facts["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-        import torch
-
-        facts["torch_threads"] = torch.get_num_threads()
+        facts["torch_threads"] = sys.modules["torch"].get_num_threads()  # imported by _load_torch
     return engine, facts
 
 
