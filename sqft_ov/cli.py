@@ -278,12 +278,7 @@ def bench(
     from sqft_ov.bench.report import check_report_paths, context_lines, rich_tables, write_reports
     from sqft_ov.bench.worker import IR_FILE
 
-    properties = {}
-    for item in (word for text in property for word in text.split()):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SqftError(f"--property takes KEY=VALUE, got {item!r}")
-        properties[key] = value
+    properties = _properties(property)
     config = BenchConfig(device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
                          warmup=warmup, baseline=baseline, sparse_rate=sparse_rate, properties=properties,
                          torch_dtype=torch_dtype, bandwidth_gib=bandwidth_gib)
@@ -305,6 +300,140 @@ def bench(
         err_console.print(f"[red]failed:[/red] {entry['label']}: {entry['error']}", highlight=False, soft_wrap=True)
     if failed:
         sys.exit(1)
+
+
+def _properties(items: list[str]) -> dict[str, str]:
+    properties = {}
+    for item in (word for text in items for word in text.split()):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SqftError(f"--property takes KEY=VALUE, got {item!r}")
+        properties[key] = value
+    return properties
+
+
+@app.command("eval")
+def eval_command(
+    model: Path = typer.Argument(..., help="OpenVINO IR folder, or Hugging Face folder (run in PyTorch)."),
+    data: Path = typer.Argument(..., help="Evaluation data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
+    adapter: Optional[Path] = typer.Option(None, help="Adapter for a Hugging Face MODEL (PEFT or sqft-ov finetune folder)."),
+    sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search, for an NLS adapter."),
+    prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
+    response_field: str = typer.Option("response", help="Field with the reference response (final answer after ####)."),
+    chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
+    max_length: int = typer.Option(512, help="Longest tokenized example (prompt + response)."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate the first N examples only."),
+    batch_size: int = typer.Option(16, help="Examples per generation batch."),
+    max_new_tokens: int = typer.Option(64, help="Longest generated answer."),
+    device: str = typer.Option("CPU", help="OpenVINO device for an IR."),
+    property: list[str] = typer.Option([], "--property", help="KEY=VALUE OpenVINO property for an IR; repeatable."),
+    torch_dtype: str = typer.Option("float32", help="PyTorch models: float32 | bfloat16 | float16 | auto."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the report with every example as JSON."),
+    show: int = typer.Option(3, help="Print this many example generations."),
+    overwrite: bool = typer.Option(False, help="Replace the --json file if it exists."),
+) -> None:
+    """Exact match of the final answer (GSM8K-style '#### N') and response-token loss of a model on DATA."""
+    from sqft_ov.evaluate import EvalConfig, evaluate
+    from sqft_ov.output import check_output_file, write_file_atomic
+    from sqft_ov.sft_data import SFTFormat
+
+    if json_file is not None:
+        check_output_file(json_file, overwrite)
+    config = EvalConfig(adapter=adapter, sub_adapter=sub_adapter,
+                        data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), limit=limit,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
+                        properties=_properties(property), torch_dtype=torch_dtype)
+    with _progress() as progress:
+        report = evaluate(model, data, config, progress)
+    table = Table(title=f"eval {report.model}" + (f" + {report.adapter}" if report.adapter else ""))
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("engine", report.engine)
+    table.add_row("examples", str(report.examples))
+    table.add_row("exact match", f"{report.exact_match:.2%} ({report.correct}/{report.examples})")
+    table.add_row("no '####' answer", str(report.no_answer))
+    table.add_row("response loss", "-" if report.response_loss is None else f"{report.response_loss:.4f} "
+                  f"({report.response_tokens} tokens)")
+    table.add_row("time", f"{report.seconds:.1f} s")
+    console.print(table)
+    for sample in report.samples[:show]:
+        mark = "[green]ok[/green]" if sample["correct"] else "[red]wrong[/red]"
+        console.print(f"{mark} expected {sample['reference']}, generated {sample['generated'].strip()!r}",
+                      highlight=False)
+    if json_file is not None:
+        write_file_atomic(json_file, json.dumps(report.to_dict(), indent=2), overwrite)
+        console.print(f"report written to {json_file}")
+
+
+def _deployments_table(rows, title: str, decode: dict | None = None, reference=None, paths: bool = False) -> Table:
+    table = Table(title=title)
+    columns = ["method", "accuracy", "vs LoRA", "precision", "merged", "sparsity", "decode tok/s"]
+    for col in columns + (["deployed model"] if paths else []):
+        table.add_column(col, justify="right" if col in ("accuracy", "vs LoRA", "sparsity", "decode tok/s") else "left")
+    for r in rows:
+        acc = r.accuracy
+        rel = "-" if reference is None or acc is None or not reference else f"{acc / reference:.1%}"
+        speed = (decode or {}).get(r.label)
+        where = str(r.model) + (f" + {r.adapter.name}" if r.adapter else "")
+        table.add_row(r.label, "-" if acc is None else f"{acc:.1%}", rel, r.precision,
+                      "-" if r.method == "none" else ("yes" if r.merged else "no"), f"{r.sparsity:.1%}",
+                      "-" if speed is None else f"{speed:.0f}", *([where] if paths else []))
+    return table
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def run(
+    ctx: typer.Context,
+    recipe: Optional[Path] = typer.Argument(None, help="A recipe file, e.g. recipes/sparsepeft.py."),
+) -> None:
+    """Run a recipe: `sqft-ov run recipes/<name>.py --model M --data D [options]` (--help after the file lists them)."""
+    import functools
+    import inspect
+
+    from sqft_ov.recipe import load_recipe
+
+    if recipe is None:
+        console.print(ctx.get_help())
+        raise typer.Exit(0 if "--help" in ctx.args or not ctx.args else 2)
+    function = load_recipe(recipe)
+    signature = inspect.signature(function, eval_str=True)  # the recipe's Annotated options, resolved in its module
+
+    @functools.wraps(function)
+    def command(**kwargs):
+        takes_progress = "progress" in signature.parameters
+        with _progress() as progress:
+            rows = function(**kwargs, **({"progress": progress} if takes_progress else {}))
+        rows = list(rows or [])
+        console.print(_deployments_table(rows, f"recipe {recipe}", paths=True))
+
+    command.__signature__ = signature.replace(parameters=[p for n, p in signature.parameters.items()
+                                                          if n != "progress"])
+    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    sub.command(help=inspect.getmodule(function).__doc__)(command)
+    sub(args=ctx.args, prog_name=f"sqft-ov run {recipe}")
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("sqft-ov-quickstart"), help="Folder for every model, IR and the results table."),
+    fast: bool = typer.Option(False, help="Smoke test of every stage in a few minutes (weaker models, fewer steps)."),
+    cache: Optional[Path] = typer.Option(None, help="Where the foundation model is cached [default: $SQFT_OV_CACHE or ~/.cache/sqft-ov]."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """SQFT's comparison end to end, offline: foundation model -> Wanda 50 % -> every recipe -> IR -> eval -> bench."""
+    from sqft_ov.quickstart import RESULTS_JSON, RESULTS_MD
+    from sqft_ov.quickstart import quickstart as run_quickstart
+
+    with _progress() as progress:
+        result = run_quickstart(out, fast, overwrite, cache, progress,
+                                say=lambda line: progress.console.print(line, highlight=False))
+    title = "SQFT on the embedded arithmetic task" + (" (--fast: smoke test, not the real figures)" if fast else "")
+    console.print(_deployments_table(result.rows, title, result.decode, result.reference.accuracy))
+    first = result.rows[0].evaluation
+    console.print(f"accuracy: exact match of the final answer on {first.examples} held-out problems of the shifted "
+                  f"downstream task; decode: sqft-ov bench, {result.plan.bench_new_tokens} new tokens, median of "
+                  f"{result.plan.bench_repeats} runs; {result.seconds / 60:.1f} min in all", highlight=False)
+    console.print(f"results: {result.out / RESULTS_MD}, {result.out / RESULTS_JSON}", highlight=False)
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:

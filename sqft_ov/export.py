@@ -12,6 +12,7 @@ and settings in their rt_info).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -270,6 +271,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         raise SqftError(f"calibration file {config.calibration} does not exist")
 
     start = time.perf_counter()
+    logging_disabled = logging.root.manager.disable  # optimum's conversion re-enables every log level after it
     with atomic_output(output, overwrite) as tmp:
         settings = {"weight_format": config.weight_format}
         phases: dict[str, float] = {}
@@ -283,6 +285,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
             main_export(str(model_dir), tmp, task="text-generation-with-past", convert_tokenizer=True,
                         ov_config=OVConfig(dtype=_OPTIMUM_DTYPE[config.weight_format]),
                         trust_remote_code=config.trust_remote_code, local_files_only=True)
+        logging.disable(logging_disabled)
         xml = tmp / "openvino_model.xml"
         if not (tmp / "openvino_tokenizer.xml").is_file():
             raise SqftError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "

@@ -263,37 +263,43 @@ def _step_timer():
     return StepTimer()
 
 
-def _rich_progress_callback():
+def rich_progress_callback(label: str = "finetune", progress=None):
+    """A rich progress bar with the running loss, on the main process only: a task in `progress` if
+    given (a caller's live display), else a bar of its own."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import TrainerCallback
 
     class RichProgress(TrainerCallback):
-        """A rich progress bar with the running loss, on the main process only."""
-
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = None
+            self.bar, self.own = None, progress is None
             if state.is_world_process_zero:
-                self.bar = Progress(TextColumn("finetune"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                    transient=True)
-                self.bar.start()
-                self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="-")
+                self.bar = progress or Progress(
+                    TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    transient=True)
+                if self.own:
+                    self.bar.start()
+                self.task = self.bar.add_task(label, total=state.max_steps, completed=state.global_step, loss="-")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.bar is not None and logs and "loss" in logs:
-                self.bar.update(self.task, completed=state.global_step, loss=f"{logs['loss']:.4f}")
+                self.bar.update(self.task, completed=state.global_step, loss=f"{logs['loss']:.4f}",
+                                description=f"{label} (loss {logs['loss']:.3f})")
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:
-                self.bar.stop()
+                self.bar.stop() if self.own else self.bar.remove_task(self.task)
 
     return RichProgress()
 
 
 def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config: FinetuneConfig,
              resume: bool = False, overwrite: bool = False, show_progress: bool = False,
-             callbacks: list | None = None) -> FinetuneResult:
-    """Train adapters on `data` and write them to OUTPUT (atomically, on the main process)."""
+             callbacks: list | None = None, progress=None) -> FinetuneResult:
+    """Train adapters on `data` and write them to OUTPUT (atomically, on the main process).
+
+    `show_progress` draws a bar of its own; `progress` (a rich Progress) gets a task in the caller's display.
+    """
     from transformers import TrainingArguments, set_seed
 
     from sqft_ov import __version__
@@ -332,7 +338,9 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
     from transformers.trainer_callback import PrinterCallback
 
     timer = _step_timer()
-    extra = [timer] + ([sampler] if sampler else []) + ([_rich_progress_callback()] if show_progress else [])
+    extra = [timer] + ([sampler] if sampler else [])
+    if show_progress or progress is not None:
+        extra.append(rich_progress_callback(f"finetune {output.name}", progress))
     trainer = _trainer_class()(model=adapted.model, args=args, train_dataset=train_set,
                                data_collator=ResponseCollator(tokenizer.pad_token_id), adapted=adapted,
                                sampler=sampler, callbacks=extra + list(callbacks or []))
@@ -397,3 +405,57 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
     adapted.load_state(load_file(adapter_dir / TRAINABLE))
     adapted.model.eval()
     return adapted, tokenizer, record
+
+
+def apply_sub_adapter(adapted: Adapted, record: dict, sub_adapter: str | Path | None) -> list[int] | None:
+    """Activate an NLS sub-adapter (CONFIG.json from search; default: the largest ranks); ranks per block."""
+    from sqft_ov.nls import blocks_of, expand
+    from sqft_ov.search import load_sub_adapter
+
+    if not record["nls"]:
+        if sub_adapter is not None:
+            raise SqftError("the adapter was trained without --nls: --sub-adapter does not apply")
+        return None
+    blocks = blocks_of(adapted.adapted_weights)
+    ranks = (load_sub_adapter(sub_adapter, record["rank_space"], len(blocks)) if sub_adapter
+             else [max(record["rank_space"])] * len(blocks))
+    adapted.set_ranks(expand(dict(zip(blocks, ranks)), blocks))
+    return ranks
+
+
+def load_for_inference(model_dir: str | Path, adapter: str | Path | None = None, dtype="auto",
+                       sub_adapter: str | Path | None = None, allow_qa: bool = True):
+    """(model, tokenizer) to generate with in PyTorch: a Hugging Face folder, optionally with an adapter.
+
+    sqft-ov finetune outputs that need their own forward (sparsepeft's mask, NLS ranks, qa-sparsepeft's
+    fake quantization) are rebuilt with `load_adapted`; any other adapter folder is loaded with PEFT.
+    `allow_qa=False` refuses qa-sparsepeft adapters, whose trained form is a simulation, not a deployment.
+    """
+    from sqft_ov.loading import load_causal_lm
+
+    adapter = Path(adapter) if adapter else None
+    if adapter is not None and (adapter / ADAPTER_CONFIG).is_file():
+        record = json.loads((adapter / ADAPTER_CONFIG).read_text())
+        if record["method"] == "qa-sparsepeft" and not allow_qa:
+            raise SqftError(f"{adapter} is a qa-sparsepeft adapter: its trained form is NNCF fake quantization, not "
+                            "a deployment; merge it (sqft-ov merge) and use the exported IR")
+        if record["method"] != "lora" or record["nls"]:
+            torch_dtype = torch.float32 if dtype == "auto" else dtype
+            adapted, tokenizer, _ = load_adapted(adapter, base=model_dir, dtype=torch_dtype)
+            apply_sub_adapter(adapted, record, sub_adapter)
+            return adapted.model, tokenizer
+    if sub_adapter is not None:
+        raise SqftError("--sub-adapter needs an NLS adapter written by sqft-ov finetune --nls")
+    model, tokenizer = load_causal_lm(model_dir, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (adapter / "adapter_config.json").is_file():
+            raise SqftError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+        try:
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+        except Exception as exc:
+            raise SqftError(f"adapter {adapter} does not fit the model in {model_dir}: "
+                            f"{str(exc).strip().splitlines()[-1]}") from exc
+        model.eval()
+    return model, tokenizer

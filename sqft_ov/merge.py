@@ -52,22 +52,13 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
           overwrite: bool = False, base: str | Path | None = None) -> MergeReport:
     from safetensors.torch import save_file
 
-    from sqft_ov.finetune import load_adapted
-    from sqft_ov.nls import blocks_of, expand
+    from sqft_ov.finetune import apply_sub_adapter, load_adapted
     from sqft_ov.output import atomic_output, check_output
-    from sqft_ov.search import load_sub_adapter
 
     output = check_output(output, overwrite)
     adapted, tokenizer, record = load_adapted(adapter_dir, base)
     method = record["method"]
-    ranks = None
-    if sub_adapter is not None and not record["nls"]:
-        raise SqftError(f"{adapter_dir} was trained without --nls: --sub-adapter does not apply")
-    if record["nls"]:
-        blocks = blocks_of(adapted.adapted_weights)
-        ranks = (load_sub_adapter(sub_adapter, record["rank_space"], len(blocks)) if sub_adapter
-                 else [max(record["rank_space"])] * len(blocks))
-        adapted.set_ranks(expand(dict(zip(blocks, ranks)), blocks))
+    ranks = apply_sub_adapter(adapted, record, sub_adapter)
 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

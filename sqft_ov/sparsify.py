@@ -248,3 +248,36 @@ def sparsify_folder(model_dir: str | Path, output: str | Path, config: SparsityC
                                    "calibration_samples": len(samples) if samples else 0}
         (tmp / "sparsity.json").write_text(json.dumps(data, indent=2))
     return report
+
+
+def deployed_sparsity(path: str | Path) -> float:
+    """Share of zeros among the decoder blocks' 2-D (linear) weights of a model folder or OpenVINO IR.
+
+    Read from the artefact itself: safetensors for a Hugging Face folder, the dequantized constants for an
+    IR (so an INT4 weight whose zeros moved off the grid counts as dense). Embeddings and lm_head are
+    excluded, as they are never pruned.
+    """
+    from sqft_ov.bench.worker import IR_FILE
+
+    path = Path(path)
+    zeros = total = 0
+    if (path / IR_FILE).is_file():
+        from sqft_ov.ir import iter_ir_weights
+
+        for weight in iter_ir_weights(path):
+            if ".layers." in weight.name:
+                zeros += int((weight.values == 0).sum())
+                total += weight.values.size
+    else:
+        from sqft_ov.loading import read_tensor, safetensors_index
+
+        index = safetensors_index(path)
+        for name in index:
+            if ".layers." in name and name.endswith(".weight"):
+                tensor = read_tensor(index, name)
+                if tensor.dim() == 2:
+                    zeros += int((tensor == 0).sum())
+                    total += tensor.numel()
+    if not total:
+        raise SqftError(f"found no decoder linear weights in {path}")
+    return zeros / total

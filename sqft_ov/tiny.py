@@ -50,18 +50,25 @@ def sample_corpus(n_lines: int = 2000, seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab: int = 1024, seed: int = 0):
-    """Train a byte-level BPE tokenizer (the Llama-3 / Qwen2 kind) and wrap it for transformers."""
+def build_tokenizer(vocab: int = 1024, seed: int = 0, corpus: list[str] | None = None, split_digits: bool = False):
+    """Train a byte-level BPE tokenizer (the Llama-3 / Qwen2 kind) and wrap it for transformers.
+
+    `split_digits`: one token per digit (as Llama and Qwen2 do), which is what lets a small model learn
+    arithmetic digit by digit instead of memorising a token per number.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|pad|>", "<|bos|>", "<|eos|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(sample_corpus(seed=seed), trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else sample_corpus(seed=seed), trainer=trainer)
     bos = tok.token_to_id("<|bos|>")
     tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B",
                                                        special_tokens=[("<|bos|>", bos)])
@@ -72,7 +79,7 @@ def build_tokenizer(vocab: int = 1024, seed: int = 0):
     return fast
 
 
-def _hf_config(cfg: TinyModelConfig, tokenizer):
+def hf_config(cfg: TinyModelConfig, tokenizer):
     from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
     common = dict(vocab_size=cfg.vocab, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
@@ -91,7 +98,7 @@ def _hf_config(cfg: TinyModelConfig, tokenizer):
     raise SqftError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
 
 
-def _check(cfg: TinyModelConfig) -> None:
+def check_config(cfg: TinyModelConfig) -> None:
     if cfg.arch not in ARCHITECTURES:
         raise SqftError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab", "max_positions"):
@@ -114,11 +121,11 @@ def build_tiny_model(output: str | Path, config: TinyModelConfig | None = None, 
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     cfg = config or TinyModelConfig()
-    _check(cfg)
+    check_config(cfg)
     with atomic_output(output, overwrite) as tmp:
         tokenizer = build_tokenizer(cfg.vocab, cfg.seed)
         torch.manual_seed(cfg.seed)
-        model = AutoModelForCausalLM.from_config(_hf_config(cfg, tokenizer), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(hf_config(cfg, tokenizer), dtype=torch.float32)
         model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                    eos_token_id=tokenizer.eos_token_id,
                                                    pad_token_id=tokenizer.pad_token_id)

@@ -33,10 +33,12 @@ class BenchModel:
     path: Path
     adapter: Path | None = None
     label: str | None = None
+    sub_adapter: Path | None = None  # NLS adapters: the CONFIG.json search chose (default: the largest ranks)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).expanduser().absolute()
         self.adapter = Path(self.adapter).expanduser().absolute() if self.adapter else None
+        self.sub_adapter = Path(self.sub_adapter).expanduser().absolute() if self.sub_adapter else None
         if self.label is None:
             self.label = self.path.name + (f"+{self.adapter.name}" if self.adapter else "")
 
@@ -77,6 +79,7 @@ class _Worker:
 
     def __init__(self, model: BenchModel, config: BenchConfig):
         spec = {"path": str(model.path), "adapter": str(model.adapter) if model.adapter else None,
+                "sub_adapter": str(model.sub_adapter) if model.sub_adapter else None,
                 "device": config.device, "properties": config.ir_properties(), "torch_dtype": config.torch_dtype,
                 "prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,
                 "runs": config.warmup + config.repeats}

@@ -200,35 +200,10 @@ def _load_optimum(spec: dict) -> HFGenerateEngine:
 def _load_torch(spec: dict):
     import torch
 
-    from sqft_ov.errors import SqftError
-    from sqft_ov.loading import load_causal_lm
+    from sqft_ov.finetune import load_for_inference
 
     dtype = spec["torch_dtype"] if spec["torch_dtype"] == "auto" else getattr(torch, spec["torch_dtype"])
-    adapter = Path(spec["adapter"]) if spec.get("adapter") else None
-    record_file = adapter / "sqft_adapter.json" if adapter else None
-    if record_file is not None and record_file.is_file():
-        record = json.loads(record_file.read_text())
-        if record["method"] == "qa-sparsepeft":
-            raise SqftError(f"{adapter} is a qa-sparsepeft adapter: its trained form is NNCF fake quantization, not a "
-                            "deployment; merge it (sqft-ov merge) and benchmark the exported IR")
-        if record["method"] == "sparsepeft" or record["nls"]:  # masked / elastic forward: only sqft-ov builds it
-            from sqft_ov.finetune import load_adapted
-
-            adapted, tokenizer, _ = load_adapted(adapter, base=spec["path"], dtype=dtype)
-            return adapted.model, tokenizer
-    model, tokenizer = load_causal_lm(spec["path"], dtype=dtype)
-    if adapter is not None:
-        from peft import PeftModel
-
-        if not (adapter / "adapter_config.json").is_file():
-            raise SqftError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
-        try:
-            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
-        except Exception as exc:
-            raise SqftError(f"adapter {adapter} does not fit the model in {spec['path']}: "
-                            f"{str(exc).strip().splitlines()[-1]}") from exc
-        model.eval()
-    return model, tokenizer
+    return load_for_inference(spec["path"], spec.get("adapter"), dtype, spec.get("sub_adapter"), allow_qa=False)
 
 
 def load_engine(spec: dict):

@@ -1,0 +1,69 @@
+"""LoRA: the baseline every SQFT figure is measured against — a plain adapter on a sparse (or INT4) base.
+
+Deployed two ways, both evaluated:
+* unmerged: the base as it is plus the adapter beside it (PyTorch), the accuracy SQFT's table compares to;
+* merged: W + B*A exported to an IR. Plain LoRA's update is dense, so merging fills the base's zeros —
+  the deployed sparsity this row reports is what SparsePEFT exists to keep.
+`--int4 sym|asym` snaps the frozen base to NNCF's INT4 grid first (the QLoRA-style baseline); the merged
+weights are then re-quantized to INT4 at export, since W + B*A is off the grid.
+
+    sqft-ov run recipes/lora.py --model SPARSE_BASE --data TASK [--int4 asym] [--out lora]
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sqft_ov.errors import SqftError
+from sqft_ov.evaluate import EvalConfig, evaluate
+from sqft_ov.export import ExportConfig, export
+from sqft_ov.finetune import FinetuneConfig, finetune
+from sqft_ov.merge import merge
+from sqft_ov.output import check_output
+from sqft_ov.recipe import Deployment, task_files
+from sqft_ov.sparsify import deployed_sparsity
+
+
+def recipe(
+    model: Annotated[Path, typer.Option(help="Base model folder (e.g. the output of sqft-ov sparsify).")],
+    data: Annotated[Path, typer.Option(help="Training data, or a folder with train.jsonl and test.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Folder for the adapter, merged model and IR.")] = Path("lora"),
+    test: Annotated[Optional[Path], typer.Option(help="Evaluation data [default: DATA/test.jsonl, else DATA].")] = None,
+    int4: Annotated[Optional[str], typer.Option(help="sym | asym: train on the base snapped to INT4 (QLoRA-style).")] = None,
+    group_size: Annotated[int, typer.Option(help="INT4 group size (with --int4).")] = 64,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-3,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    merged: Annotated[bool, typer.Option(help="Also merge, export and evaluate the merged IR.")] = True,
+    eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    progress=None,
+) -> list[Deployment]:
+    if int4 not in (None, "sym", "asym"):
+        raise SqftError(f"--int4 must be sym or asym, got {int4!r}")
+    train, test = task_files(data, test)
+    out = check_output(out, overwrite)
+    shutil.rmtree(out, ignore_errors=True)
+    config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
+                            batch_size=batch_size, eval_split=0.05)
+    adapter = finetune(model, train, out / "adapter", config, progress=progress).output
+    base_precision = f"int4 {int4} g{group_size} (snapped)" if int4 else "fp32"
+    deployments = [Deployment("LoRA", "lora", Path(model).absolute(), adapter, None, merged=False,
+                              precision=f"{base_precision} + adapter", sparsity=deployed_sparsity(model),
+                              evaluation=evaluate(model, test or train, EvalConfig(adapter=adapter, limit=eval_limit),
+                                                  progress))]
+    if merged:
+        merge(adapter, out / "merged")
+        fmt = ExportConfig(weight_format="int4", sym=int4 == "sym", group_size=group_size) if int4 else \
+            ExportConfig(weight_format="fp16")
+        ir = export(out / "merged", out / "ir", fmt).output
+        deployments.append(Deployment("LoRA, merged", "lora", Path(ir), None, None, merged=True,
+                                      precision=f"int4 {int4} g{group_size} (re-quantized)" if int4 else "fp16",
+                                      sparsity=deployed_sparsity(ir),
+                                      evaluation=evaluate(ir, test or train, EvalConfig(limit=eval_limit), progress)))
+    return deployments

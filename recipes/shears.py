@@ -1,0 +1,52 @@
+"""Shears: elastic-rank LoRA (NLS) on a sparse base, deployed unmerged.
+
+The Shears paper's recipe and SQFT's "Shears" row: the sparse base stays as it is and the chosen
+sub-adapter runs beside it (a plain LoRA update would fill the base's zeros if merged). NLS trains a
+super-adapter whose ranks are sampled per decoder block at every step; `search` then picks one rank per
+block on held-out loss.
+
+    sqft-ov run recipes/shears.py --model SPARSE_BASE --data TASK [--out shears]
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sqft_ov.evaluate import EvalConfig, evaluate
+from sqft_ov.finetune import FinetuneConfig, finetune
+from sqft_ov.output import check_output
+from sqft_ov.recipe import Deployment, task_files
+from sqft_ov.search import STRATEGIES, search
+from sqft_ov.sparsify import deployed_sparsity
+
+
+def recipe(
+    model: Annotated[Path, typer.Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")],
+    data: Annotated[Path, typer.Option(help="Training data, or a folder with train.jsonl and test.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Folder for the super-adapter and the chosen sub-adapter.")] = Path("shears"),
+    test: Annotated[Optional[Path], typer.Option(help="Evaluation data [default: DATA/test.jsonl, else DATA].")] = None,
+    rank_space: Annotated[str, typer.Option(help="Ranks NLS samples from.")] = "16 12 8",
+    strategy: Annotated[str, typer.Option(help=f"Sub-adapter search: {' | '.join(STRATEGIES)}.")] = "hill-climb",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-3,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    progress=None,
+) -> list[Deployment]:
+    train, test = task_files(data, test)
+    out = check_output(out, overwrite)
+    shutil.rmtree(out, ignore_errors=True)
+    config = FinetuneConfig(method="lora", nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
+                            max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05)
+    adapter = finetune(model, train, out / "adapter", config, progress=progress).output
+    sub_adapter = out / "sub_adapter.json"
+    search(adapter, strategy, budget=12).save(sub_adapter, list(config.rank_space))
+    evaluation = evaluate(model, test or train, EvalConfig(adapter=adapter, sub_adapter=sub_adapter, limit=eval_limit),
+                          progress)
+    return [Deployment("Shears", "lora", Path(model).absolute(), adapter, sub_adapter, merged=False,
+                       precision="fp32 + adapter", sparsity=deployed_sparsity(model), evaluation=evaluation)]

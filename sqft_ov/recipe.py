@@ -1,0 +1,76 @@
+"""What the recipes in `recipes/` share: where their data is, and what they hand back.
+
+A recipe (`recipes/lora.py`, `shears.py`, `sparsepeft.py`, `qa_sparsepeft.py`) is plain Python over the
+public API — finetune, search, merge, export, evaluate — ending in one or more `Deployment`s: a model as a
+user would ship it (an IR, or a Hugging Face folder plus an unmerged adapter) with its accuracy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqft_ov.errors import SqftError
+from sqft_ov.evaluate import EvalReport
+
+TRAIN_FILE, TEST_FILE = "train.jsonl", "test.jsonl"
+
+
+@dataclass
+class Deployment:
+    label: str  # e.g. "QA-SparsePEFT + NLS"
+    method: str  # lora | sparsepeft | qa-sparsepeft | none
+    model: Path  # IR folder, or Hugging Face folder
+    adapter: Path | None  # unmerged adapter (None once merged)
+    sub_adapter: Path | None  # NLS: the ranks search chose
+    merged: bool
+    precision: str  # of the deployed weights, e.g. "int4 asym g64", "fp16", "fp32 + adapter"
+    sparsity: float  # zeros among the decoder's linear weights as deployed (the adapter, if unmerged, is dense)
+    evaluation: EvalReport | None = None
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.evaluation.exact_match if self.evaluation else None
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "method": self.method, "model": str(self.model),
+                "adapter": str(self.adapter) if self.adapter else None,
+                "sub_adapter": str(self.sub_adapter) if self.sub_adapter else None, "merged": self.merged,
+                "precision": self.precision, "sparsity": self.sparsity, "accuracy": self.accuracy,
+                "evaluation": self.evaluation.to_dict() if self.evaluation else None}
+
+
+def task_files(data: str | Path, test: str | Path | None = None) -> tuple[Path, Path | None]:
+    """(train, test) from --data / --test: a folder holding train.jsonl (+ test.jsonl), or files."""
+    data = Path(data).expanduser()
+    if data.is_dir() and (data / TRAIN_FILE).is_file():
+        train = data / TRAIN_FILE
+        if test is None and (data / TEST_FILE).is_file():
+            test = data / TEST_FILE
+    elif data.exists():
+        train = data
+    else:
+        raise SqftError(f"data {data} does not exist: pass a training file, or a folder with {TRAIN_FILE} "
+                        f"(and {TEST_FILE})")
+    if test is not None and not Path(test).expanduser().is_file():
+        raise SqftError(f"test data {test} does not exist")
+    return train, Path(test).expanduser() if test is not None else None
+
+
+def load_recipe(path: str | Path):
+    """The `recipe` function of a recipe file (a Python file defining `recipe(model, data, out, ...)`)."""
+    path = Path(path).expanduser()
+    if not path.is_file() or path.suffix != ".py":
+        raise SqftError(f"recipe {path} is not a Python file: pass e.g. recipes/sparsepeft.py")
+    spec = importlib.util.spec_from_file_location(f"sqft_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    function = getattr(module, "recipe", None)
+    if not callable(function):
+        raise SqftError(f"{path} defines no recipe() function")
+    missing = {"model", "data", "out"} - set(inspect.signature(function).parameters)
+    if missing:
+        raise SqftError(f"{path}: recipe() must take model, data and out (missing {', '.join(sorted(missing))})")
+    return function

@@ -1,0 +1,182 @@
+"""The embedded task, eval, recipes and `sqft-ov quickstart --fast` end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import FIELDS
+from test_cli import assert_one_line_error, sqft
+
+from sqft_ov.arithmetic import extract_answer, problems, write_task
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (" 3 + 4 = 7. #### 7", "7"),
+    ("#### 12 then more text #### 42", "42"),  # the last one counts
+    ("####42", "42"),
+    ("#### 1,234", "1234"),
+    ("#### -5", "-5"),
+    ("#### 7.0", "7"),
+    ("#### 3.50", "3.5"),
+    ("#### .5", ".5"),
+    ("the answer is 7", None),
+    ("#### ", None),
+    ("", None),
+])
+def test_answer_extraction(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_task_is_deterministic_shifted_and_held_out(tmp_path):
+    a, b = write_task(tmp_path / "a", 300, 60, seed=4), write_task(tmp_path / "b", 300, 60, seed=4)
+    assert a["train"].read_text() == b["train"].read_text() and a["test"].read_text() == b["test"].read_text()
+    train = [json.loads(line) for line in a["train"].read_text().splitlines()]
+    test = [json.loads(line) for line in a["test"].read_text().splitlines()]
+    assert len(train) == 300 and len(test) == 60
+    assert not {r["prompt"] for r in test} & {r["prompt"] for r in train}
+    for row in train + test:
+        assert extract_answer(row["response"]) == row["answer"]
+    # The downstream task has operations the foundation corpus never shows.
+    assert {r["kind"] for r in train} == {"add", "sub", "two-step", "mul"}
+    foundation = problems("foundation", 500)
+    assert {p.kind for p in foundation} == {"add", "sub"}
+    assert not any("*" in p.response for p in foundation)
+    foundation_questions = {p.question for p in foundation}
+    assert not any(r["prompt"].split("Question: ")[1].split("\n")[0] in foundation_questions for r in train)
+
+
+def test_foundation_model_is_cached_by_configuration(tmp_path, monkeypatch):
+    from sqft_ov import foundation
+    from sqft_ov.foundation import FoundationConfig, foundation_model
+
+    small = FoundationConfig(layers=1, hidden=64, intermediate=128, heads=2, kv_heads=1, vocab=320, seq_len=32,
+                             batch_size=4, steps=3)
+    path = foundation_model(small, tmp_path)
+    record = json.loads((path / foundation.RECORD).read_text())
+    assert record["steps"] == 3 and record["config"]["hidden"] == 64
+    tokenizer_json = (path / "tokenizer.json").read_text()
+    assert '"individual_digits": true' in tokenizer_json.replace(" ", "").replace('":true', '": true')
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached model must be reused")
+
+    monkeypatch.setattr(foundation, "pretrain", no_training)
+    assert foundation_model(small, tmp_path) == path
+    other = FoundationConfig(**{**small.__dict__, "steps": 4})
+    assert other.key != small.key
+    with pytest.raises(AssertionError, match="reused"):
+        foundation_model(other, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "qs"
+    result = sqft("quickstart", "--fast", "--out", out, "--cache", out.parent / "cache")
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    return out, result
+
+
+@pytest.mark.slow
+def test_quickstart_fast_end_to_end(quickstart_run):
+    out, result = quickstart_run
+    data = json.loads((out / "quickstart.json").read_text())
+    table = {row["method"]: row for row in data["table"]}
+    assert set(table) == {"Foundation (dense, no FT)", "Wanda 50 % (no FT)", "LoRA",
+                          "LoRA, merged", "Shears", "SparsePEFT", "QA-SparsePEFT"}
+    assert table["LoRA"]["relative_to_lora"] == 1.0
+    for method, row in table.items():
+        assert 0.0 <= row["accuracy"] <= 1.0
+        if "no FT" in method:
+            assert row["decode_tokens_per_s"] is None and row["merged"] == "-"
+        else:
+            assert row["decode_tokens_per_s"] > 0, row  # every deployment ran through bench
+    assert table["Foundation (dense, no FT)"]["sparsity"] < 0.01
+    for method in ("Wanda 50 % (no FT)", "LoRA", "Shears", "SparsePEFT", "QA-SparsePEFT"):
+        assert table[method]["sparsity"] >= 0.5, method  # Wanda zeroes half of each row; merges keep them
+    assert table["LoRA, merged"]["sparsity"] < 0.25  # the dense update filled the zeros
+    assert table["SparsePEFT"]["merged"] == table["QA-SparsePEFT"]["merged"] == "yes"
+    assert table["LoRA"]["merged"] == table["Shears"]["merged"] == "no"
+    deployments = {d["label"]: d for d in data["deployments"]}
+    assert (Path(deployments["QA-SparsePEFT"]["model"]) / "openvino_model.xml").is_file()
+    assert deployments["QA-SparsePEFT"]["evaluation"]["engine"] == "openvino"
+    assert deployments["LoRA"]["evaluation"]["engine"] == "pytorch"
+    assert (out / "quickstart.md").read_text().startswith("| method | accuracy |")
+    assert "QA-SparsePEFT" in result.stdout and "vs LoRA" in result.stdout
+    again = sqft("quickstart", "--fast", "--out", out, "--cache", out.parent / "cache")
+    assert_one_line_error(again, "already exists", "--overwrite")
+
+
+@pytest.mark.slow
+def test_eval_same_exact_match_through_openvino_and_pytorch(quickstart_run, tmp_path):
+    from sqft_ov.evaluate import EvalConfig, evaluate
+
+    out, _ = quickstart_run
+    test = out / "task" / "test.jsonl"
+    ir = evaluate(out / "sparsepeft" / "ir", test, EvalConfig())
+    torch_ = evaluate(out / "sparsepeft" / "merged", test, EvalConfig())
+    assert (ir.engine, torch_.engine) == ("openvino", "pytorch")
+    assert ir.examples == torch_.examples == 40
+    assert abs(ir.correct - torch_.correct) <= 1
+    assert abs(ir.response_loss - torch_.response_loss) < 0.05 * torch_.response_loss
+    # The CLI: table, samples, JSON with every example.
+    report = tmp_path / "eval.json"
+    result = sqft("eval", out / "sparsepeft" / "ir", test, "--limit", "10", "--batch-size", "4", "--json", report)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(report.read_text())
+    assert saved["examples"] == 10 and len(saved["samples"]) == 10 and saved["engine"] == "openvino"
+    assert saved["correct"] == sum(s["correct"] for s in saved["samples"])
+    assert "exact match" in result.stdout
+
+
+def test_eval_bad_input(tmp_path, exported, sparse_models, trained, sft_data):
+    no_answers = tmp_path / "plain.jsonl"
+    no_answers.write_text(json.dumps({"prompt": "2 + 2 =", "response": "4"}) + "\n")
+    assert_one_line_error(sqft("eval", exported("llama", "int4"), no_answers), "####")
+    assert_one_line_error(sqft("eval", tmp_path / "missing", sft_data), "does not exist")
+    assert_one_line_error(sqft("eval", exported("llama", "int4"), sft_data, "--adapter", trained("lora"),
+                               "--prompt-field", "question", "--response-field", "answer"), "OpenVINO IR")
+    assert_one_line_error(sqft("eval", sparse_models["llama"], sft_data), "no field")
+    assert_one_line_error(sqft("eval", sparse_models["llama"], sft_data, "--prompt-field", "question",
+                               "--response-field", "answer", "--limit", "0"), "--limit")
+
+
+def test_eval_pytorch_adapters(sparse_models, trained, sft_data):
+    """Unmerged adapters of every kind evaluate in PyTorch; an NLS sub-adapter changes the model."""
+    from sqft_ov.evaluate import EvalConfig, evaluate
+
+    for method, nls in (("lora", False), ("sparsepeft", True), ("qa-sparsepeft", False)):
+        report = evaluate(sparse_models["llama"], sft_data, EvalConfig(adapter=trained(method, nls), limit=6,
+                                                                      max_new_tokens=12, **FIELDS))
+        assert report.engine == "pytorch" and report.examples == 6 and report.response_loss > 0
+
+
+def test_run_recipe_through_the_cli(tmp_path, sparse_models, workdir):
+    task = write_task(tmp_path / "task", 64, 8)
+    out = tmp_path / "sp"
+    result = sqft("run", RECIPES / "sparsepeft.py", "--model", sparse_models["llama"], "--data", task["train"].parent,
+                  "--out", out, "--nls", "--rank-space", "8", "4", "--steps", "3", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SparsePEFT + NLS" in result.stdout
+    assert (out / "ir" / "openvino_model.xml").is_file() and (out / "sub_adapter.json").is_file()
+    ranks = json.loads((out / "sub_adapter.json").read_text())["ranks"]
+    assert set(ranks) <= {8, 4}
+    from sqft_ov.sparsify import deployed_sparsity
+
+    assert deployed_sparsity(out / "ir") >= 0.5
+    assert_one_line_error(sqft("run", RECIPES / "sparsepeft.py", "--model", sparse_models["llama"], "--data",
+                               task["train"].parent, "--out", out), "already exists")
+    helped = sqft("run", RECIPES / "qa_sparsepeft.py", "--help")
+    assert helped.returncode == 0 and "--group-size" in helped.stdout and "--model" in helped.stdout
+    assert_one_line_error(sqft("run", tmp_path / "nope.py", "--model", "m", "--data", "d"), "not a Python file")
+
+
+def test_qa_sparsepeft_recipe_with_nls(tmp_path, sparse_models):
+    from sqft_ov.recipes import qa_sparsepeft
+
+    task = write_task(tmp_path / "task", 64, 8)
+    (row,) = qa_sparsepeft.recipe(model=sparse_models["llama"], data=task["train"].parent, out=tmp_path / "qa",
+                                  nls=True, rank_space="8 4", steps=3, batch_size=4)
+    assert row.label == "QA-SparsePEFT + NLS" and row.merged and row.sparsity >= 0.5
+    assert row.evaluation.engine == "openvino" and row.evaluation.examples == 8
