@@ -12,7 +12,6 @@ weights are then re-quantized to INT4 at export, since W + B*A is off the grid.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,32 +22,33 @@ from sqft_ov.evaluate import EvalConfig, evaluate
 from sqft_ov.export import ExportConfig, export
 from sqft_ov.finetune import FinetuneConfig, finetune
 from sqft_ov.merge import merge
-from sqft_ov.output import check_output
-from sqft_ov.recipe import Deployment, task_files
+from sqft_ov.recipe import (
+    BatchSize, Data, Deployment, EvalLimit, Lr, Out, Overwrite, Steps, Test, fresh_output, task_files,
+)
 from sqft_ov.sparsify import deployed_sparsity
 
 
 def recipe(
     model: Annotated[Path, typer.Option(help="Base model folder (e.g. the output of sqft-ov sparsify).")],
-    data: Annotated[Path, typer.Option(help="Training data, or a folder with train.jsonl and test.jsonl.")],
-    out: Annotated[Path, typer.Option(help="Folder for the adapter, merged model and IR.")] = Path("lora"),
-    test: Annotated[Optional[Path], typer.Option(help="Evaluation data [default: DATA/test.jsonl, else DATA].")] = None,
-    int4: Annotated[Optional[str], typer.Option(help="sym | asym: train on the base snapped to INT4 (QLoRA-style).")] = None,
+    data: Data,
+    out: Out = Path("lora"),
+    test: Test = None,
+    int4: Annotated[Optional[str],
+                    typer.Option(help="sym | asym: train on the base snapped to INT4 (QLoRA-style).")] = None,
     group_size: Annotated[int, typer.Option(help="INT4 group size (with --int4).")] = 64,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-3,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    steps: Steps = 600,
+    lr: Lr = 3e-3,
+    batch_size: BatchSize = 16,
     merged: Annotated[bool, typer.Option(help="Also merge, export and evaluate the merged IR.")] = True,
-    eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    eval_limit: EvalLimit = None,
+    overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     if int4 not in (None, "sym", "asym"):
         raise SqftError(f"--int4 must be sym or asym, got {int4!r}")
     train, test = task_files(data, test)
-    out = check_output(out, overwrite)
-    shutil.rmtree(out, ignore_errors=True)
+    out = fresh_output(out, overwrite)
     config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output

@@ -10,9 +10,8 @@ elastic ranks and picks a sub-adapter with `search` before merging.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,32 +19,33 @@ from sqft_ov.evaluate import EvalConfig, evaluate
 from sqft_ov.export import ExportConfig, export
 from sqft_ov.finetune import FinetuneConfig, finetune
 from sqft_ov.merge import merge
-from sqft_ov.output import check_output
-from sqft_ov.recipe import Deployment, task_files
+from sqft_ov.recipe import (
+    BatchSize, Data, Deployment, EvalLimit, Lr, Nls, Out, Overwrite, Rank, RankSpace, SparseBase, Steps, Test,
+    fresh_output, task_files,
+)
 from sqft_ov.search import search
 from sqft_ov.sparsify import deployed_sparsity
 
 
 def recipe(
-    model: Annotated[Path, typer.Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")],
-    data: Annotated[Path, typer.Option(help="Training data, or a folder with train.jsonl and test.jsonl.")],
-    out: Annotated[Path, typer.Option(help="Folder for the adapter, merged model and IR.")] = Path("qa-sparsepeft"),
-    test: Annotated[Optional[Path], typer.Option(help="Evaluation data [default: DATA/test.jsonl, else DATA].")] = None,
-    nls: Annotated[bool, typer.Option(help="Elastic ranks, then a sub-adapter chosen by search.")] = False,
-    rank: Annotated[int, typer.Option(help="LoRA rank (without --nls).")] = 16,
-    rank_space: Annotated[str, typer.Option(help="Ranks NLS samples from.")] = "16 12 8",
+    model: SparseBase,
+    data: Data,
+    out: Out = Path("qa-sparsepeft"),
+    test: Test = None,
+    nls: Nls = False,
+    rank: Rank = 16,
+    rank_space: RankSpace = "16 12 8",
     sym: Annotated[bool, typer.Option("--sym/--asym", help="INT4 grid without / with zero points.")] = False,
     group_size: Annotated[int, typer.Option(help="INT4 group size (fixed at training time).")] = 64,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-3,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
-    eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    steps: Steps = 600,
+    lr: Lr = 3e-3,
+    batch_size: BatchSize = 16,
+    eval_limit: EvalLimit = None,
+    overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
-    out = check_output(out, overwrite)
-    shutil.rmtree(out, ignore_errors=True)
+    out = fresh_output(out, overwrite)
     config = FinetuneConfig(method="qa-sparsepeft", rank=rank, nls=nls,
                             rank_space=tuple(int(r) for r in rank_space.split()), int4="sym" if sym else "asym",
                             group_size=group_size, max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05)

@@ -10,37 +10,37 @@ block on held-out loss.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from sqft_ov.evaluate import EvalConfig, evaluate
 from sqft_ov.finetune import FinetuneConfig, finetune
-from sqft_ov.output import check_output
-from sqft_ov.recipe import Deployment, task_files
+from sqft_ov.recipe import (
+    BatchSize, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, SparseBase, Steps, Test,
+    fresh_output, task_files,
+)
 from sqft_ov.search import STRATEGIES, search
 from sqft_ov.sparsify import deployed_sparsity
 
 
 def recipe(
-    model: Annotated[Path, typer.Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")],
-    data: Annotated[Path, typer.Option(help="Training data, or a folder with train.jsonl and test.jsonl.")],
-    out: Annotated[Path, typer.Option(help="Folder for the super-adapter and the chosen sub-adapter.")] = Path("shears"),
-    test: Annotated[Optional[Path], typer.Option(help="Evaluation data [default: DATA/test.jsonl, else DATA].")] = None,
-    rank_space: Annotated[str, typer.Option(help="Ranks NLS samples from.")] = "16 12 8",
+    model: SparseBase,
+    data: Data,
+    out: Out = Path("shears"),
+    test: Test = None,
+    rank_space: RankSpace = "16 12 8",
     strategy: Annotated[str, typer.Option(help=f"Sub-adapter search: {' | '.join(STRATEGIES)}.")] = "hill-climb",
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-3,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
-    eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    steps: Steps = 600,
+    lr: Lr = 3e-3,
+    batch_size: BatchSize = 16,
+    eval_limit: EvalLimit = None,
+    overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
-    out = check_output(out, overwrite)
-    shutil.rmtree(out, ignore_errors=True)
+    out = fresh_output(out, overwrite)
     config = FinetuneConfig(method="lora", nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output

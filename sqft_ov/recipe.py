@@ -9,13 +9,31 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 from sqft_ov.errors import SqftError
 from sqft_ov.evaluate import EvalReport
 
 TRAIN_FILE, TEST_FILE = "train.jsonl", "test.jsonl"
+
+# The options every recipe shares, as `sqft-ov run` shows them (plain defaults when called from Python).
+SparseBase = Annotated[Path, typer.Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")]
+Data = Annotated[Path, typer.Option(help="Training data, or a folder with train.jsonl and test.jsonl.")]
+Out = Annotated[Path, typer.Option(help="Folder for everything the recipe writes.")]
+Test = Annotated[Optional[Path], typer.Option(help="Evaluation data [default: DATA/test.jsonl, else DATA].")]
+Nls = Annotated[bool, typer.Option(help="Elastic ranks, then a sub-adapter chosen by search.")]
+Rank = Annotated[int, typer.Option(help="LoRA rank (without --nls).")]
+RankSpace = Annotated[str, typer.Option(help="Ranks NLS samples from.")]
+Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
+Lr = Annotated[float, typer.Option(help="Learning rate.")]
+BatchSize = Annotated[int, typer.Option(help="Examples per step.")]
+EvalLimit = Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
 
 
 @dataclass
@@ -57,6 +75,15 @@ def task_files(data: str | Path, test: str | Path | None = None) -> tuple[Path, 
     if test is not None and not Path(test).expanduser().is_file():
         raise SqftError(f"test data {test} does not exist")
     return train, Path(test).expanduser() if test is not None else None
+
+
+def fresh_output(out: str | Path, overwrite: bool) -> Path:
+    """OUT checked like every command's output, and emptied when --overwrite replaces it."""
+    from sqft_ov.output import check_output
+
+    out = check_output(out, overwrite)
+    shutil.rmtree(out, ignore_errors=True)
+    return out
 
 
 def load_recipe(path: str | Path):
