@@ -131,6 +131,7 @@ def export(
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric (no zero point) or asymmetric (default) INT weights."),
     group_size: Optional[int] = typer.Option(None, help="INT4 group size along the input dimension; -1 per channel. [default: 128, or a merged model's trained grid]"),
     group_size_fallback: str = typer.Option("error", help="error | adjust | ignore: for layers the group size does not divide."),
+    all_layers: bool = typer.Option(False, help="INT4 also for the embeddings and lm_head (default: INT8, as NNCF and optimum-cli)."),
     calibration: Optional[Path] = typer.Option(None, help="Text data for int8-w8a8 static quantization."),
     text_field: list[str] = typer.Option([], help="Field(s) holding the calibration text."),
     num_samples: int = typer.Option(128, help="Calibration sequences (int8-w8a8)."),
@@ -145,7 +146,7 @@ def export(
     from sqft_ov.export import export as run_export
 
     config = ExportConfig(weight_format=weight_format, sym=sym, group_size=group_size,
-                          group_size_fallback=group_size_fallback,
+                          group_size_fallback=group_size_fallback, all_layers=all_layers,
                           calibration=str(calibration) if calibration else None, text_fields=tuple(text_field),
                           num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate, device=device,
                           trust_remote_code=trust_remote_code)
@@ -302,6 +303,90 @@ def bench(
         sys.exit(1)
 
 
+@app.command()
+def tune(
+    path: Path = typer.Argument(..., help="IR folder (runtime properties), or Hugging Face folder with --export-grid."),
+    budget_minutes: float = typer.Option(20.0, help="Stop timing new settings after this long (the rest are listed as not measured)."),
+    apply: bool = typer.Option(False, "--apply", help="Write the best setting into the IR folder's runtime configuration."),
+    export_grid: bool = typer.Option(False, "--export-grid", help="Re-export MODEL over INT4 group size, sym/asym and INT8/INT4 embeddings, and time each."),
+    out: Optional[Path] = typer.Option(None, help="--export-grid: folder for the exported IRs [default: PATH-export-grid]."),
+    property: list[str] = typer.Option([], "--property", help="KEY=V1,V2 ...: try these values (replaces the default grid; repeatable). KV_CACHE_GROUP_SIZE sets key and value groups."),
+    groups: str = typer.Option("-1 32 64 128", help="--export-grid: INT4 group sizes (-1: per channel)."),
+    modes: str = typer.Option("sym asym", help="--export-grid: INT4 modes."),
+    embeddings: str = typer.Option("int8 int4", help="--export-grid: embeddings/lm_head precision."),
+    device: str = typer.Option("CPU", help="OpenVINO device."),
+    prompt_tokens: int = typer.Option(32, help="Prompt length in tokens."),
+    new_tokens: int = typer.Option(64, help="Tokens generated per run."),
+    repeats: int = typer.Option(3, help="Measured runs per setting (the confirmation run uses twice as many)."),
+    warmup: int = typer.Option(1, help="Uncounted rounds first."),
+    max_logit_diff: Optional[float] = typer.Option(None, help="Flag settings whose logits move more than this from the f32 reference [default: 2x the current configuration's difference]."),
+    min_gain: float = typer.Option(0.03, help="A setting is adopted only if it decodes at least 1 + this times faster."),
+    profile: bool = typer.Option(True, help="Per-node profile of one decode step, current and best configuration."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --json file or --export-grid folder."),
+) -> None:
+    """Find the fastest runtime configuration of an IR (or the fastest INT4 export of a model) that keeps its outputs."""
+    from sqft_ov.output import check_output_file, write_file_atomic
+    from sqft_ov.tune import TuneConfig
+    from sqft_ov.tune import apply as apply_setting
+    from sqft_ov.tune import report as tune_report
+    from sqft_ov.tune.space import grid_from_options
+
+    grid = None
+    if property:
+        values = {}
+        for key, value in _properties(property).items():
+            values[key] = [v for v in value.split(",") if v]
+        grid = grid_from_options(values)
+    config = TuneConfig(device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                        warmup=warmup, budget_minutes=budget_minutes, max_logit_diff=max_logit_diff,
+                        min_gain=min_gain, grid=grid, profile=profile)
+    if json_file:
+        check_output_file(json_file, overwrite)
+    if export_grid:
+        from sqft_ov.tune.export_grid import export_grid as run_grid
+        from sqft_ov.tune.export_grid import grid_points
+
+        if apply or property:
+            raise SqftError("--export-grid re-exports the model; --apply and --property tune an IR's runtime "
+                            "properties: run tune on the chosen IR afterwards")
+        points = grid_points(_ints(groups, "--groups"), modes.replace(",", " ").split(),
+                             embeddings.replace(",", " ").split())
+        target = out or path.expanduser().absolute().with_name(path.expanduser().absolute().name + "-export-grid")
+        with _progress() as progress:
+            result = run_grid(path, target, config, points, overwrite, progress)
+        console.print(tune_report.grid_table(result))
+        console.print(f"IRs and export_grid.json in {result['output']}", highlight=False)
+    else:
+        from sqft_ov.tune import tune as run_tune
+
+        with _progress() as progress:
+            result = run_tune(path, config, progress)
+        console.print(tune_report.settings_table(result))
+        console.print(tune_report.best_line(result), highlight=False)
+        if result["profile"]:
+            for name in ("current", "best"):
+                profile_result = result["profile"][name]
+                if isinstance(profile_result, dict):
+                    console.print(tune_report.profile_table(profile_result, f"one decode step, {name} configuration"))
+                    for line in tune_report.profile_lines(profile_result):
+                        console.print(line, highlight=False)
+        if apply:
+            if result["best"]["setting"]:
+                written = apply_setting(path, result["best"]["setting"], device)
+                result["applied"] = written
+                plain = [k for k, ok in written["plain_loaders_apply"].items() if ok]
+                console.print(f"applied: {path}/runtime_config.json now holds {written['runtime_config']}; "
+                              f"plain OVModelForCausalLM / LLMPipeline loads also pick up {plain or 'none of them'} "
+                              "from the IR (the rest: pass runtime_config.json as ov_config / properties)",
+                              highlight=False)
+            else:
+                console.print("--apply: nothing to write, the current configuration is the best", highlight=False)
+    if json_file:
+        write_file_atomic(json_file, json.dumps(result, indent=2) + "\n", overwrite)
+        console.print(f"report written to {json_file}", highlight=False)
+
+
 def _properties(items: list[str]) -> dict[str, str]:
     properties = {}
     for item in (word for text in items for word in text.split()):
@@ -443,7 +528,7 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise SqftError(f"{flag} takes whole numbers, e.g. {flag} 32 24 16") from None
 
 
-_LIST_OPTIONS = ("--rank-space", "--target-modules", "--property")
+_LIST_OPTIONS = ("--rank-space", "--target-modules", "--property", "--groups", "--modes", "--embeddings")
 
 
 def _fold_list_options(argv: list[str]) -> list[str]:
@@ -453,7 +538,7 @@ def _fold_list_options(argv: list[str]) -> list[str]:
         out.append(argv[i])
         if argv[i] in _LIST_OPTIONS:
             j = i + 1
-            while j < len(argv) and not argv[j].startswith("-"):
+            while j < len(argv) and (not argv[j].startswith("-") or argv[j][1:].isdigit()):  # -1: a value
                 j += 1
             out.append(" ".join(argv[i + 1:j]))
             i = j

@@ -34,6 +34,7 @@ class ExportConfig:
     sym: bool | None = None  # default: asymmetric (or the trained grid's, for a merged QA-SparsePEFT folder)
     group_size: int | None = None  # INT4 only; -1 means per output channel; default 128 (or the trained grid's)
     group_size_fallback: str = "error"
+    all_layers: bool = False  # INT4 also for embeddings and lm_head (NNCF keeps them INT8 by default)
     calibration: str | None = None  # int8-w8a8 only
     text_fields: tuple[str, ...] = ()
     num_samples: int = 128
@@ -51,6 +52,8 @@ class ExportConfig:
             raise SqftError(f"--group-size must be positive or -1 (per channel), got {self.group_size}")
         if self.weight_format == "int8-w8a8" and not self.calibration:
             raise SqftError("--weight-format int8-w8a8 quantizes activations statically: pass --calibration FILE")
+        if self.all_layers and self.weight_format != "int4":
+            raise SqftError("--all-layers applies to --weight-format int4 only")
         if self.sparse_rate is not None and not 0 < self.sparse_rate <= 1:
             raise SqftError(f"--sparse-rate must be in (0, 1], got {self.sparse_rate}")
 
@@ -90,13 +93,15 @@ def _check_group_size(model_dir: Path, config: ExportConfig) -> None:
             for name in f.keys():
                 shape = f.get_slice(name).get_shape()
                 # NNCF keeps embeddings and lm_head in INT8 (per channel): only the decoder linears are grouped.
-                if len(shape) == 2 and name.endswith(".weight") and "embed" not in name and "lm_head" not in name \
+                backup = "embed" in name or "lm_head" in name
+                if len(shape) == 2 and name.endswith(".weight") and (config.all_layers or not backup) \
                         and shape[1] % group_size:
                     raise SqftError(f"--group-size {group_size} does not divide {name} (input size {shape[1]}):"
                                     " choose a divisor, or pass --group-size-fallback adjust|ignore")
 
 
-def _compress_weights(xml: Path, config: ExportConfig, provenance: dict) -> dict:
+def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | None = None) -> dict:
+    """NNCF weight compression of an uncompressed IR, written over it or `into` another .xml path."""
     import nncf
     import openvino as ov
 
@@ -109,14 +114,18 @@ def _compress_weights(xml: Path, config: ExportConfig, provenance: dict) -> dict
         group_size_fallback_mode=nncf.GroupSizeFallbackMode(config.group_size_fallback))
     model = ov.Core().read_model(xml)
     try:
-        model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, advanced_parameters=params)
+        model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, all_layers=config.all_layers,
+                                      advanced_parameters=params)
     except nncf.errors.InvalidGroupSizeError as exc:
         raise SqftError(f"--group-size {group} does not divide every layer ({str(exc).splitlines()[0]}):"
                         " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
-    settings = {"nncf_mode": mode.value, "group_size": group}
+    settings = {"nncf_mode": mode.value, "group_size": group, "all_layers": config.all_layers}
     # The IR is written here anyway: stamp where it came from into it (rt_info travels with the .xml).
     model.set_rt_info(json.dumps({**provenance, "settings": settings}), ["sqft_ov", "provenance"])
-    save_over(model, xml)
+    if into is None:
+        save_over(model, xml)
+    else:
+        ov.save_model(model, into, compress_to_fp16=False)
     return settings
 
 
@@ -149,6 +158,9 @@ def _check_grid(grid: dict, config: ExportConfig) -> None:
     if config.weight_format != "int4":
         raise SqftError(f"this model was merged onto a trained INT4 grid: export it with --weight-format int4 "
                         f"(--weight-format {config.weight_format} would re-quantize the merged weights)")
+    if config.all_layers:
+        raise SqftError("--all-layers would re-quantize the embeddings and lm_head of a model merged onto a trained "
+                        "INT4 grid to a grid it was not trained on: drop --all-layers")
     if config.group_size not in (None, grid["group_size"]):
         raise SqftError(f"--group-size {config.group_size} conflicts with the trained INT4 grid's group size "
                         f"{grid['group_size']}: drop --group-size")
@@ -295,7 +307,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         if trained is None and config.weight_format in ("int4", "int8"):
             settings |= {"sym": bool(config.sym), "group_size_fallback": config.group_size_fallback}
             provenance = {"sqft_ov_version": __version__, "source": str(model_dir)}
-            settings |= _compress_weights(xml, config, provenance)
+            settings |= compress_ir(xml, config, provenance)
         elif config.weight_format == "int8-w8a8":
             settings |= _quantize_w8a8(tmp, model_dir, config)
         phases["compress"] = time.perf_counter() - mark

@@ -17,6 +17,8 @@ from sqft_ov.ir import save_over
 
 RUNTIME_CONFIG = "runtime_config.json"
 SPARSE_RATE = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
+# Options of genai's LLMPipeline itself, not of the device: OVModelForCausalLM and compile_model refuse them.
+PIPELINE_PROPERTIES: dict[str, tuple[str, ...]] = {"ATTENTION_BACKEND": ("PA", "SDPA")}
 
 
 def cpu_flags() -> set[str]:
@@ -52,17 +54,28 @@ def read_runtime_config(ir_dir: str | Path) -> dict[str, str]:
 
 
 def write_runtime_config(ir_dir: str | Path, properties: dict[str, str]) -> None:
-    """Record properties in runtime_config.json and in the IR's rt_info runtime_options."""
+    """Record properties in runtime_config.json and, device properties, in the IR's rt_info runtime_options.
+
+    The CPU plugin reads a few of those itself (KV-cache precisions and group sizes, dynamic quantization
+    group size), so a plain `OVModelForCausalLM.from_pretrained(dir)` or `LLMPipeline(dir)` gets them too.
+    """
     import openvino as ov
+
+    from sqft_ov.output import write_file_atomic
 
     ir_dir = Path(ir_dir)
     merged = {**read_runtime_config(ir_dir), **{k: str(v) for k, v in properties.items()}}
-    (ir_dir / RUNTIME_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
     xml = ir_dir / "openvino_model.xml"
     model = ov.Core().read_model(xml)
-    for key, value in merged.items():
+    for key, value in device_properties(merged).items():
         model.set_rt_info(value, ["runtime_options", key])
     save_over(model, xml)
+    write_file_atomic(ir_dir / RUNTIME_CONFIG, json.dumps(merged, indent=2) + "\n", overwrite=True)
+
+
+def device_properties(properties: dict[str, str]) -> dict[str, str]:
+    """`properties` without genai's own pipeline options: what compile_model and OVModelForCausalLM accept."""
+    return {k: v for k, v in properties.items() if k not in PIPELINE_PROPERTIES}
 
 
 def runtime_properties(ir_dir: str | Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -82,7 +95,7 @@ def open_ov_model(ir_dir: str | Path, device: str = "CPU", properties: dict[str,
 
     check_device(device)
     return OVModelForCausalLM.from_pretrained(str(Path(ir_dir).absolute()), device=device,
-                                              ov_config=runtime_properties(ir_dir, properties))
+                                              ov_config=device_properties(runtime_properties(ir_dir, properties)))
 
 
 def run_prefill(compiled_model, tokens: int = 8) -> None:

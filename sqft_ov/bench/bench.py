@@ -34,11 +34,13 @@ class BenchModel:
     adapter: Path | None = None
     label: str | None = None
     sub_adapter: Path | None = None  # NLS adapters: the CONFIG.json search chose (default: the largest ranks)
+    properties: dict[str, str] = field(default_factory=dict)  # this model's OpenVINO / genai properties (IR only)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).expanduser().absolute()
         self.adapter = Path(self.adapter).expanduser().absolute() if self.adapter else None
         self.sub_adapter = Path(self.sub_adapter).expanduser().absolute() if self.sub_adapter else None
+        self.properties = {k: str(v) for k, v in self.properties.items()}
         if self.label is None:
             self.label = self.path.name + (f"+{self.adapter.name}" if self.adapter else "")
 
@@ -55,6 +57,7 @@ class BenchConfig:
     properties: dict[str, str] = field(default_factory=dict)  # OpenVINO / genai properties for IR models
     torch_dtype: str = "auto"  # PyTorch models: the checkpoint's dtype, or one of TORCH_DTYPES
     bandwidth_gib: float = 1.0  # buffer of the memory read test; 0 skips it
+    probe: tuple[list[int], int] | None = None  # (prompt ids, n): each model's greedy tokens, reported at the end
 
     def __post_init__(self) -> None:
         for name in ("prompt_tokens", "new_tokens", "repeats"):
@@ -80,7 +83,8 @@ class _Worker:
     def __init__(self, model: BenchModel, config: BenchConfig):
         spec = {"path": str(model.path), "adapter": str(model.adapter) if model.adapter else None,
                 "sub_adapter": str(model.sub_adapter) if model.sub_adapter else None,
-                "device": config.device, "properties": config.ir_properties(), "torch_dtype": config.torch_dtype,
+                "device": config.device, "properties": {**config.ir_properties(), **model.properties},
+                "torch_dtype": config.torch_dtype,
                 "prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,
                 "runs": config.warmup + config.repeats}
         self.log = tempfile.TemporaryFile("w+")
@@ -134,7 +138,7 @@ def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
                     "machine": machine_context(), "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     bandwidth = read_bandwidth(config.bandwidth_gib) if config.bandwidth_gib > 0 else []
     entries = [{"label": m.label, "path": str(m.path), "adapter": str(m.adapter) if m.adapter else None,
-                "error": None, "runs": []} for m in models]
+                "properties": {**config.ir_properties(), **m.properties}, "error": None, "runs": []} for m in models]
     workers: list[_Worker | None] = [None] * len(models)
     rounds = config.warmup + config.repeats
     task = progress.add_task("loading", total=len(models) + rounds * len(models)) if progress else None
@@ -173,7 +177,7 @@ def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
                     progress.advance(task)
         for i, worker in enumerate(workers):
             if worker is not None:
-                reply = worker.ask({"cmd": "finish"})
+                reply = worker.ask({"cmd": "finish", "probe": config.probe})
                 if reply.pop("ok"):
                     entries[i].update(reply)
                 else:

@@ -149,6 +149,14 @@ class GenaiEngine:
         return {"ttft_s": metrics.get_ttft().mean / 1e3, "decode_s": sum(steps), "decode_steps": len(steps),
                 "new_tokens": len(result.tokens[0]), "total_s": total}
 
+    def greedy(self, ids: list[int], new_tokens: int) -> list[int]:
+        import numpy as np
+        import openvino_genai
+
+        config = openvino_genai.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                                 ignore_eos=True, do_sample=False)
+        return [int(t) for t in self.pipe.generate(self.ov.Tensor(np.array([ids], dtype=np.int64)), config).tokens[0]]
+
 
 class _StepClock:
     """A transformers streamer that only notes the time of each `put`: the prompt first, then each token."""
@@ -185,6 +193,17 @@ class HFGenerateEngine:
         token_times = clock.times[1:]  # times[0]: the prompt, handed to the streamer before any compute
         return {"ttft_s": token_times[0] - start, "decode_s": token_times[-1] - token_times[0],
                 "decode_steps": len(token_times) - 1, "new_tokens": out.shape[1] - input_ids.shape[1], "total_s": total}
+
+    def greedy(self, ids: list[int], new_tokens: int) -> list[int]:
+        import torch
+
+        input_ids = torch.tensor([ids])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                      num_beams=1, pad_token_id=pad)
+        return [int(t) for t in out[0, input_ids.shape[1]:]]
 
 
 def _load_optimum(spec: dict) -> HFGenerateEngine:
@@ -296,8 +315,10 @@ def main() -> None:
                 reply({"ok": True, **engine.generate(prompts(command["index"]))})
             elif command["cmd"] == "finish":
                 peak = peak_rss_mib()
+                # the tokens this engine generates for a given prompt: lets `tune` compare settings' outputs
+                probe = engine.greedy(*command["probe"]) if command.get("probe") else None
                 primitives = fc_primitives(spec) if facts["kind"] == "ir" else None
-                reply({"ok": True, "peak_rss_mib": peak, "fc_primitives": primitives})
+                reply({"ok": True, "peak_rss_mib": peak, "fc_primitives": primitives, "probe_tokens": probe})
                 return
         except Exception as exc:  # noqa: BLE001
             reply({"ok": False, "error": _error_text(exc)})
