@@ -114,8 +114,9 @@ def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | 
         group_size_fallback_mode=nncf.GroupSizeFallbackMode(config.group_size_fallback))
     model = ov.Core().read_model(xml)
     try:
-        model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, all_layers=config.all_layers,
-                                      advanced_parameters=params)
+        extra = {"all_layers": True} if config.all_layers else {}  # NNCF's INT8 modes refuse the option itself
+        model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, advanced_parameters=params,
+                                      **extra)
     except nncf.errors.InvalidGroupSizeError as exc:
         raise SqftError(f"--group-size {group} does not divide every layer ({str(exc).splitlines()[0]}):"
                         " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
