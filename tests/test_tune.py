@@ -163,3 +163,19 @@ def test_export_grid_exports_every_point_and_times_them(tiny_models, tmp_path):
         assert shape == ([128, 128] if row["group_size"] == -1 else [128, 128 // 64, 64]), (row["name"], shape)
     assert (out / "fp16" / "openvino_model.xml").is_file()
     assert_one_line_error(sqft("tune", tiny_models["llama"], "--export-grid", "--out", out), "--overwrite")
+
+
+def test_budget_runs_the_first_batch_and_lists_the_rest_as_not_measured():
+    import time
+
+    from sqft_ov.tune.search import in_batches
+
+    rows = [{"error": None} for _ in range(5)]
+    seen = []
+    done, _ = in_batches(rows, 2, time.monotonic() - 1, lambda batch, number: seen.append((len(batch), number)))
+    assert seen == [(2, 1)] and done == 1
+    assert [r["error"] is None for r in rows] == [True, True, False, False, False]
+    assert all("budget" in r["error"] for r in rows[2:])
+    rows = [{"error": None} for _ in range(5)]
+    assert in_batches(rows, 2, time.monotonic() + 600, lambda batch, number: None)[0] == 3
+    assert all(r["error"] is None for r in rows)

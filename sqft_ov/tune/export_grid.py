@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqft_ov.errors import SqftError
-from sqft_ov.tune.search import TuneConfig, probe_prompt
+from sqft_ov.tune.search import TuneConfig, in_batches, probe_prompt, ratio_summary
 
 GROUPS = (-1, 32, 64, 128)
 MODES = ("sym", "asym")
@@ -117,25 +117,17 @@ def export_grid(model_dir: str | Path, output: str | Path, config: TuneConfig | 
         if baseline is None:
             raise SqftError("no grid point could be exported: " + "; ".join(f"{r['name']}: {r['error']}" for r in rows))
         others = [r for r in built if r is not baseline]
-        batches = [others[i:i + config.batch_size] for i in range(0, len(others), config.batch_size)] or [[]]
-        deadline = start + config.budget_minutes * 60
-        seconds_per_model = None
         bench_config = BenchConfig(device=config.device, prompt_tokens=config.prompt_tokens,
                                    new_tokens=config.new_tokens, repeats=config.repeats, warmup=config.warmup,
                                    bandwidth_gib=0)
-        for b, batch in enumerate(batches, 1):
-            if seconds_per_model is not None and time.monotonic() + seconds_per_model * (len(batch) + 1) > deadline:
-                for row in (r for later in batches[b - 1:] for r in later):
-                    row["error"] = "not measured: --budget-minutes ran out"
-                break
-            mark = time.monotonic()
+
+        def measure(batch: list[dict], number: int) -> None:
             group = [baseline] + batch
             report = bench([BenchModel(tmp / r["name"], label=r["name"]) for r in group], bench_config, progress)
-            seconds_per_model = (time.monotonic() - mark) / len(group)
             for row, entry in zip(group, report["models"]):
-                if row is baseline and b > 1:  # measured again as each batch's baseline; its row is batch 1's
+                if row is baseline and number > 1:  # measured again as each batch's baseline; its row is batch 1's
                     continue
-                row["batch"] = b
+                row["batch"] = number
                 if not entry["ok"]:
                     row["error"] = entry["error"]
                     continue
@@ -144,8 +136,13 @@ def export_grid(model_dir: str | Path, output: str | Path, config: TuneConfig | 
                 row["peak_rss_mib"] = entry["peak_rss_mib"]
                 row["decode_tokens_per_s"] = entry["stats"]["decode_tokens_per_s"]["median"]
                 row["prefill_tokens_per_s"] = entry["stats"]["prefill_tokens_per_s"]["median"]
-                row["decode_ratio"] = {k: entry["ratios"]["decode_tokens_per_s"][k] for k in ("median", "q1", "q3")}
-                row["prefill_ratio"] = {k: entry["ratios"]["prefill_tokens_per_s"][k] for k in ("median", "q1", "q3")}
+                row["decode_ratio"] = ratio_summary(entry, "decode_tokens_per_s")
+                row["prefill_ratio"] = ratio_summary(entry, "prefill_tokens_per_s")
+
+        if others:
+            in_batches(others, config.batch_size, start + config.budget_minutes * 60, measure)
+        else:
+            measure([], 1)
         rows.sort(key=lambda r: (r["error"] is not None, -(r.get("decode_ratio") or {}).get("median", 0.0)))
         result = {"model": str(model_dir), "output": str(Path(output).expanduser().absolute()),
                   "baseline": baseline["name"], "reference": "fp16 IR, f32 inference precision",

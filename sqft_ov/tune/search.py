@@ -76,8 +76,34 @@ def probe_prompt(ir_dir: Path, length: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(0).integers(3, 100, length)]
 
 
-def _ratio(entry: dict, metric: str) -> dict | None:
+def ratio_summary(entry: dict, metric: str) -> dict | None:
+    """Median and quartiles of a bench entry's paired ratios to its baseline."""
     return {k: entry["ratios"][metric][k] for k in ("median", "q1", "q3")} if entry.get("ratios") else None
+
+
+def in_batches(rows: list[dict], batch_size: int, deadline: float, measure) -> tuple[int, float | None]:
+    """`measure(batch, number)` on consecutive batches of `rows` for as long as the budget allows the next one.
+
+    Each batch runs with its own baseline, so it costs len(batch) + 1 models; the previous batch's time per
+    model predicts the next. Rows of batches that would overrun are marked not measured; the first batch
+    always runs. Returns (batches run, seconds per model of the last one).
+    """
+    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    seconds_per_model = None
+    for number, batch in enumerate(batches, 1):
+        if seconds_per_model is not None and time.monotonic() + seconds_per_model * (len(batch) + 1) > deadline:
+            for row in (r for later in batches[number - 1:] for r in later):
+                row["error"] = "not measured: --budget-minutes ran out"
+            return number - 1, seconds_per_model
+        mark = time.monotonic()
+        measure(batch, number)
+        seconds_per_model = (time.monotonic() - mark) / (len(batch) + 1)
+    return len(batches), seconds_per_model
+
+
+def _flag_logits(row: dict, tolerance: float) -> None:
+    if row["max_logit_diff"] > tolerance:
+        row["flags"].append(f"outputs change: max |Δlogit| {row['max_logit_diff']:.3g} > tolerance {tolerance:.3g}")
 
 
 def _measure(ir_dir: Path, settings: list[dict], config: TuneConfig, probe, repeats: int, progress) -> tuple[dict, list[dict]]:
@@ -103,8 +129,8 @@ def _fill_speed(row: dict, entry: dict, current: dict, batch: int) -> None:
     row["decode_tokens_per_s"] = entry["stats"]["decode_tokens_per_s"]["median"]
     row["prefill_tokens_per_s"] = entry["stats"]["prefill_tokens_per_s"]["median"]
     row["current_decode_tokens_per_s"] = current["stats"]["decode_tokens_per_s"]["median"] if current["ok"] else None
-    row["decode_ratio"] = _ratio(entry, "decode_tokens_per_s")
-    row["prefill_ratio"] = _ratio(entry, "prefill_tokens_per_s")
+    row["decode_ratio"] = ratio_summary(entry, "decode_tokens_per_s")
+    row["prefill_ratio"] = ratio_summary(entry, "prefill_tokens_per_s")
     if entry.get("probe_tokens") is not None and current.get("probe_tokens") is not None:
         row["tokens_as_current"] = matching_prefix(entry["probe_tokens"], current["probe_tokens"])
 
@@ -163,33 +189,27 @@ def tune(ir_dir: str | Path, config: TuneConfig | None = None, progress=None) ->
             else:  # genai-only: the compiled graph is the current one; genai's tokens are compared below
                 row.update({k: v for k, v in current.items() if k != "applied"})
                 row["applied"] = dict(pipeline_part)
-            if row["max_logit_diff"] > tolerance:
-                row["flags"].append(f"outputs change: max |Δlogit| {row['max_logit_diff']:.3g} > tolerance {tolerance:.3g}")
+            _flag_logits(row, tolerance)
             rows.append(row)
     if progress:
         progress.remove_task(task)
 
     # Speed, in batches; settings the plugin did not apply are not worth a timing.
     to_time = [r for r in rows if r["error"] is None and not any(f.startswith("not applied") for f in r["flags"])]
-    batches = [to_time[i:i + config.batch_size] for i in range(0, len(to_time), config.batch_size)]
-    last_seconds_per_model = None
     current_runs = []
-    for b, batch in enumerate(batches, 1):
-        if last_seconds_per_model is not None and time.monotonic() + last_seconds_per_model * (len(batch) + 1) > deadline:
-            for row in (r for later in batches[b - 1:] for r in later):
-                row["error"] = "not measured: --budget-minutes ran out"
-            break
-        mark = time.monotonic()
+
+    def measure(batch: list[dict], number: int) -> None:
         current_entry, entries = _measure(ir_dir, batch, config, probe, config.repeats, progress)
-        last_seconds_per_model = (time.monotonic() - mark) / (len(batch) + 1)
         if not current_entry["ok"]:
             raise SqftError(f"the current configuration of {ir_dir} does not run: {current_entry['error']}")
         current_runs.append(current_entry["stats"]["decode_tokens_per_s"]["median"])
         for row, entry in zip(batch, entries):
-            _fill_speed(row, entry, current_entry, b)
+            _fill_speed(row, entry, current_entry, number)
             if row["error"] is None and not split(row["setting"])[0] and row.get("tokens_as_current", 0) < config.probe_tokens:
                 row["flags"].append(f"outputs change: genai generates other tokens "
                                     f"({row.get('tokens_as_current', 0)}/{config.probe_tokens} as the current)")
+
+    batches_run, last_seconds_per_model = in_batches(to_time, config.batch_size, deadline, measure)
 
     def gain(row: dict) -> float:
         return row["decode_ratio"]["median"] if row.get("decode_ratio") else 0.0
@@ -211,15 +231,14 @@ def tune(ir_dir: str | Path, config: TuneConfig | None = None, progress=None) ->
                    "error": None}
             result = probe_setting(xml, probe, {**current_device, **split(combined)[0]}, config.device, keys)
             row.update({k: v for k, v in result.items() if k != "applied"})
-            if row["max_logit_diff"] > tolerance:
-                row["flags"].append(f"outputs change: max |Δlogit| {row['max_logit_diff']:.3g} > tolerance {tolerance:.3g}")
-            else:
+            _flag_logits(row, tolerance)
+            if not row["flags"]:
                 candidates.append(row)
         confirm = [{**c, "flags": list(c["flags"])} for c in candidates]
         if time.monotonic() + (last_seconds_per_model or 0) * (len(confirm) + 1) * 2 <= deadline + 60:
             current_entry, entries = _measure(ir_dir, confirm, config, probe, 2 * config.repeats, progress)
             for row, entry in zip(confirm, entries):
-                _fill_speed(row, entry, current_entry, len(batches) + 1)
+                _fill_speed(row, entry, current_entry, batches_run + 1)
             confirmation = {"current_decode_tokens_per_s": current_entry["stats"]["decode_tokens_per_s"]["median"],
                             "rows": confirm}
             confirmed = [r for r in confirm if r["error"] is None and gain(r) >= 1 + config.min_gain]
