@@ -44,7 +44,7 @@ def tuned_copy(ir: Path, tuned: Path, report: Path, minutes: float) -> None:
 
 def build(work: Path, shape: dict, steps: int, tune_report: Path, tune_minutes: float) -> dict[str, Path]:
     """Every model of the comparison, built once and reused by later runs (delete WORK to rebuild)."""
-    from sqft_ov.tiny import sample_corpus
+    from sqft_ov.quickstart.tiny import sample_corpus
 
     base, sparse, data = work / "base", work / "sparse-wanda", work / "sft.jsonl"
     calibration = work / "calibration.txt"
@@ -122,7 +122,7 @@ def main() -> None:
     measure(command)
     report = json.loads(bench_json.read_text())
 
-    from sqft_ov.bench.stats import paired_ratios, summarize
+    from sqft_ov.stages.bench.stats import paired_ratios, summarize
 
     entries = dict(zip(order, report["models"]))
     sqft = entries["sqft"]

@@ -60,7 +60,7 @@ def main() -> None:
     base, calibration = work / "base", work / "calibration.txt"
 
     sys.path.insert(0, str(ROOT))
-    from sqft_ov.tiny import sample_corpus  # light: torch is imported only by the commands measured
+    from sqft_ov.quickstart.tiny import sample_corpus  # light: torch is imported only by the commands measured
 
     if not base.exists():
         # Built in a child process: a child's ru_maxrss starts from its parent's RSS at fork, so this

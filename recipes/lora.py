@@ -17,15 +17,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from sqft_ov import EvalConfig, ExportConfig, FinetuneConfig, deployed_sparsity, evaluate, export, finetune, merge
 from sqft_ov.errors import SqftError
-from sqft_ov.evaluate import EvalConfig, evaluate
-from sqft_ov.export import ExportConfig, export
-from sqft_ov.finetune import FinetuneConfig, finetune
-from sqft_ov.merge import merge
 from sqft_ov.recipe import (
     BatchSize, Data, Deployment, EvalLimit, Lr, Out, Overwrite, Steps, Test, fresh_output, task_files,
 )
-from sqft_ov.sparsify import deployed_sparsity
 
 
 def recipe(

@@ -15,14 +15,12 @@ from typing import Annotated
 
 import typer
 
-from sqft_ov.evaluate import EvalConfig, evaluate
-from sqft_ov.finetune import FinetuneConfig, finetune
+from sqft_ov import EvalConfig, FinetuneConfig, deployed_sparsity, evaluate, finetune, search
 from sqft_ov.recipe import (
-    BatchSize, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, SparseBase, Steps, Test,
-    fresh_output, task_files,
+    BatchSize, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, SparseBase, Steps, Test, fresh_output,
+    task_files,
 )
-from sqft_ov.search import STRATEGIES, search
-from sqft_ov.sparsify import deployed_sparsity
+from sqft_ov.stages.search import STRATEGIES
 
 
 def recipe(

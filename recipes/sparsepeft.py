@@ -14,16 +14,13 @@ from typing import Annotated
 
 import typer
 
-from sqft_ov.evaluate import EvalConfig, evaluate
-from sqft_ov.export import ExportConfig, export
-from sqft_ov.finetune import FinetuneConfig, finetune
-from sqft_ov.merge import merge
+from sqft_ov import (
+    EvalConfig, ExportConfig, FinetuneConfig, deployed_sparsity, evaluate, export, finetune, merge, search,
+)
 from sqft_ov.recipe import (
     BatchSize, Data, Deployment, EvalLimit, Lr, Nls, Out, Overwrite, Rank, RankSpace, SparseBase, Steps, Test,
     fresh_output, task_files,
 )
-from sqft_ov.search import search
-from sqft_ov.sparsify import deployed_sparsity
 
 
 def recipe(

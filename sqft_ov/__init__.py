@@ -1,7 +1,60 @@
-"""sqft-ov: sparse, quantized, fine-tuned LLMs deployed through OpenVINO (the SQFT method)."""
+"""sqft-ov: sparse, quantized, fine-tuned LLMs deployed through OpenVINO (the SQFT method).
+
+The public API is one verb per pipeline stage, each with its config dataclass; every verb takes and
+returns plain objects or folders (Hugging Face layout, adapter folders, OpenVINO IR folders):
+
+    sparsify_folder(model, out, SparsityConfig(...), calibration)   # or sparsify(nn.Module, config, tokens)
+    finetune(model, data, out, FinetuneConfig(...))                 # LoRA / SparsePEFT / QA-SparsePEFT (+ NLS)
+    search(adapter, "hill-climb")                                   # an NLS sub-adapter
+    merge(adapter, out, sub_adapter)                                # at target precision
+    export(model, out, ExportConfig(...))                           # OpenVINO IR
+    evaluate(ir_or_model, data, EvalConfig(...)); bench([...], BenchConfig(...)); tune(ir, TuneConfig(...))
+
+Names are imported on first use, so `import sqft_ov` (and the CLI's start) stays light: torch, NNCF and
+OpenVINO load only when a verb that needs them is called.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from sqft_ov.errors import SqftError  # noqa: E402
+# public name -> module that defines it
+_API = {
+    "SqftError": "sqft_ov.errors",
+    # 1 sparsify
+    "SparsityConfig": "sqft_ov.stages.sparsify", "SparsityReport": "sqft_ov.stages.sparsify",
+    "sparsify": "sqft_ov.stages.sparsify", "sparsify_folder": "sqft_ov.stages.sparsify",
+    "deployed_sparsity": "sqft_ov.stages.sparsify",
+    # 3 fine-tune, search
+    "FinetuneConfig": "sqft_ov.adapters.config", "SFTFormat": "sqft_ov.io.sft_data",
+    "FinetuneResult": "sqft_ov.stages.finetune", "finetune": "sqft_ov.stages.finetune",
+    "SearchResult": "sqft_ov.stages.search", "search": "sqft_ov.stages.search",
+    "load_adapted": "sqft_ov.adapters.adapted", "load_for_inference": "sqft_ov.adapters.adapted",
+    # 4 merge
+    "MergeReport": "sqft_ov.stages.merge", "merge": "sqft_ov.stages.merge",
+    # 5 export (INT4/INT8 compression through NNCF happens here)
+    "ExportConfig": "sqft_ov.stages.export", "ExportReport": "sqft_ov.stages.export", "export": "sqft_ov.stages.export",
+    # 6 measure
+    "EvalConfig": "sqft_ov.stages.evaluate", "EvalReport": "sqft_ov.stages.evaluate",
+    "evaluate": "sqft_ov.stages.evaluate",
+    "BenchConfig": "sqft_ov.stages.bench", "BenchModel": "sqft_ov.stages.bench", "bench": "sqft_ov.stages.bench",
+    "TuneConfig": "sqft_ov.stages.tune", "tune": "sqft_ov.stages.tune",
+    # loading a model as every stage does
+    "load_causal_lm": "sqft_ov.io.checkpoint",
+}
 
-__all__ = ["SqftError", "__version__"]
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'sqft_ov' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

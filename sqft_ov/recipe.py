@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from sqft_ov.errors import SqftError
-from sqft_ov.evaluate import EvalReport
+from sqft_ov.stages.evaluate import EvalReport
 
 TRAIN_FILE, TEST_FILE = "train.jsonl", "test.jsonl"
 
@@ -79,7 +79,7 @@ def task_files(data: str | Path, test: str | Path | None = None) -> tuple[Path, 
 
 def fresh_output(out: str | Path, overwrite: bool) -> Path:
     """OUT checked like every command's output, and emptied when --overwrite replaces it."""
-    from sqft_ov.output import check_output
+    from sqft_ov.io.output import check_output
 
     out = check_output(out, overwrite)
     shutil.rmtree(out, ignore_errors=True)

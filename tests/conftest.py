@@ -5,15 +5,15 @@ Everything is built here from nothing (no download); the expensive steps (export
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import json
 import random
 from pathlib import Path
 
 import pytest
 
-from sqft_ov.sft_data import SFTFormat
+from sqft_ov.io.sft_data import SFTFormat
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -31,7 +31,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def calibration_txt(workdir) -> Path:
-    from sqft_ov.tiny import sample_corpus
+    from sqft_ov.quickstart.tiny import sample_corpus
 
     path = workdir / "calibration.txt"
     path.write_text("\n".join(sample_corpus(400, seed=7)) + "\n")
@@ -40,7 +40,7 @@ def calibration_txt(workdir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(workdir) -> dict[str, Path]:
-    from sqft_ov.tiny import TinyModelConfig, build_tiny_model
+    from sqft_ov.quickstart.tiny import TinyModelConfig, build_tiny_model
 
     return {arch: build_tiny_model(workdir / f"tiny-{arch}", TinyModelConfig(arch=arch)) for arch in ARCHS}
 
@@ -48,7 +48,7 @@ def tiny_models(workdir) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sparse_models(workdir, tiny_models, calibration_txt) -> dict[str, Path]:
     """Wanda 50 % unstructured copy of each tiny model."""
-    from sqft_ov.sparsify import SparsityConfig, sparsify_folder
+    from sqft_ov.stages.sparsify import SparsityConfig, sparsify_folder
 
     out = {}
     for arch, path in tiny_models.items():
@@ -60,7 +60,7 @@ def sparse_models(workdir, tiny_models, calibration_txt) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def exported(workdir, sparse_models):
     """Lazily exported IRs keyed by (arch, weight format); each is built once per session."""
-    from sqft_ov.export import ExportConfig, export
+    from sqft_ov.stages.export import ExportConfig, export
 
     cache: dict[tuple[str, str], Path] = {}
 
@@ -78,7 +78,7 @@ STEPS = 12
 
 def train(sparse, data, out, **kwargs):
     """finetune with the tests' defaults: a few steps, a high learning rate, no checkpoints."""
-    from sqft_ov.finetune import FinetuneConfig, finetune
+    from sqft_ov.stages.finetune import FinetuneConfig, finetune
 
     defaults = dict(max_steps=STEPS, lr=5e-3, batch_size=4, save_steps=100, eval_split=0.2, seed=3)
     cfg = FinetuneConfig(**{**defaults, **kwargs})

@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import FIELDS, STEPS  # noqa: E402
+from conftest import train as _train
 
+from sqft_ov import FinetuneConfig, finetune, load_adapted
 from sqft_ov.errors import SqftError
-from sqft_ov.finetune import FinetuneConfig, finetune, load_adapted
-from sqft_ov.merge import merge
-from sqft_ov.search import search
-
-from conftest import FIELDS, STEPS, train as _train  # noqa: E402
+from sqft_ov.stages.merge import merge
+from sqft_ov.stages.search import search
 
 
 @pytest.mark.parametrize("method,nls", [("sparsepeft", False), ("sparsepeft", True), ("qa-sparsepeft", False),
@@ -48,9 +48,9 @@ def test_peft_loads_the_adapter(trained, sparse_models, method):
 @pytest.mark.parametrize("method,nls", [("sparsepeft", False), ("sparsepeft", True), ("qa-sparsepeft", False),
                                         ("qa-sparsepeft", True)])
 def test_merge_keeps_every_base_zero_and_the_ir_too(trained, workdir, method, nls):
-    from sqft_ov.export import ExportConfig, export
-    from sqft_ov.ir import iter_ir_weights
-    from sqft_ov.loading import read_tensor, safetensors_index
+    from sqft_ov.io.checkpoint import read_tensor, safetensors_index
+    from sqft_ov.io.ir import iter_ir_weights
+    from sqft_ov.stages.export import ExportConfig, export
 
     merged = workdir / f"merged-{method}-{nls}"
     report = merge(trained(method, nls), merged, overwrite=True)
@@ -72,8 +72,8 @@ def test_merge_keeps_every_base_zero_and_the_ir_too(trained, workdir, method, nl
 
 
 def test_merged_qa_ir_matches_the_trained_model(trained, workdir):
-    from sqft_ov.export import ExportConfig, export
-    from sqft_ov.runtime import open_ov_model
+    from sqft_ov.io.runtime import open_ov_model
+    from sqft_ov.stages.export import ExportConfig, export
 
     adapter = trained("qa-sparsepeft")
     merged, ir = workdir / "merged-qa-logits", workdir / "ir-qa-logits"
@@ -94,7 +94,7 @@ def test_plain_lora_merge_loses_sparsity(trained, workdir):
 
 
 def test_export_refuses_to_requantize_a_merged_int4_folder(trained, workdir, tmp_path):
-    from sqft_ov.export import ExportConfig, export
+    from sqft_ov.stages.export import ExportConfig, export
 
     merged = workdir / "merged-qa-refuse"
     merge(trained("qa-sparsepeft"), merged, overwrite=True)
@@ -202,8 +202,8 @@ def test_qlora_style_base_is_on_the_int4_grid(sparse_models, sft_data, tmp_path)
 
 def test_masked_quantizer_is_nncf_quantizer_on_the_masked_sum(tiny_models, sparse_models):
     """Fails loudly if the pinned NNCF changes what qa_lora relies on."""
-    from sqft_ov.loading import load_causal_lm
-    from sqft_ov.qa_lora import check_nncf_internals, compress_with_lora, lora_quantizers
+    from sqft_ov.adapters.qa_lora import check_nncf_internals, compress_with_lora, lora_quantizers
+    from sqft_ov.io.checkpoint import load_causal_lm
 
     check_nncf_internals()
     model, _ = load_causal_lm(sparse_models["llama"], dtype=torch.float32)
@@ -228,8 +228,8 @@ def test_loading_skips_nncf_adapter_init_and_restores_it(sparse_models):
     """Loading a trained adapter must not pay for NNCF's SVD initialisation, and must leave NNCF as it was."""
     from nncf.quantization.algorithms.weight_compression.torch_backend import PTWeightCompressionAlgoBackend
 
-    from sqft_ov.loading import load_causal_lm
-    from sqft_ov.qa_lora import compress_with_lora, lora_quantizers
+    from sqft_ov.adapters.qa_lora import compress_with_lora, lora_quantizers
+    from sqft_ov.io.checkpoint import load_causal_lm
 
     original = PTWeightCompressionAlgoBackend.__dict__["init_lora_adapters"]
     model, _ = load_causal_lm(sparse_models["llama"], dtype=torch.float32)
@@ -242,9 +242,9 @@ def test_loading_skips_nncf_adapter_init_and_restores_it(sparse_models):
 
 def test_untrained_linears_get_no_adapter_noise(trained, sparse_models):
     """NNCF gives every INT4 linear an adapter; those outside --target-modules must add nothing (train and merge)."""
-    from sqft_ov.finetune import Adapted
-    from sqft_ov.loading import load_causal_lm
-    from sqft_ov.qa_lora import lora_quantizers
+    from sqft_ov.adapters.adapted import Adapted
+    from sqft_ov.adapters.qa_lora import lora_quantizers
+    from sqft_ov.io.checkpoint import load_causal_lm
 
     adapted, _, record = load_adapted(trained("qa-sparsepeft"))
     fresh = Adapted.build(load_causal_lm(sparse_models["llama"], dtype=torch.float32)[0], adapted.config)

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from sqft_ov.data import load_texts, token_chunks
 from sqft_ov.errors import SqftError
+from sqft_ov.io.data import load_texts, token_chunks
 
 
 def test_txt_is_one_sample_per_line(tmp_path):

@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from sqft_ov.errors import SqftError
-from sqft_ov.export import ExportConfig, export
-from sqft_ov.ir import _weight_inputs, iter_ir_weights
-from sqft_ov.loading import load_causal_lm, read_tensor, safetensors_index
-from sqft_ov.runtime import SPARSE_RATE, open_llm_pipeline, open_ov_model
+from sqft_ov.io.checkpoint import load_causal_lm, read_tensor, safetensors_index
+from sqft_ov.io.ir import _weight_inputs, iter_ir_weights
+from sqft_ov.io.runtime import SPARSE_RATE, open_llm_pipeline, open_ov_model
+from sqft_ov.stages.export import ExportConfig, export
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}  # STACK.md's parity settings
 STORAGE = {"fp16": {"f16"}, "int8": {"u8"}, "int4": {"u4", "u8"}}
 
 
 def _openvino_dequantized(ir_dir):
-    """Each weight as OpenVINO itself computes it from the IR's constants (independent of sqft_ov.ir)."""
+    """Each weight as OpenVINO itself computes it from the IR's constants (independent of sqft_ov.io.ir)."""
     core = ov.Core()
     model = core.read_model(ir_dir / "openvino_model.xml")
     out = {}
@@ -153,7 +153,7 @@ def test_bad_input_writes_nothing(tiny_models, sparse_models, exported, tmp_path
 
 
 def test_a_failing_export_leaves_no_output(sparse_models, tmp_path, monkeypatch):
-    import sqft_ov.export as module
+    import sqft_ov.stages.export as module
 
     def boom(*_args, **_kwargs):
         raise RuntimeError("killed half-way")
@@ -166,8 +166,8 @@ def test_a_failing_export_leaves_no_output(sparse_models, tmp_path, monkeypatch)
 
 def test_bf16_source_keeps_zeros(tmp_path):
     """Real checkpoints are often bf16; optimum traces those through its own `ov_ext::linear` ops."""
-    from sqft_ov.sparsify import SparsityConfig, sparsify_folder
-    from sqft_ov.tiny import TinyModelConfig, build_tiny_model
+    from sqft_ov.quickstart.tiny import TinyModelConfig, build_tiny_model
+    from sqft_ov.stages.sparsify import SparsityConfig, sparsify_folder
 
     base = build_tiny_model(tmp_path / "bf16", TinyModelConfig(layers=1, dtype="bfloat16"))
     sparsify_folder(base, tmp_path / "sparse", SparsityConfig("magnitude", pattern="2:4"))

@@ -7,7 +7,7 @@ import pytest
 from conftest import FIELDS
 from test_cli import assert_one_line_error, sqft
 
-from sqft_ov.arithmetic import extract_answer, problems, write_task
+from sqft_ov.quickstart.arithmetic import extract_answer, problems, write_task
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -48,8 +48,8 @@ def test_task_is_deterministic_shifted_and_held_out(tmp_path):
 
 
 def test_foundation_model_is_cached_by_configuration(tmp_path, monkeypatch):
-    from sqft_ov import foundation
-    from sqft_ov.foundation import FoundationConfig, foundation_model
+    from sqft_ov.quickstart import foundation
+    from sqft_ov.quickstart.foundation import FoundationConfig, foundation_model
 
     small = FoundationConfig(layers=1, hidden=64, intermediate=128, heads=2, kv_heads=1, vocab=320, seq_len=32,
                              batch_size=4, steps=3)
@@ -110,7 +110,7 @@ def test_quickstart_fast_end_to_end(quickstart_run):
 
 @pytest.mark.slow
 def test_eval_same_exact_match_through_openvino_and_pytorch(quickstart_run, tmp_path):
-    from sqft_ov.evaluate import EvalConfig, evaluate
+    from sqft_ov.stages.evaluate import EvalConfig, evaluate
 
     out, _ = quickstart_run
     test = out / "task" / "test.jsonl"
@@ -144,7 +144,7 @@ def test_eval_bad_input(tmp_path, exported, sparse_models, trained, sft_data):
 
 def test_eval_pytorch_adapters(sparse_models, trained, sft_data):
     """Unmerged adapters of every kind evaluate in PyTorch; an NLS sub-adapter changes the model."""
-    from sqft_ov.evaluate import EvalConfig, evaluate
+    from sqft_ov.stages.evaluate import EvalConfig, evaluate
 
     for method, nls in (("lora", False), ("sparsepeft", True), ("qa-sparsepeft", False)):
         report = evaluate(sparse_models["llama"], sft_data, EvalConfig(adapter=trained(method, nls), limit=6,
@@ -162,7 +162,7 @@ def test_run_recipe_through_the_cli(tmp_path, sparse_models, workdir):
     assert (out / "ir" / "openvino_model.xml").is_file() and (out / "sub_adapter.json").is_file()
     ranks = json.loads((out / "sub_adapter.json").read_text())["ranks"]
     assert set(ranks) <= {8, 4}
-    from sqft_ov.sparsify import deployed_sparsity
+    from sqft_ov.stages.sparsify import deployed_sparsity
 
     assert deployed_sparsity(out / "ir") >= 0.5
     assert_one_line_error(sqft("run", RECIPES / "sparsepeft.py", "--model", sparse_models["llama"], "--data",

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from sqft_ov.data import load_texts, token_chunks
 from sqft_ov.errors import SqftError
-from sqft_ov.loading import load_causal_lm
-from sqft_ov.sparsify import SparsityConfig, decoder_linears, prune_mask, sparsify, sparsify_folder
+from sqft_ov.io.checkpoint import decoder_linears, load_causal_lm
+from sqft_ov.io.data import load_texts, token_chunks
+from sqft_ov.stages.sparsify import SparsityConfig, prune_mask, sparsify, sparsify_folder
 
 
 def _load(path):

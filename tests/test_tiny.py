@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sqft_ov.errors import SqftError
-from sqft_ov.tiny import ARCHITECTURES, TinyModelConfig, build_tiny_model
+from sqft_ov.quickstart.tiny import ARCHITECTURES, TinyModelConfig, build_tiny_model
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

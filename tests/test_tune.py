@@ -9,7 +9,6 @@ import json
 import shutil
 
 import pytest
-
 from test_cli import assert_one_line_error, sqft
 
 FAST = dict(prompt_tokens=8, new_tokens=6, repeats=2, warmup=0, probe_tokens=4, budget_minutes=10)
@@ -26,8 +25,8 @@ def ir(exported, tmp_path):
 def test_grid_is_applied_read_back_and_profiled(ir):
     import openvino as ov
 
-    from sqft_ov.tune import TuneConfig, tune
-    from sqft_ov.tune.space import default_grid, read_back
+    from sqft_ov.stages.tune import TuneConfig, tune
+    from sqft_ov.stages.tune.space import default_grid, read_back
 
     grid = {"INFERENCE_NUM_THREADS": [{"INFERENCE_NUM_THREADS": "1"}],
             "DYNAMIC_QUANTIZATION_GROUP_SIZE": [{"DYNAMIC_QUANTIZATION_GROUP_SIZE": v} for v in ("0", "32", "64")],
@@ -62,8 +61,8 @@ def test_grid_is_applied_read_back_and_profiled(ir):
 
 
 def test_setting_that_changes_outputs_is_flagged_and_never_chosen(ir):
-    from sqft_ov.tune import TuneConfig, tune
-    from sqft_ov.tune.probe import REFERENCE
+    from sqft_ov.stages.tune import TuneConfig, tune
+    from sqft_ov.stages.tune.probe import REFERENCE
 
     grid = {"KV_CACHE_PRECISION": [{"KV_CACHE_PRECISION": "u4"}], "exact": [dict(REFERENCE)]}
     report = tune(ir, TuneConfig(**FAST, grid=grid, max_logit_diff=1e-6, min_gain=-0.99, profile=False))
@@ -79,8 +78,8 @@ def test_setting_that_changes_outputs_is_flagged_and_never_chosen(ir):
 def test_apply_reaches_optimum_and_genai(ir, monkeypatch):
     import openvino_genai
 
-    from sqft_ov.runtime import open_llm_pipeline, open_ov_model, read_runtime_config
-    from sqft_ov.tune import apply
+    from sqft_ov.io.runtime import open_llm_pipeline, open_ov_model, read_runtime_config
+    from sqft_ov.stages.tune import apply
 
     report_file = ir.parent / "tune.json"
     result = sqft("tune", ir, "--property", "KV_CACHE_GROUP_SIZE=16", "--apply", "--min-gain", "-0.99",
@@ -168,7 +167,7 @@ def test_export_grid_exports_every_point_and_times_them(tiny_models, tmp_path):
 def test_budget_runs_the_first_batch_and_lists_the_rest_as_not_measured():
     import time
 
-    from sqft_ov.tune.search import in_batches
+    from sqft_ov.stages.tune.search import in_batches
 
     rows = [{"error": None} for _ in range(5)]
     seen = []

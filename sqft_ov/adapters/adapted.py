@@ -1,0 +1,209 @@
+"""A base model with the trainable adapters of one method, and the loaders that rebuild it from a folder.
+
+`Adapted` is the handle training, search and merge share: the model (PEFT LoRA layers, or NNCF INT4 LoRA
+quantizers), its trainable tensors and a way to set NLS ranks. `load_adapted` rebuilds it from a finetune
+OUTPUT folder; `load_for_inference` returns a model to generate with (PEFT adapters too).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sqft_ov.adapters.config import ADAPTER_CONFIG, TRAINABLE, FinetuneConfig
+from sqft_ov.errors import SqftError
+from sqft_ov.io.sft_data import SFTFormat
+
+
+def _check_targets(model, config: FinetuneConfig) -> dict[str, torch.nn.Linear]:
+    from sqft_ov.io.checkpoint import decoder_linears
+
+    linears = decoder_linears(model)
+    targets = {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in config.target_modules}
+    found = {n.rsplit(".", 1)[-1] for n in targets}
+    missing = [t for t in config.target_modules if t not in found]
+    if missing:
+        names = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        raise SqftError(f"--target-modules {', '.join(missing)} not found in the model: its linear layers are "
+                        f"{', '.join(names)}")
+    smallest = min(min(m.in_features, m.out_features) for m in targets.values())
+    if config.max_rank > smallest:
+        raise SqftError(f"rank {config.max_rank} is larger than a target layer (smallest dimension {smallest}): "
+                        "choose a smaller --rank / --rank-space")
+    return targets
+
+
+def _snap_to_int4(model, sym: bool, group_size: int) -> None:
+    """QLoRA-style baseline: replace the base weights by their NNCF INT4 round-to-nearest values."""
+    import nncf
+
+    mode = nncf.CompressWeightsMode.INT4_SYM if sym else nncf.CompressWeightsMode.INT4_ASYM
+    example = {"input_ids": torch.ones(1, 8, dtype=torch.long)}
+    try:
+        compressed = nncf.compress_weights(model, mode=mode, group_size=group_size, dataset=nncf.Dataset([example]))
+    except nncf.errors.InvalidGroupSizeError as exc:
+        raise SqftError(f"--group-size {group_size} does not divide every layer: choose a divisor") from exc
+    nncf.strip(compressed, do_copy=False, strip_format=nncf.StripFormat.IN_PLACE, example_input=example)
+
+
+class Adapted:
+    """A base model with trainable adapters of one method: the handle search, merge and training use."""
+
+    def __init__(self, model, config: FinetuneConfig):
+        self.model, self.config = model, config
+        self.qa = config.method == "qa-sparsepeft"
+        if self.qa:
+            from sqft_ov.adapters.qa_lora import lora_quantizers, trainable_tensors
+
+            names = [n for n in lora_quantizers(model) if n.rsplit(".", 2)[-2] in config.target_modules]
+            self.params = trainable_tensors(model, set(config.target_modules))
+        else:
+            from sqft_ov.adapters.sparse_lora import peft_lora_layers
+
+            self.layers = peft_lora_layers(model)
+            names = list(self.layers)
+            self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.adapted_weights = sorted(names)
+
+    @classmethod
+    def build(cls, base, config: FinetuneConfig, init_adapters: bool = True) -> "Adapted":
+        """`init_adapters=False`: the caller loads trained tensors next (NNCF's own init costs minutes)."""
+        _check_targets(base, config)
+        base.requires_grad_(False)
+        if config.method == "qa-sparsepeft":
+            from sqft_ov.adapters.qa_lora import compress_with_lora, lora_quantizers, trainable_tensors
+
+            model = compress_with_lora(base, config.int4 == "sym", config.group_size, config.max_rank, config.nls,
+                                       masked=True, init_adapters=init_adapters)
+            model.requires_grad_(False)
+            for param in trainable_tensors(model, set(config.target_modules)).values():
+                param.requires_grad_(True)
+            with torch.no_grad():  # NNCF gives every INT4 linear an adapter; the untrained ones must add nothing
+                for name, quantizer in lora_quantizers(model).items():
+                    if name.rsplit(".", 2)[-2] not in config.target_modules:
+                        quantizer.lora_A.zero_()
+                        quantizer.lora_B.zero_()
+            return cls(model, config)
+        from peft import LoraConfig, get_peft_model
+
+        from sqft_ov.adapters.sparse_lora import make_elastic, peft_lora_layers
+
+        if config.method == "lora" and config.int4:
+            _snap_to_int4(base, config.int4 == "sym", config.group_size)
+        peft_config = LoraConfig(r=config.max_rank, lora_alpha=config.alpha, lora_dropout=0.0,
+                                 target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(base, peft_config)
+        if config.method == "sparsepeft" or config.nls:
+            make_elastic(peft_lora_layers(model), masked=config.method == "sparsepeft")
+        return cls(model, config)
+
+    def set_ranks(self, ranks_by_weight: dict[str, int]) -> None:
+        if self.qa:
+            from sqft_ov.adapters.qa_lora import set_ranks
+
+            set_ranks(self.model, ranks_by_weight)
+        else:
+            from sqft_ov.adapters.sparse_lora import set_ranks
+
+            set_ranks(self.layers, ranks_by_weight)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        missing = set(self.params) - set(tensors)
+        unexpected = set(tensors) - set(self.params)
+        if missing or unexpected:
+            example = sorted(missing or unexpected)[0]
+            raise SqftError(f"the adapter does not match this model ({len(missing)} tensors missing, "
+                            f"{len(unexpected)} unexpected, e.g. {example})")
+        for name, param in self.params.items():
+            if tensors[name].shape != param.shape:
+                raise SqftError(f"adapter tensor {name} has shape {tuple(tensors[name].shape)}, the model expects "
+                                f"{tuple(param.shape)}")
+            param.copy_(tensors[name])
+
+
+def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_fingerprint: bool = True,
+                 dtype: torch.dtype = torch.float32):
+    """Rebuild the trained model from an OUTPUT folder: base + method structure + trained tensors."""
+    from safetensors.torch import load_file
+
+    from sqft_ov.io.checkpoint import load_causal_lm, model_fingerprint
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise SqftError(f"{adapter_dir} is not a sqft-ov finetune output (no {ADAPTER_CONFIG})")
+    record = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    base = Path(base or record["base"])
+    if check_fingerprint and model_fingerprint(base) != record["base_fingerprint"]:
+        raise SqftError(f"the base model in {base} is not the one the adapter was trained on (fingerprint "
+                        "differs): pass the original base")
+    quant = record["quantization"] or {}
+    config = FinetuneConfig(method=record["method"], rank=record["rank"], nls=record["nls"],
+                            rank_space=tuple(record["rank_space"]), target_modules=tuple(record["target_modules"]),
+                            int4=("sym" if quant.get("sym") else "asym") if quant else None,
+                            group_size=quant.get("group_size", 64), lora_alpha=record["lora_alpha"],
+                            data_format=SFTFormat(**record["data_format"]), eval_split=record["eval_split"],
+                            seed=record["seed"])
+    model, tokenizer = load_causal_lm(base, dtype=dtype)
+    adapted = Adapted.build(model, config, init_adapters=False)
+    adapted.load_state(load_file(adapter_dir / TRAINABLE))
+    adapted.model.eval()
+    return adapted, tokenizer, record
+
+
+def apply_sub_adapter(adapted: Adapted, record: dict, sub_adapter: str | Path | None) -> list[int] | None:
+    """Activate an NLS sub-adapter (CONFIG.json from search; default: the largest ranks); ranks per block."""
+    from sqft_ov.adapters.nls import blocks_of, expand, load_sub_adapter
+
+    if not record["nls"]:
+        if sub_adapter is not None:
+            raise SqftError("the adapter was trained without --nls: --sub-adapter does not apply")
+        return None
+    blocks = blocks_of(adapted.adapted_weights)
+    ranks = (load_sub_adapter(sub_adapter, record["rank_space"], len(blocks)) if sub_adapter
+             else [max(record["rank_space"])] * len(blocks))
+    adapted.set_ranks(expand(dict(zip(blocks, ranks)), blocks))
+    return ranks
+
+
+def load_for_inference(model_dir: str | Path, adapter: str | Path | None = None, dtype="auto",
+                       sub_adapter: str | Path | None = None, allow_qa: bool = True):
+    """(model, tokenizer) to generate with in PyTorch: a Hugging Face folder, optionally with an adapter.
+
+    sqft-ov finetune outputs that need their own forward (sparsepeft's mask, NLS ranks, qa-sparsepeft's
+    fake quantization) are rebuilt with `load_adapted`; any other adapter folder is loaded with PEFT.
+    `allow_qa=False` refuses qa-sparsepeft adapters, whose trained form is a simulation, not a deployment.
+    """
+    from sqft_ov.io.checkpoint import load_causal_lm
+
+    adapter = Path(adapter) if adapter else None
+    if adapter is not None and (adapter / ADAPTER_CONFIG).is_file():
+        record = json.loads((adapter / ADAPTER_CONFIG).read_text())
+        if record["method"] == "qa-sparsepeft" and not allow_qa:
+            raise SqftError(f"{adapter} is a qa-sparsepeft adapter: its trained form is NNCF fake quantization, not "
+                            "a deployment; merge it (sqft-ov merge) and use the exported IR")
+        if record["method"] != "lora" or record["nls"]:
+            torch_dtype = torch.float32 if dtype == "auto" else dtype
+            adapted, tokenizer, _ = load_adapted(adapter, base=model_dir, dtype=torch_dtype)
+            apply_sub_adapter(adapted, record, sub_adapter)
+            return adapted.model, tokenizer
+    if sub_adapter is not None:
+        raise SqftError("--sub-adapter needs an NLS adapter written by sqft-ov finetune --nls")
+    model, tokenizer = load_causal_lm(model_dir, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (adapter / "adapter_config.json").is_file():
+            raise SqftError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+        try:
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+        except Exception as exc:
+            raise SqftError(f"adapter {adapter} does not fit the model in {model_dir}: "
+                            f"{str(exc).strip().splitlines()[-1]}") from exc
+        model.eval()
+    return model, tokenizer

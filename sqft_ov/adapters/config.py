@@ -1,0 +1,65 @@
+"""The adapter configuration every method shares: what `finetune` trains and `load_adapted` rebuilds.
+
+One dataclass, as PEFT's `LoraConfig`: the method (lora | sparsepeft | qa-sparsepeft), ranks (fixed, or an
+NLS rank space), target modules, the INT4 grid, and the training hyper-parameters recorded with the adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqft_ov.errors import SqftError
+from sqft_ov.io.sft_data import SFTFormat
+
+METHODS = ("lora", "sparsepeft", "qa-sparsepeft")
+ADAPTER_CONFIG = "sqft_adapter.json"
+TRAINABLE = "sqft_trainable.safetensors"
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "sparsepeft"
+    rank: int = 16
+    nls: bool = False
+    rank_space: tuple[int, ...] = (32, 24, 16)
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    int4: str | None = None  # "sym" | "asym": the INT4 grid (qa-sparsepeft: required; lora: QLoRA-style base)
+    group_size: int = 64
+    lora_alpha: float | None = None  # default: 2 x the (maximum) rank
+    data_format: SFTFormat = field(default_factory=SFTFormat)
+    epochs: float = 1.0
+    max_steps: int = -1
+    lr: float = 3e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    seed: int = 42
+    eval_split: float = 0.1
+    save_steps: int = 50
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        from sqft_ov.adapters.nls import check_rank_space  # nls imports transformers: only when checked
+
+        if self.method not in METHODS:
+            raise SqftError(f"unknown --method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.int4 not in (None, "sym", "asym"):
+            raise SqftError(f"INT4 grid must be sym or asym, got {self.int4!r}")
+        if self.method == "qa-sparsepeft" and self.int4 is None:
+            self.int4 = "asym"
+        if self.method == "sparsepeft" and self.int4 is not None:
+            raise SqftError("sparsepeft trains on the float base: use --method qa-sparsepeft for an INT4 base")
+        if self.nls:
+            self.rank_space = check_rank_space(tuple(self.rank_space))
+        elif self.rank < 1:
+            raise SqftError(f"--rank must be positive, got {self.rank}")
+        if not self.target_modules:
+            raise SqftError("--target-modules needs at least one module name")
+
+    @property
+    def max_rank(self) -> int:
+        return max(self.rank_space) if self.nls else self.rank
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.max_rank

@@ -1,0 +1,177 @@
+"""Commands that measure deployed models: eval, bench, tune."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sqft_ov.cli import tables
+from sqft_ov.cli.app import app, console, err_console, parse_ints, parse_properties, progress_bar
+from sqft_ov.errors import SqftError
+
+
+@app.command("eval")
+def eval_command(
+    model: Path = typer.Argument(..., help="OpenVINO IR folder, or Hugging Face folder (run in PyTorch)."),
+    data: Path = typer.Argument(..., help="Evaluation data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
+    adapter: Optional[Path] = typer.Option(None, help="Adapter for a Hugging Face MODEL (PEFT or sqft-ov finetune folder)."),
+    sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search, for an NLS adapter."),
+    prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
+    response_field: str = typer.Option("response", help="Field with the reference response (final answer after ####)."),
+    chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
+    max_length: int = typer.Option(512, help="Longest tokenized example (prompt + response)."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate the first N examples only."),
+    batch_size: int = typer.Option(16, help="Examples per generation batch."),
+    max_new_tokens: int = typer.Option(64, help="Longest generated answer."),
+    device: str = typer.Option("CPU", help="OpenVINO device for an IR."),
+    property: list[str] = typer.Option([], "--property", help="KEY=VALUE OpenVINO property for an IR; repeatable."),
+    torch_dtype: str = typer.Option("float32", help="PyTorch models: float32 | bfloat16 | float16 | auto."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the report with every example as JSON."),
+    show: int = typer.Option(3, help="Print this many example generations."),
+    overwrite: bool = typer.Option(False, help="Replace the --json file if it exists."),
+) -> None:
+    """Exact match of the final answer (GSM8K-style '#### N') and response-token loss of a model on DATA."""
+    from sqft_ov.io.output import check_output_file, write_file_atomic
+    from sqft_ov.io.sft_data import SFTFormat
+    from sqft_ov.stages.evaluate import EvalConfig, evaluate
+
+    if json_file is not None:
+        check_output_file(json_file, overwrite)
+    config = EvalConfig(adapter=adapter, sub_adapter=sub_adapter,
+                        data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), limit=limit,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
+                        properties=parse_properties(property), torch_dtype=torch_dtype)
+    with progress_bar() as progress:
+        report = evaluate(model, data, config, progress)
+    console.print(tables.eval_table(report))
+    for line in tables.eval_samples(report, show):
+        console.print(line, highlight=False)
+    if json_file is not None:
+        write_file_atomic(json_file, json.dumps(report.to_dict(), indent=2), overwrite)
+        console.print(f"report written to {json_file}")
+
+
+@app.command()
+def bench(
+    models: list[Path] = typer.Argument(..., help="IR folders, or Hugging Face folders (run in PyTorch)."),
+    device: str = typer.Option("CPU", help="OpenVINO device for IR models: CPU, GPU, AUTO ..."),
+    prompt_tokens: int = typer.Option(32, help="Prompt length in tokens (a different prompt each run)."),
+    new_tokens: int = typer.Option(128, help="Tokens generated per run (greedy, EOS ignored)."),
+    repeats: int = typer.Option(8, help="Measured runs per model, interleaved across models."),
+    warmup: int = typer.Option(1, help="Uncounted rounds first."),
+    baseline: int = typer.Option(1, help="Position of the baseline among MODELS, counting from 1."),
+    sparse_rate: Optional[float] = typer.Option(None, help="CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE for IR models."),
+    property: list[str] = typer.Option([], "--property", help="KEY=VALUE OpenVINO or genai property for IR models; repeatable."),
+    adapter: list[str] = typer.Option([], "--adapter", help="Adapter for the k-th Hugging Face MODEL (PEFT or sqft-ov finetune folder); '-' for none."),
+    torch_dtype: str = typer.Option("auto", help="PyTorch models: auto (the checkpoint's) | float32 | bfloat16 | float16."),
+    bandwidth_gib: float = typer.Option(1.0, help="Buffer of the memory read-bandwidth test (GiB); 0 skips it."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the full report (every run) as JSON."),
+    markdown_file: Optional[Path] = typer.Option(None, "--markdown", help="Write the tables as markdown."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart with error bars."),
+    overwrite: bool = typer.Option(False, help="Replace existing report files."),
+) -> None:
+    """Benchmark deployed models side by side: TTFT, decode/prefill speed, memory, size, bandwidth use."""
+    from sqft_ov.io.ir import IR_FILE
+    from sqft_ov.stages.bench import BenchConfig, BenchModel
+    from sqft_ov.stages.bench import bench as run_bench
+    from sqft_ov.stages.bench.report import check_report_paths, context_lines, rich_tables, write_reports
+
+    properties = parse_properties(property)
+    config = BenchConfig(device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                         warmup=warmup, baseline=baseline, sparse_rate=sparse_rate, properties=properties,
+                         torch_dtype=torch_dtype, bandwidth_gib=bandwidth_gib)
+    check_report_paths([json_file, markdown_file, plot_file], overwrite)
+    hf_models = [m for m in models if not (m / IR_FILE).is_file()]
+    if len(adapter) > len(hf_models):
+        raise SqftError(f"{len(adapter)} --adapter given but only {len(hf_models)} Hugging Face MODEL folder(s): "
+                        "each --adapter pairs with the next Hugging Face folder, '-' for none")
+    adapters = dict(zip(map(id, hf_models), (None if a == "-" else Path(a) for a in adapter)))
+    with progress_bar() as progress:
+        report = run_bench([BenchModel(m, adapters.get(id(m))) for m in models], config, progress)
+    for table in rich_tables(report):
+        console.print(table)
+    for line in context_lines(report):
+        console.print(line, highlight=False, markup=False)
+    write_reports(report, json_file, markdown_file, plot_file, overwrite)
+    failed = [m for m in report["models"] if not m["ok"]]
+    for entry in failed:
+        err_console.print(f"[red]failed:[/red] {entry['label']}: {entry['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        sys.exit(1)
+
+
+@app.command()
+def tune(
+    path: Path = typer.Argument(..., help="IR folder (runtime properties), or Hugging Face folder with --export-grid."),
+    budget_minutes: float = typer.Option(20.0, help="Stop timing new settings after this long (the rest are listed as not measured)."),
+    apply: bool = typer.Option(False, "--apply", help="Write the best setting into the IR folder's runtime configuration."),
+    export_grid: bool = typer.Option(False, "--export-grid", help="Re-export MODEL over INT4 group size, sym/asym and INT8/INT4 embeddings, and time each."),
+    out: Optional[Path] = typer.Option(None, help="--export-grid: folder for the exported IRs [default: PATH-export-grid]."),
+    property: list[str] = typer.Option([], "--property", help="KEY=V1,V2 ...: try these values (replaces the default grid; repeatable). KV_CACHE_GROUP_SIZE sets key and value groups."),
+    groups: str = typer.Option("-1 32 64 128", help="--export-grid: INT4 group sizes (-1: per channel)."),
+    modes: str = typer.Option("sym asym", help="--export-grid: INT4 modes."),
+    embeddings: str = typer.Option("int8 int4", help="--export-grid: embeddings/lm_head precision."),
+    device: str = typer.Option("CPU", help="OpenVINO device."),
+    prompt_tokens: int = typer.Option(32, help="Prompt length in tokens."),
+    new_tokens: int = typer.Option(64, help="Tokens generated per run."),
+    repeats: int = typer.Option(3, help="Measured runs per setting (the confirmation run uses twice as many)."),
+    warmup: int = typer.Option(1, help="Uncounted rounds first."),
+    max_logit_diff: Optional[float] = typer.Option(None, help="Flag settings whose logits move more than this from the f32 reference [default: 2x the current configuration's difference]."),
+    min_gain: float = typer.Option(0.03, help="A setting is adopted only if it decodes at least 1 + this times faster."),
+    profile: bool = typer.Option(True, help="Per-node profile of one decode step, current and best configuration."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --json file or --export-grid folder."),
+) -> None:
+    """Find the fastest runtime configuration of an IR (or the fastest INT4 export of a model) that keeps its outputs."""
+    from sqft_ov.io.output import check_output_file, write_file_atomic
+    from sqft_ov.stages.tune import TuneConfig
+    from sqft_ov.stages.tune import apply as apply_setting
+    from sqft_ov.stages.tune import report as tune_report
+    from sqft_ov.stages.tune.space import grid_from_options
+
+    grid = None
+    if property:
+        values = {}
+        for key, value in parse_properties(property).items():
+            values[key] = [v for v in value.split(",") if v]
+        grid = grid_from_options(values)
+    config = TuneConfig(device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
+                        warmup=warmup, budget_minutes=budget_minutes, max_logit_diff=max_logit_diff,
+                        min_gain=min_gain, grid=grid, profile=profile)
+    if json_file:
+        check_output_file(json_file, overwrite)
+    if export_grid:
+        from sqft_ov.stages.tune.export_grid import export_grid as run_grid
+        from sqft_ov.stages.tune.export_grid import grid_points
+
+        if apply or property:
+            raise SqftError("--export-grid re-exports the model; --apply and --property tune an IR's runtime "
+                            "properties: run tune on the chosen IR afterwards")
+        points = grid_points(parse_ints(groups, "--groups"), modes.replace(",", " ").split(),
+                             embeddings.replace(",", " ").split())
+        target = out or path.expanduser().absolute().with_name(path.expanduser().absolute().name + "-export-grid")
+        with progress_bar() as progress:
+            result = run_grid(path, target, config, points, overwrite, progress)
+        console.print(tune_report.grid_table(result))
+        console.print(f"IRs and export_grid.json in {result['output']}", highlight=False)
+    else:
+        from sqft_ov.stages.tune import tune as run_tune
+
+        with progress_bar() as progress:
+            result = run_tune(path, config, progress)
+        for item in tables.tune_renderables(result):
+            console.print(item, highlight=False)
+        if apply:
+            written = apply_setting(path, result["best"]["setting"], device) if result["best"]["setting"] else None
+            if written is not None:
+                result["applied"] = written
+            console.print(tables.applied_line(path, written), highlight=False)
+    if json_file:
+        write_file_atomic(json_file, json.dumps(result, indent=2) + "\n", overwrite)
+        console.print(f"report written to {json_file}", highlight=False)
+
+

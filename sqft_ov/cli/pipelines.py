@@ -1,0 +1,76 @@
+"""Commands over whole pipelines: run (a recipe), quickstart, and demo (now an alias of quickstart --fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sqft_ov.cli import tables
+from sqft_ov.cli.app import app, console, err_console, progress_bar
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def run(
+    ctx: typer.Context,
+    recipe: Optional[Path] = typer.Argument(None, help="A recipe file, e.g. recipes/sparsepeft.py."),
+) -> None:
+    """Run a recipe: `sqft-ov run recipes/<name>.py --model M --data D [options]` (--help after the file lists them)."""
+    import functools
+    import inspect
+
+    from sqft_ov.recipe import load_recipe
+
+    if recipe is None:
+        console.print(ctx.get_help())
+        raise typer.Exit(0 if "--help" in ctx.args or not ctx.args else 2)
+    function = load_recipe(recipe)
+    signature = inspect.signature(function, eval_str=True)  # the recipe's Annotated options, resolved in its module
+
+    @functools.wraps(function)
+    def command(**kwargs):
+        takes_progress = "progress" in signature.parameters
+        with progress_bar() as progress:
+            rows = function(**kwargs, **({"progress": progress} if takes_progress else {}))
+        rows = list(rows or [])
+        console.print(tables.deployments_table(rows, f"recipe {recipe}", paths=True))
+
+    command.__signature__ = signature.replace(parameters=[p for n, p in signature.parameters.items()
+                                                          if n != "progress"])
+    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    sub.command(help=inspect.getmodule(function).__doc__)(command)
+    sub(args=ctx.args, prog_name=f"sqft-ov run {recipe}")
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("sqft-ov-quickstart"), help="Folder for every model, IR and the results table."),
+    fast: bool = typer.Option(False, help="Smoke test of every stage in a few minutes (weaker models, fewer steps)."),
+    cache: Optional[Path] = typer.Option(None, help="Where the foundation model is cached [default: $SQFT_OV_CACHE or ~/.cache/sqft-ov]."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """SQFT's comparison end to end, offline: foundation model -> Wanda 50 % -> every recipe -> IR -> eval -> bench."""
+    from sqft_ov.quickstart.comparison import RESULTS_JSON, RESULTS_MD
+    from sqft_ov.quickstart.comparison import quickstart as run_quickstart
+
+    with progress_bar() as progress:
+        result = run_quickstart(out, fast, overwrite, cache, progress,
+                                say=lambda line: progress.console.print(line, highlight=False))
+    title = "SQFT on the embedded arithmetic task" + (" (--fast: smoke test, not the real figures)" if fast else "")
+    console.print(tables.deployments_table(result.rows, title, result.decode, result.reference.accuracy))
+    first = result.rows[0].evaluation
+    console.print(f"accuracy: exact match of the final answer on {first.examples} held-out problems of the shifted "
+                  f"downstream task; decode: sqft-ov bench, {result.plan.bench_new_tokens} new tokens, median of "
+                  f"{result.plan.bench_repeats} runs; {result.seconds / 60:.1f} min in all", highlight=False)
+    console.print(f"results: {result.out / RESULTS_MD}, {result.out / RESULTS_JSON}", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("sqft-ov-demo"), help="Folder for the models, IRs and the results table."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Alias of `sqft-ov quickstart --fast`, which replaced the demo: every stage on the embedded model."""
+    err_console.print("sqft-ov demo is now `sqft-ov quickstart --fast`: running that", highlight=False)
+    quickstart(out=out, fast=True, cache=None, overwrite=overwrite)

@@ -1,0 +1,183 @@
+"""Commands of the pipeline's stages: tiny-model, sparsify, export, finetune, search, merge."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sqft_ov.adapters.config import ADAPTER_CONFIG
+from sqft_ov.cli import tables
+from sqft_ov.cli.app import app, console, err_console, parse_ints, progress_bar
+
+
+@app.command("tiny-model")
+def tiny_model(
+    output: Path = typer.Argument(..., help="Folder to write the model to (Hugging Face layout)."),
+    arch: str = typer.Option("llama", help="llama | mistral | qwen2 | phi3"),
+    layers: int = typer.Option(2, help="Decoder blocks."),
+    hidden: int = typer.Option(128, help="Hidden size."),
+    intermediate: int = typer.Option(256, help="MLP size."),
+    heads: int = typer.Option(4, help="Attention heads."),
+    kv_heads: int = typer.Option(2, help="Key/value heads (grouped-query attention)."),
+    vocab: int = typer.Option(1024, help="BPE vocabulary size."),
+    max_positions: int = typer.Option(512, help="Longest sequence (rotary embedding range)."),
+    seed: int = typer.Option(0, help="Seed for the weights and the tokenizer corpus."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 weights."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+) -> None:
+    """Build a tiny random causal LM with a locally trained tokenizer: no download needed."""
+    from sqft_ov.quickstart.tiny import TinyModelConfig, build_tiny_model
+
+    cfg = TinyModelConfig(arch=arch, layers=layers, hidden=hidden, intermediate=intermediate, heads=heads,
+                          kv_heads=kv_heads, vocab=vocab, max_positions=max_positions, seed=seed, dtype=dtype)
+    path = build_tiny_model(output, cfg, overwrite)
+    console.print(f"tiny {arch} model written to {path}")
+
+
+@app.command()
+def sparsify(
+    model: Path = typer.Argument(..., help="Hugging Face model folder."),
+    output: Path = typer.Argument(..., help="Folder for the sparse model."),
+    method: str = typer.Option("wanda", help="wanda | magnitude"),
+    ratio: Optional[float] = typer.Option(None, help="Share of each layer's weights to zero (default 0.5)."),
+    pattern: str = typer.Option("unstructured", help="unstructured, or N:M such as 2:4"),
+    calibration: Optional[Path] = typer.Option(None, help="Text data: .txt (a sample a line), .json/.jsonl/.csv/.parquet."),
+    text_field: list[str] = typer.Option([], help="Field(s) holding the text; repeat to join several."),
+    num_samples: int = typer.Option(128, help="Calibration sequences."),
+    seq_len: int = typer.Option(512, help="Tokens per calibration sequence."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+) -> None:
+    """Zero the smallest-scoring weights of the decoder's linear layers (Wanda or magnitude)."""
+    from sqft_ov.stages.sparsify import SparsityConfig, sparsify_folder
+
+    config = SparsityConfig(method=method, ratio=ratio, pattern=pattern)
+    with progress_bar() as progress:
+        report = sparsify_folder(model, output, config, calibration, tuple(text_field), num_samples, seq_len,
+                                 overwrite, trust_remote_code, progress)
+    console.print(tables.sparsity_table(report))
+    console.print(f"sparse model written to {Path(output).absolute()} (per-layer figures in sparsity.json)")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Hugging Face model folder."),
+    output: Path = typer.Argument(..., help="Folder for the OpenVINO IR."),
+    weight_format: str = typer.Option("int4", help="fp16 | int8 | int4 | int8-w8a8"),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric (no zero point) or asymmetric (default) INT weights."),
+    group_size: Optional[int] = typer.Option(None, help="INT4 group size along the input dimension; -1 per channel. [default: 128, or a merged model's trained grid]"),
+    group_size_fallback: str = typer.Option("error", help="error | adjust | ignore: for layers the group size does not divide."),
+    all_layers: bool = typer.Option(False, help="INT4 also for the embeddings and lm_head (default: INT8, as NNCF and optimum-cli)."),
+    calibration: Optional[Path] = typer.Option(None, help="Text data for int8-w8a8 static quantization."),
+    text_field: list[str] = typer.Option([], help="Field(s) holding the calibration text."),
+    num_samples: int = typer.Option(128, help="Calibration sequences (int8-w8a8)."),
+    seq_len: int = typer.Option(512, help="Tokens per calibration sequence (int8-w8a8)."),
+    sparse_rate: Optional[float] = typer.Option(None, help="Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."),
+    device: Optional[str] = typer.Option(None, help="Compile the IR on this device once to check it (CPU, GPU ...)."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+) -> None:
+    """Export to an OpenVINO IR folder (model with KV cache, tokenizer IRs) that keeps every zero."""
+    from sqft_ov.stages.export import ExportConfig
+    from sqft_ov.stages.export import export as run_export
+
+    config = ExportConfig(weight_format=weight_format, sym=sym, group_size=group_size,
+                          group_size_fallback=group_size_fallback, all_layers=all_layers,
+                          calibration=str(calibration) if calibration else None, text_fields=tuple(text_field),
+                          num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate, device=device,
+                          trust_remote_code=trust_remote_code)
+    with err_console.status(f"exporting {model} to OpenVINO ({weight_format})"):
+        report = run_export(model, output, config, overwrite)
+    console.print(tables.export_table(report))
+
+
+@app.command()
+def finetune(
+    model: Path = typer.Argument(..., help="Base model folder (e.g. the output of sparsify)."),
+    data: Path = typer.Argument(..., help="Training data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
+    output: Path = typer.Argument(..., help="Folder for the trained adapter."),
+    method: str = typer.Option("sparsepeft", help="lora | sparsepeft | qa-sparsepeft"),
+    rank: int = typer.Option(16, help="LoRA rank (without --nls)."),
+    nls: bool = typer.Option(False, help="Elastic ranks (Neural Low-rank adapter Search)."),
+    rank_space: str = typer.Option("32 24 16", help="Ranks NLS samples from, e.g. --rank-space 32 24 16."),
+    target_modules: str = typer.Option("q_proj k_proj v_proj up_proj down_proj",  # finetune.DEFAULT_TARGETS
+                                       help="Linear layers that get adapters."),
+    int4: Optional[bool] = typer.Option(None, "--int4-sym/--int4-asym", help="INT4 grid (qa-sparsepeft: default asym; lora: QLoRA-style base)."),
+    group_size: int = typer.Option(64, help="INT4 group size."),
+    prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
+    response_field: str = typer.Option("response", help="Field with the response (the loss is on it only)."),
+    chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
+    max_length: int = typer.Option(512, help="Longest tokenized example."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [default: 2 x the (maximum) rank]."),
+    epochs: float = typer.Option(1.0, help="Training epochs."),
+    max_steps: int = typer.Option(-1, help="Stop after this many optimizer steps (overrides --epochs)."),
+    lr: float = typer.Option(3e-4, help="Learning rate."),
+    batch_size: int = typer.Option(4, help="Examples per device and step."),
+    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    seed: int = typer.Option(42, help="Seed for data order, NLS sampling and initialisation."),
+    eval_split: float = typer.Option(0.1, help="Share of the data held out for validation."),
+    save_steps: int = typer.Option(50, help="Checkpoint every N steps (for --resume)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint of an interrupted run."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+) -> None:
+    """Train mergeable adapters: LoRA, SparsePEFT or QA-SparsePEFT, optionally with NLS."""
+    from sqft_ov.io.sft_data import SFTFormat
+    from sqft_ov.stages.finetune import FinetuneConfig
+    from sqft_ov.stages.finetune import finetune as run_finetune
+
+    config = FinetuneConfig(
+        method=method, rank=rank, nls=nls, rank_space=parse_ints(rank_space, "--rank-space"),
+        target_modules=tuple(target_modules.replace(",", " ").split()),
+        int4=None if int4 is None else ("sym" if int4 else "asym"), group_size=group_size, lora_alpha=lora_alpha,
+        data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), epochs=epochs,
+        max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed, eval_split=eval_split,
+        save_steps=save_steps, trust_remote_code=trust_remote_code)
+    result = run_finetune(model, data, output, config, resume=resume, overwrite=overwrite,
+                          show_progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(tables.finetune_table(result, f"{method}{' + NLS' if nls else ''}"))
+
+
+@app.command()
+def search(
+    output: Path = typer.Argument(..., help="An NLS adapter folder written by finetune --nls."),
+    strategy: str = typer.Option("hill-climb", help="max | median | min | most-activated | min-loss | hill-climb"),
+    validation: Optional[Path] = typer.Option(None, help="Validation data [default: the held-out split of the training data]."),
+    budget: int = typer.Option(20, help="Most sub-adapters hill-climb evaluates."),
+    save: Path = typer.Option(..., help="Where to write the chosen configuration (CONFIG.json)."),
+    base: Optional[Path] = typer.Option(None, help="The base model, if it moved since training."),
+) -> None:
+    """Pick one rank per decoder block from an NLS super-adapter."""
+    from sqft_ov.stages.search import search as run_search
+
+    result = run_search(output, strategy, validation, budget, base)
+    record = json.loads((Path(output) / ADAPTER_CONFIG).read_text())
+    result.save(save, record["rank_space"])
+    loss = "" if result.validation_loss is None else f", validation loss {result.validation_loss:.4f}"
+    console.print(f"{strategy}: ranks {result.ranks}{loss} ({len(result.evaluated)} evaluated) -> {save}")
+
+
+@app.command()
+def merge(
+    output: Path = typer.Argument(..., help="Adapter folder written by finetune."),
+    merged: Path = typer.Argument(..., help="Folder for the merged model (Hugging Face layout)."),
+    sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search (NLS adapters)."),
+    base: Optional[Path] = typer.Option(None, help="The base model, if it moved since training."),
+    overwrite: bool = typer.Option(False, help="Replace MERGED if it exists."),
+) -> None:
+    """Merge the adapter into the weights at target precision (sparse float, or the trained INT4 grid)."""
+    from sqft_ov.stages.merge import merge as run_merge
+
+    report = run_merge(output, merged, sub_adapter, overwrite, base)
+    if report.method == "lora" and report.base_zeros:
+        err_console.print(f"[yellow]warning:[/yellow] plain LoRA filled the base's zeros: only "
+                          f"{report.zeros_kept_share:.2%} of them are left (use sparsepeft to keep them)")
+    console.print(tables.merge_table(report))
+
+

@@ -1,0 +1,121 @@
+"""Every table and summary line the CLI prints, in one place: commands compute, this module renders.
+
+The benchmark's and tuner's own tables live with their reports (`stages.bench.report`,
+`stages.tune.report`), which the benchmarks and quickstart also write; the CLI prints them from here.
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def field_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    """A two-column field/value table: the shape of most command summaries."""
+    table = Table(title=title)
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def sparsity_table(report, limit: int = 12) -> Table:
+    table = Table(title=f"{report.config.method} {report.config.pattern} sparsity")
+    for col in ("weight", "zeros", "numel", "sparsity"):
+        table.add_column(col, justify="left" if col == "weight" else "right")
+    rows = list(report.layers.items())
+    for name, (zeros, numel) in rows[:limit]:
+        table.add_row(name, str(zeros), str(numel), f"{zeros / numel:.2%}")
+    if len(rows) > limit:
+        table.add_row(f"... {len(rows) - limit} more (see sparsity.json)", "", "", "")
+    table.add_row("[bold]total", "", "", f"[bold]{report.total:.2%}")
+    return table
+
+
+def export_table(report) -> Table:
+    table = Table(title=f"OpenVINO IR: {report.output}")
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in report.settings.items():
+        table.add_row(key, str(value))
+    storages = sorted({w["storage"] for w in report.weights.values()})
+    table.add_row("weight storage", ", ".join(storages))
+    table.add_row("source zeros kept in IR", f"{report.zeros_kept}/{report.source_zeros}"
+                  + (f" ({report.zeros_kept / report.source_zeros:.2%})" if report.source_zeros else ""))
+    table.add_row("IR sparsity (all weights)", f"{report.ir_sparsity:.2%}")
+    if report.sparse_decompression:
+        sd = report.sparse_decompression
+        table.add_row("sparse decompression", f"rate {sd['rate']} written; "
+                      + ("can engage on this CPU" if sd["can_engage_here"] else f"will not engage: {sd['why_not']}"))
+    table.add_row("time", f"{report.seconds:.1f} s")
+    return table
+
+
+def finetune_table(result, label: str) -> Table:
+    rows = [("steps", str(result.steps))]
+    if result.train_loss:
+        rows.append(("train loss (first -> last)", f"{result.train_loss[0]:.4f} -> {result.train_loss[-1]:.4f}"))
+    rows.append(("validation loss", "-" if result.eval_loss is None else f"{result.eval_loss:.4f}"))
+    return field_table(f"{label} adapter: {result.output}", rows)
+
+
+def merge_table(report) -> Table:
+    return field_table(f"merged {report.method}: {report.output}", [
+        ("precision", report.precision),
+        ("ranks", str(report.ranks) if report.ranks else "fixed"),
+        ("base zeros kept", f"{report.base_zeros_kept}/{report.base_zeros} ({report.zeros_kept_share:.2%})"),
+        ("max |logit| trained vs merged", f"{report.max_logit_diff:.3g}")])
+
+
+def eval_table(report) -> Table:
+    loss = "-" if report.response_loss is None else f"{report.response_loss:.4f} ({report.response_tokens} tokens)"
+    return field_table(f"eval {report.model}" + (f" + {report.adapter}" if report.adapter else ""), [
+        ("engine", report.engine), ("examples", str(report.examples)),
+        ("exact match", f"{report.exact_match:.2%} ({report.correct}/{report.examples})"),
+        ("no '####' answer", str(report.no_answer)), ("response loss", loss), ("time", f"{report.seconds:.1f} s")])
+
+
+def eval_samples(report, show: int) -> list[str]:
+    lines = []
+    for sample in report.samples[:show]:
+        mark = "[green]ok[/green]" if sample["correct"] else "[red]wrong[/red]"
+        lines.append(f"{mark} expected {sample['reference']}, generated {sample['generated'].strip()!r}")
+    return lines
+
+
+def deployments_table(rows, title: str, decode: dict | None = None, reference=None, paths: bool = False) -> Table:
+    table = Table(title=title)
+    columns = ["method", "accuracy", "vs LoRA", "precision", "merged", "sparsity", "decode tok/s"]
+    for col in columns + (["deployed model"] if paths else []):
+        table.add_column(col, justify="right" if col in ("accuracy", "vs LoRA", "sparsity", "decode tok/s") else "left")
+    for r in rows:
+        acc = r.accuracy
+        rel = "-" if reference is None or acc is None or not reference else f"{acc / reference:.1%}"
+        speed = (decode or {}).get(r.label)
+        where = str(r.model) + (f" + {r.adapter.name}" if r.adapter else "")
+        table.add_row(r.label, "-" if acc is None else f"{acc:.1%}", rel, r.precision,
+                      "-" if r.method == "none" else ("yes" if r.merged else "no"), f"{r.sparsity:.1%}",
+                      "-" if speed is None else f"{speed:.0f}", *([where] if paths else []))
+    return table
+
+
+def tune_renderables(result: dict) -> list:
+    """What `sqft-ov tune` prints for a runtime-property search: settings, the best, and the profiles."""
+    from sqft_ov.stages.tune import report as tune_report
+
+    out = [tune_report.settings_table(result), tune_report.best_line(result)]
+    for name in ("current", "best"):
+        profile = (result.get("profile") or {}).get(name)
+        if isinstance(profile, dict):
+            out.append(tune_report.profile_table(profile, f"one decode step, {name} configuration"))
+            out.extend(tune_report.profile_lines(profile))
+    return out
+
+
+def applied_line(path, written: dict | None) -> str:
+    if written is None:
+        return "--apply: nothing to write, the current configuration is the best"
+    plain = [k for k, ok in written["plain_loaders_apply"].items() if ok]
+    return (f"applied: {path}/runtime_config.json now holds {written['runtime_config']}; plain OVModelForCausalLM "
+            f"/ LLMPipeline loads also pick up {plain or 'none of them'} from the IR (the rest: pass "
+            "runtime_config.json as ov_config / properties)")

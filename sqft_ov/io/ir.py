@@ -1,0 +1,167 @@
+"""Read the weights back out of an OpenVINO IR, dequantized exactly as the graph defines them.
+
+Export promises that every zero of the source model is a zero in the IR. That promise is checked here
+from the IR's own constants (INT4/INT8 codes, zero points, scales), not from the code path that wrote
+them: each weight's constant-only decompression subgraph (Constant -> Convert -> Subtract -> Multiply ->
+Reshape ...) is evaluated in numpy with the element types the graph declares.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IR_FILE = "openvino_model.xml"  # the model graph of an IR folder; its weights are the .bin beside it
+_TORCH_NAME = re.compile(r"^__module\.(.+?)/(?:aten|ov_ext)::(?:linear|embedding|matmul)/")  # ov_ext: 16-bit sources
+_FLOAT_NAMES = {"f32": "float32", "f16": "float16", "f64": "float64", "bf16": "bfloat16"}
+
+
+@dataclass
+class IRWeight:
+    name: str  # torch-style name, e.g. "model.layers.0.self_attn.q_proj.weight"
+    storage: str  # element type of the stored constant: u4, i4, u8, i8, f16, f32 ...
+    values: np.ndarray  # dequantized (f32, or the stored float type), [out, in] like torch's Linear.weight
+
+
+_CHUNK_ELEMENTS = 1 << 21  # rows are evaluated in chunks of ~2M elements: cache-sized, no huge temporaries
+
+
+class _NotRowWise(Exception):
+    """The subgraph does not keep rows independent: evaluate it whole."""
+
+
+def _constant(node, rows: slice | None, total: int):
+    import torch
+
+    et = node.get_element_type().get_type_name()
+    shape = tuple(node.get_output_shape(0))
+    raw = np.asarray(node.data)  # a view of the IR's memory; arithmetic below makes new tensors
+    sliced = rows is not None and len(shape) > 0 and shape[0] == total and total > 1
+    if et in ("u4", "i4"):
+        per_row = int(np.prod(shape[1:])) if shape else 1
+        if sliced:
+            if per_row % 2:
+                raise _NotRowWise
+            raw = raw.view(np.uint8).ravel()[rows.start * per_row // 2: rows.stop * per_row // 2]
+            shape = (len(range(*rows.indices(total))),) + shape[1:]
+        packed = torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).ravel())
+        codes = torch.stack([packed & 0x0F, packed >> 4], dim=1).ravel().to(torch.int8)  # 2k low nibble, 2k+1 high
+        if et == "i4":
+            codes = torch.where(codes > 7, codes - 16, codes)
+        return codes[: int(np.prod(shape))].reshape(shape), et
+    value = torch.from_numpy(raw).reshape(shape)
+    return (value[rows] if sliced else value), et
+
+
+def _evaluate(output, leaf: dict, rows: slice | None, total: int, root: bool = False):
+    """Value of a constant-only subgraph (a torch tensor), or None if it depends on a Parameter or unknown op.
+
+    With `rows`, only those rows of the result: constants whose first dimension is the weight's are sliced.
+    Arithmetic is done in f32, as OpenVINO's CPU plugin evaluates weight decompression.
+    """
+    import torch
+
+    node = output.get_node()
+    kind = node.get_type_name()
+    if kind == "Constant":
+        value, et = _constant(node, rows, total)
+        if value.ndim >= 2 and "storage" not in leaf:
+            leaf["storage"] = et
+        return value
+    inputs = [_evaluate(v, leaf, rows, total) for v in node.input_values()]
+    if any(x is None for x in inputs):
+        return None
+    et = node.get_output_element_type(0).get_type_name()
+    static = node.get_output_partial_shape(0).is_static
+    shape = tuple(node.get_output_shape(0)) if static else None
+    if kind == "Convert":
+        x = inputs[0]
+        if et not in _FLOAT_NAMES:
+            leaf["computed"] = True
+            return x.to(torch.int32)
+        if root and x.is_floating_point():
+            return x  # a final float conversion: the caller converts once, on the whole weight
+        leaf["computed"] = True
+        return x if x.dtype == torch.float32 else x.float()
+    if kind in ("Subtract", "Multiply", "Add"):
+        a, b = (x if x.dtype == torch.float32 else x.float() for x in inputs)
+        leaf["computed"] = True
+        return a - b if kind == "Subtract" else a * b if kind == "Multiply" else a + b
+    if kind in ("Reshape", "Unsqueeze", "Squeeze") and shape is not None:
+        if rows is not None and shape[0] == total:
+            shape = (inputs[0].shape[0],) + shape[1:]
+        elif rows is not None:
+            raise _NotRowWise
+        return inputs[0].reshape(shape)
+    if kind == "Transpose":
+        perm = inputs[1].long().tolist()
+        if rows is not None and perm[0] != 0:
+            raise _NotRowWise
+        return inputs[0].permute(*perm)
+    return None
+
+
+def _weight_inputs(model) -> Iterator[tuple[str, object, bool]]:
+    """(torch name, weight input, needs transpose) for each MatMul / Gather fed by a constant."""
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ("MatMul", "Gather"):
+            continue
+        match = _TORCH_NAME.match(op.get_friendly_name())
+        if not match:
+            continue
+        if kind == "MatMul":
+            transpose = not op.get_attributes().get("transpose_b", False)
+            yield match.group(1) + ".weight", op.input_value(1), transpose
+        else:
+            yield match.group(1) + ".weight", op.input_value(0), False
+
+
+def iter_ir_weights(model_or_path) -> Iterator[IRWeight]:
+    """Yield every constant weight of a MatMul or embedding Gather, dequantized, one at a time."""
+    import openvino as ov
+    import torch
+
+    model = model_or_path
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+        model = ov.Core().read_model(path / "openvino_model.xml" if path.is_dir() else path)
+    for name, weight_input, transpose in _weight_inputs(model):
+        pshape = weight_input.get_partial_shape()
+        if not pshape.is_static or len(pshape) != 2:
+            continue
+        total = int(pshape[0].get_length())
+        step = max(1, _CHUNK_ELEMENTS // max(1, int(pshape[1].get_length())))
+        leaf: dict = {}
+        try:
+            parts = [_evaluate(weight_input, leaf, slice(i, min(i + step, total)), total, root=True)
+                     for i in range(0, total, step)]
+            value = None if any(p is None for p in parts) else torch.cat(parts) if len(parts) > 1 else parts[0]
+        except _NotRowWise:
+            leaf = {}
+            parts = [_evaluate(weight_input, leaf, None, total, root=True)]
+            value = parts[0]
+        if value is None or value.ndim != 2:
+            continue
+        if not leaf.get("computed") and len(parts) == 1:
+            value = value.clone()  # still a view of the IR's constant: detach it from the model's memory
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        value = value.T if transpose else value
+        yield IRWeight(name, leaf.get("storage", "?"), value.contiguous().numpy())
+
+
+def save_over(model, xml: str | Path) -> None:
+    """Write `model` over the IR it was read from: the old .bin may be memory-mapped, so write aside first."""
+    import openvino as ov
+
+    xml = Path(xml)
+    tmp = xml.with_name(".sqft." + xml.name)
+    ov.save_model(model, tmp, compress_to_fp16=False)
+    del model
+    tmp.replace(xml)
+    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))

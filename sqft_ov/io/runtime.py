@@ -1,0 +1,122 @@
+"""Running an exported IR folder: its runtime configuration, device checks and loaders that apply both.
+
+OpenVINO keeps per-model runtime options in the IR's `rt_info["runtime_options"]`, but its CPU plugin
+honours only a fixed set of them (KV-cache precision and dynamic-quantization group size, as of 2026.4);
+`CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` and most tuning properties are not read from there. So the folder
+also carries `runtime_config.json`, and `open_llm_pipeline` / `open_ov_model` pass those properties
+explicitly, the same way a user passes `ov_config=` to OVModelForCausalLM or `**properties` to genai.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqft_ov.errors import SqftError
+from sqft_ov.io.ir import save_over
+
+RUNTIME_CONFIG = "runtime_config.json"
+SPARSE_RATE = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
+# Options of genai's LLMPipeline itself, not of the device: OVModelForCausalLM and compile_model refuse them.
+PIPELINE_PROPERTIES: dict[str, tuple[str, ...]] = {"ATTENTION_BACKEND": ("PA", "SDPA")}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_amx() -> bool:
+    """Sparse-weight decompression in OpenVINO's CPU plugin needs AMX (4th-gen Xeon or later)."""
+    return {"amx_tile", "amx_int8"} <= cpu_flags()
+
+
+def check_device(device: str) -> str:
+    import openvino as ov
+
+    available = ov.Core().available_devices
+    base = device.split(".")[0].split(":")[0].upper()
+    if base in ("AUTO", "HETERO", "MULTI"):
+        return device
+    if not any(d.upper() == device.upper() or d.upper().startswith(base) for d in available):
+        raise SqftError(f"device {device!r} is not available here: choose one of {', '.join(available)}")
+    return device
+
+
+def read_runtime_config(ir_dir: str | Path) -> dict[str, str]:
+    path = Path(ir_dir) / RUNTIME_CONFIG
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_runtime_config(ir_dir: str | Path, properties: dict[str, str]) -> None:
+    """Record properties in runtime_config.json and, device properties, in the IR's rt_info runtime_options.
+
+    The CPU plugin reads a few of those itself (KV-cache precisions and group sizes, dynamic quantization
+    group size), so a plain `OVModelForCausalLM.from_pretrained(dir)` or `LLMPipeline(dir)` gets them too.
+    """
+    import openvino as ov
+
+    from sqft_ov.io.output import write_file_atomic
+
+    ir_dir = Path(ir_dir)
+    merged = {**read_runtime_config(ir_dir), **{k: str(v) for k, v in properties.items()}}
+    xml = ir_dir / "openvino_model.xml"
+    model = ov.Core().read_model(xml)
+    for key, value in device_properties(merged).items():
+        model.set_rt_info(value, ["runtime_options", key])
+    save_over(model, xml)
+    write_file_atomic(ir_dir / RUNTIME_CONFIG, json.dumps(merged, indent=2) + "\n", overwrite=True)
+
+
+def device_properties(properties: dict[str, str]) -> dict[str, str]:
+    """`properties` without genai's own pipeline options: what compile_model and OVModelForCausalLM accept."""
+    return {k: v for k, v in properties.items() if k not in PIPELINE_PROPERTIES}
+
+
+def runtime_properties(ir_dir: str | Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The folder's runtime configuration, overridden by `extra`."""
+    return {**read_runtime_config(ir_dir), **(extra or {})}
+
+
+def open_llm_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None):
+    import openvino_genai
+
+    check_device(device)
+    return openvino_genai.LLMPipeline(str(Path(ir_dir).absolute()), device, **runtime_properties(ir_dir, properties))
+
+
+def open_ov_model(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None):
+    from optimum.intel import OVModelForCausalLM
+
+    check_device(device)
+    return OVModelForCausalLM.from_pretrained(str(Path(ir_dir).absolute()), device=device,
+                                              ov_config=device_properties(runtime_properties(ir_dir, properties)))
+
+
+def run_prefill(compiled_model, tokens: int = 8) -> None:
+    """One forward pass of a stateful LLM IR; CPU kernels of dynamic-shape models are chosen on first run."""
+    import numpy as np
+
+    feed = {"input_ids": np.arange(1, tokens + 1, dtype=np.int64)[None],
+            "attention_mask": np.ones((1, tokens), dtype=np.int64),
+            "position_ids": np.arange(tokens, dtype=np.int64)[None], "beam_idx": np.zeros(1, dtype=np.int32)}
+    names = {i.get_any_name() for i in compiled_model.inputs}
+    compiled_model.create_infer_request().infer({k: v for k, v in feed.items() if k in names})
+
+
+def fully_connected_primitives(compiled_model) -> dict[str, str]:
+    """Primitive type per FullyConnected node of a compiled CPU model: tells whether sparse kernels engaged.
+
+    Read it after `run_prefill`: before the first inference a dynamic-shape model reports `undef_*`.
+    """
+    out = {}
+    for op in compiled_model.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "FullyConnected":
+            out[op.get_friendly_name()] = info["primitiveType"].astype(str)
+    return out

@@ -1,0 +1,174 @@
+"""Stage 6b: accuracy of a deployed model — exact match of the final answer and response-token loss.
+
+The same data format as fine-tuning (prompt / response fields). The reference answer is the number after
+the last `####` of the response (GSM8K style; `sqft_ov.io.sft_data.extract_answer`), the prediction the
+same number in the greedy generation. An OpenVINO IR runs through optimum-intel's OVModelForCausalLM
+(with the folder's runtime configuration, as deployed), a Hugging Face folder in PyTorch with an optional
+adapter (PEFT, or any sqft-ov finetune output). Both paths tokenize, batch and decode the same way, so
+their figures differ only by what the runtime computes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqft_ov.errors import SqftError
+from sqft_ov.io.sft_data import IGNORE_INDEX, SFTFormat, extract_answer, load_pairs, render_prompt, tokenize_pair
+
+
+@dataclass
+class EvalConfig:
+    adapter: Path | None = None
+    sub_adapter: Path | None = None  # NLS adapters: CONFIG.json from search
+    data_format: SFTFormat = field(default_factory=SFTFormat)
+    limit: int | None = None  # the first N examples
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    device: str = "CPU"  # IR models
+    properties: dict[str, str] = field(default_factory=dict)  # OpenVINO properties on top of runtime_config.json
+    torch_dtype: str = "float32"  # PyTorch models: float32 | bfloat16 | float16 | auto
+    loss: bool = True
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise SqftError(f"--limit must be at least 1, got {self.limit}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise SqftError("--batch-size and --max-new-tokens must be positive")
+
+
+@dataclass
+class EvalReport:
+    model: str
+    adapter: str | None
+    engine: str  # "openvino" | "pytorch"
+    data: str
+    examples: int
+    correct: int
+    no_answer: int  # generations without a `####` number
+    response_loss: float | None  # mean cross-entropy per response token (teacher-forced)
+    response_tokens: int
+    seconds: float
+    samples: list[dict] = field(default_factory=list)
+
+    @property
+    def exact_match(self) -> float:
+        return self.correct / self.examples if self.examples else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "exact_match": self.exact_match}
+
+
+def _load(model_path: Path, config: EvalConfig):
+    """(model with HF generate/forward, tokenizer, engine name)."""
+    from sqft_ov.io.ir import IR_FILE
+
+    if (model_path / IR_FILE).is_file():
+        if config.adapter is not None:
+            raise SqftError(f"{model_path} is an OpenVINO IR: adapters apply to Hugging Face folders (merge and "
+                            "export the adapter to evaluate it as an IR)")
+        from transformers import AutoTokenizer
+
+        from sqft_ov.io.runtime import check_device, open_ov_model
+
+        check_device(config.device)
+        model = open_ov_model(model_path, config.device, config.properties)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        return model, tokenizer, "openvino"
+    import torch
+
+    from sqft_ov.adapters.adapted import load_for_inference
+
+    dtype = config.torch_dtype if config.torch_dtype == "auto" else getattr(torch, config.torch_dtype, None)
+    if dtype is None:
+        raise SqftError(f"--torch-dtype must be auto, float32, bfloat16 or float16, got {config.torch_dtype!r}")
+    model, tokenizer = load_for_inference(model_path, config.adapter, dtype, config.sub_adapter)
+    return model, tokenizer, "pytorch"
+
+
+def _references(pairs: list[tuple[str, str]], data: Path, fmt: SFTFormat) -> list[str]:
+    answers = [extract_answer(response) for _, response in pairs]
+    missing = sum(a is None for a in answers)
+    if missing:
+        example = next(r for (_, r), a in zip(pairs, answers) if a is None)
+        raise SqftError(f"{missing} of {len(pairs)} responses in {data} ({fmt.response_field!r}) have no final "
+                        f"answer after '####' (e.g. {example[-60:]!r}): exact match needs GSM8K-style answers")
+    return answers
+
+
+def _pad(rows: list[list[int]], pad: int, left: bool):
+    import torch
+
+    longest = max(len(r) for r in rows)
+    ids = [([pad] * (longest - len(r)) + r) if left else (r + [pad] * (longest - len(r))) for r in rows]
+    mask = [([0] * (longest - len(r)) + [1] * len(r)) if left else ([1] * len(r) + [0] * (longest - len(r)))
+            for r in rows]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy continuations of left-padded prompts, up to EOS."""
+    import torch
+
+    ids, mask = _pad(prompts, tokenizer.pad_token_id, left=True)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _response_loss(model, tokenizer, rows: list[dict]) -> tuple[float, int]:
+    """Summed cross-entropy of the response tokens (right-padded, teacher-forced) and their count."""
+    import torch
+
+    ids, mask = _pad([r["input_ids"] for r in rows], tokenizer.pad_token_id, left=False)
+    labels, _ = _pad([r["labels"] for r in rows], IGNORE_INDEX, left=False)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    logits = torch.as_tensor(logits).float()[:, :-1]
+    target = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=IGNORE_INDEX, reduction="sum")
+    return float(loss), int((target != IGNORE_INDEX).sum())
+
+
+def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = None, progress=None) -> EvalReport:
+    """Exact match and response loss of MODEL (IR or Hugging Face folder [+ adapter]) on DATA."""
+    config = config or EvalConfig()
+    model_path, data = Path(model).expanduser().absolute(), Path(data)
+    if not model_path.is_dir():
+        raise SqftError(f"model folder {model_path} does not exist")
+    fmt = config.data_format
+    pairs = load_pairs(data, fmt)[: config.limit]
+    references = _references(pairs, data, fmt)
+    start = time.perf_counter()
+    net, tokenizer, engine = _load(model_path, config)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = [tokenizer(render_prompt(tokenizer, p, fmt.chat_template),
+                         add_special_tokens=not fmt.chat_template)["input_ids"][-fmt.max_length:] for p, _ in pairs]
+    task = progress.add_task(f"eval {model_path.name}", total=len(pairs)) if progress is not None else None
+    samples, loss_sum, loss_tokens = [], 0.0, 0
+    for i in range(0, len(pairs), config.batch_size):
+        batch = slice(i, i + config.batch_size)
+        generated = _generate(net, tokenizer, prompts[batch], config.max_new_tokens)
+        if config.loss:
+            rows = [tokenize_pair(tokenizer, p, r, fmt) for p, r in pairs[batch]]
+            total, count = _response_loss(net, tokenizer, rows)
+            loss_sum, loss_tokens = loss_sum + total, loss_tokens + count
+        for (prompt, _), reference, text in zip(pairs[batch], references[batch], generated):
+            predicted = extract_answer(text)
+            samples.append({"prompt": prompt, "reference": reference, "generated": text, "predicted": predicted,
+                            "correct": predicted == reference})
+        if task is not None:
+            progress.update(task, advance=len(generated))
+    if task is not None:
+        progress.remove_task(task)
+    return EvalReport(
+        model=str(model_path), adapter=str(config.adapter) if config.adapter else None, engine=engine,
+        data=str(data.absolute()), examples=len(samples), correct=sum(s["correct"] for s in samples),
+        no_answer=sum(s["predicted"] is None for s in samples),
+        response_loss=loss_sum / loss_tokens if loss_tokens else (None if not config.loss else math.nan),
+        response_tokens=loss_tokens, seconds=time.perf_counter() - start, samples=samples)

@@ -1,0 +1,144 @@
+"""Stage 4: merge trained adapters into the weights at target precision.
+
+* sparsepeft: W + M * (B A) * alpha / r in float: exactly as sparse as the base.
+* qa-sparsepeft: fake_quant(W + M * B A) with the trained quantizer: the weights land on the trained INT4
+  grid (and stay sparse). The grid itself (the quantizers' ranges / scales, group size, sym/asym) is saved
+  beside them in `sqft_int4_grid.safetensors` + `.json`, so `sqft-ov export MERGED --weight-format int4`
+  writes exactly these INT4 values instead of re-quantizing.
+* lora: W + (B A) * alpha / r: the update fills the base's zeros; a warning says how much sparsity is lost.
+
+`merge_report.json` records the base zeros kept, the final precision and the largest logit difference
+between the trained (unmerged) model and the merged one on sample inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+REPORT = "merge_report.json"
+
+
+@dataclass
+class MergeReport:
+    method: str
+    output: str
+    precision: str
+    ranks: list[int] | None
+    base_zeros: int
+    base_zeros_kept: int
+    max_logit_diff: float
+
+    @property
+    def zeros_kept_share(self) -> float:
+        return self.base_zeros_kept / self.base_zeros if self.base_zeros else 1.0
+
+
+def _sample_batch(tokenizer, record: dict, n: int = 4) -> dict:
+    from sqft_ov.io.sft_data import SFTFormat, load_pairs
+
+    pairs = load_pairs(record["data"], SFTFormat(**record["data_format"]))[:n]
+    texts = [p + " " + r for p, r in pairs]
+    return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)
+
+
+def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path | None = None,
+          overwrite: bool = False, base: str | Path | None = None) -> MergeReport:
+    from sqft_ov.adapters.adapted import apply_sub_adapter, load_adapted
+    from sqft_ov.io.grid import write_grid
+    from sqft_ov.io.output import atomic_output, check_output
+
+    output = check_output(output, overwrite)
+    adapted, tokenizer, record = load_adapted(adapter_dir, base)
+    method = record["method"]
+    ranks = apply_sub_adapter(adapted, record, sub_adapter)
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = _sample_batch(tokenizer, record)
+    with torch.no_grad():
+        reference = adapted.model(**batch).logits
+
+    # Merge in place into the model already in memory (no second copy of the base): the adapters' base
+    # weights become the merged weights, then the adapter machinery is taken off.
+    base_dir = Path(record["base"] if base is None else base)
+    grids = None
+    with torch.no_grad():
+        if method == "qa-sparsepeft":
+            from sqft_ov.adapters.qa_lora import merge_in_place
+
+            grids = merge_in_place(adapted.model)
+            names = sorted(grids)
+            model = _without_hooks(adapted.model)
+        else:
+            from sqft_ov.adapters.sparse_lora import merged_weight
+
+            for layer in adapted.layers.values():
+                layer.base_layer.weight.copy_(merged_weight(layer, getattr(layer, "sqft_rank", None),
+                                                            masked=method == "sparsepeft"))
+            names = sorted(adapted.layers)
+            model = adapted.model.unload()  # PEFT: the base model with its (now merged) Linear layers
+        model.eval()
+        base_zeros, kept = _zeros_kept(base_dir, model, names)
+        logits = model(**batch).logits
+    mask = batch["attention_mask"].bool()
+    diff = float((logits - reference).abs()[mask].max())
+    precision = "int4 (trained grid)" if grids is not None else "float"
+    report = MergeReport(method, str(output), precision, ranks, base_zeros, kept, diff)
+
+    with atomic_output(output, overwrite) as tmp:
+        if grids is None:  # float merges keep the base checkpoint's dtype; INT4 grid values need float32
+            model.to(_checkpoint_dtype(base_dir))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if grids is not None:
+            write_grid(tmp, grids, record["quantization"])
+        (tmp / REPORT).write_text(json.dumps({**asdict(report), "zeros_kept_share": report.zeros_kept_share,
+                                              "adapter": str(Path(adapter_dir).absolute())}, indent=2))
+    return report
+
+
+def _zeros_kept(base_dir: Path, model, names: list[str]) -> tuple[int, int]:
+    """Zeros of the base checkpoint's weights, and how many of them are zero in the merged model."""
+    from sqft_ov.io.checkpoint import read_tensor, safetensors_index
+
+    index = safetensors_index(base_dir)
+    params = dict(model.named_parameters())
+    zeros = kept = 0
+    for name in names:
+        zero = read_tensor(index, name) == 0
+        zeros += int(torch.count_nonzero(zero))
+        kept += int(torch.count_nonzero(zero & (params[name] == 0)))
+    return zeros, kept
+
+
+def _without_hooks(model):
+    """The same tensors in a plain transformers model: NNCF's hooks stay behind on the wrapped one."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(model.config)
+    wanted = plain.state_dict().keys()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in wanted}, assign=True)
+    for name, buffer in model.named_buffers():  # non-persistent buffers (rotary tables) are not in state_dict
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = plain.get_submodule(module_name)
+        except AttributeError:
+            continue
+        if attr in module._buffers:
+            module._buffers[attr] = buffer
+    if getattr(model.config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain
+
+
+def _checkpoint_dtype(model_dir: str | Path) -> torch.dtype:
+    from sqft_ov.io.checkpoint import load_config
+
+    dtype = getattr(load_config(model_dir), "dtype", None) or torch.float32
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).removeprefix("torch."), torch.float32)

@@ -1,0 +1,151 @@
+"""The house rules a newcomer relies on: every module imports, no import cycles, short modules, a public API."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sqft_ov
+
+ROOT = Path(sqft_ov.__file__).parent
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+LONG_REASON = "Long because"  # a function over the limit states why in its docstring, starting with this
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (packages as their __init__.py)."""
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """sqft_ov modules `name` imports anywhere in its file (functions included: those run too, later).
+
+    `from a.b import c` counts as importing `a.b.c` when that is a module, else `a.b`.
+    """
+    found = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "sqft_ov")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] != "sqft_ov":
+                continue
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return {m for m in found if m in modules and m != name}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_every_module_imports():
+    names = [m.name for m in pkgutil.walk_packages([str(ROOT)], "sqft_ov.") if not m.name.endswith("__main__")]
+    assert len(names) > 30
+    for name in names:
+        importlib.import_module(name)
+
+
+def test_no_import_cycle_among_sqft_ov_modules():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert sum(map(len, graph.values())) > 50  # the scan sees the imports
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_detector_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_modules_and_functions_are_short():
+    too_long = []
+    for name, path in _modules().items():
+        source = path.read_text()
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and LONG_REASON not in (ast.get_docstring(node) or ""):
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert not too_long, too_long
+
+
+def test_public_api_lists_one_verb_per_stage():
+    proc = subprocess.run([sys.executable, "-c", "import sys, sqft_ov; print(sqft_ov.__all__); "
+                           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'openvino')))"],
+                          capture_output=True, text=True, check=True)
+    listed, heavy = proc.stdout.splitlines()
+    for verb in ("sparsify", "finetune", "search", "merge", "export", "evaluate", "bench", "tune"):
+        assert f"'{verb}'" in listed
+    assert heavy == "[]"  # `import sqft_ov` loads neither torch nor OpenVINO
+    for name in sqft_ov.__all__:
+        assert getattr(sqft_ov, name) is not None
+    assert callable(sqft_ov.sparsify) and callable(sqft_ov.bench) and callable(sqft_ov.tune)
+    with pytest.raises(AttributeError):
+        sqft_ov.no_such_verb  # noqa: B018
+
+
+def test_public_verbs_are_functions_even_after_their_modules_load():
+    import sqft_ov.stages.merge  # noqa: F401  (the module loaded first must not shadow the verb)
+
+    from sqft_ov import export, merge
+
+    assert callable(merge) and callable(export) and not hasattr(merge, "__path__")
+
+
+def readme_python_example() -> str:
+    text = (ROOT.parent / "README.md").read_text()
+    match = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "README.md has no <!-- api-example --> python block"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs_verbatim(tmp_path, monkeypatch):
+    code = readme_python_example()
+    assert len(code.strip().splitlines()) <= 16
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md:api-example", "exec"), namespace)
+    out = tmp_path / "example"
+    assert (out / "ir" / "openvino_model.xml").is_file()
+    assert namespace["report"].zeros_kept == namespace["report"].source_zeros > 0
+    assert namespace["result"].examples > 0
