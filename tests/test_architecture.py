@@ -125,7 +125,6 @@ def test_public_api_lists_one_verb_per_stage():
 
 def test_public_verbs_are_functions_even_after_their_modules_load():
     import sqft_ov.stages.merge  # noqa: F401  (the module loaded first must not shadow the verb)
-
     from sqft_ov import export, merge
 
     assert callable(merge) and callable(export) and not hasattr(merge, "__path__")

@@ -16,7 +16,7 @@ from sqft_ov.errors import SqftError
 
 @app.command("eval")
 def eval_command(
-    model: Path = typer.Argument(..., help="OpenVINO IR folder, or Hugging Face folder (run in PyTorch)."),
+    model: Path = typer.Argument(..., help="OpenVINO IR folder, or Hugging Face folder / .gguf file (run in PyTorch)."),
     data: Path = typer.Argument(..., help="Evaluation data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
     adapter: Optional[Path] = typer.Option(None, help="Adapter for a Hugging Face MODEL (PEFT or sqft-ov finetune folder)."),
     sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search, for an NLS adapter."),
@@ -57,7 +57,7 @@ def eval_command(
 
 @app.command()
 def bench(
-    models: list[Path] = typer.Argument(..., help="IR folders, or Hugging Face folders (run in PyTorch)."),
+    models: list[Path] = typer.Argument(..., help="IR folders, or Hugging Face folders / .gguf files (run in PyTorch)."),
     device: str = typer.Option("CPU", help="OpenVINO device for IR models: CPU, GPU, AUTO ..."),
     prompt_tokens: int = typer.Option(32, help="Prompt length in tokens (a different prompt each run)."),
     new_tokens: int = typer.Option(128, help="Tokens generated per run (greedy, EOS ignored)."),
@@ -106,7 +106,7 @@ def bench(
 
 @app.command()
 def tune(
-    path: Path = typer.Argument(..., help="IR folder (runtime properties), or Hugging Face folder with --export-grid."),
+    path: Path = typer.Argument(..., help="IR folder (runtime properties), or Hugging Face folder / .gguf file with --export-grid."),
     budget_minutes: float = typer.Option(20.0, help="Stop timing new settings after this long (the rest are listed as not measured)."),
     apply: bool = typer.Option(False, "--apply", help="Write the best setting into the IR folder's runtime configuration."),
     export_grid: bool = typer.Option(False, "--export-grid", help="Re-export MODEL over INT4 group size, sym/asym and INT8/INT4 embeddings, and time each."),

@@ -41,7 +41,7 @@ def tiny_model(
 
 @app.command()
 def sparsify(
-    model: Path = typer.Argument(..., help="Hugging Face model folder."),
+    model: Path = typer.Argument(..., help="Hugging Face model folder, .gguf file, or smollm2."),
     output: Path = typer.Argument(..., help="Folder for the sparse model."),
     method: str = typer.Option("wanda", help="wanda | magnitude"),
     ratio: Optional[float] = typer.Option(None, help="Share of each layer's weights to zero (default 0.5)."),
@@ -66,7 +66,7 @@ def sparsify(
 
 @app.command()
 def export(
-    model: Path = typer.Argument(..., help="Hugging Face model folder."),
+    model: Path = typer.Argument(..., help="Hugging Face model folder, .gguf file, or smollm2."),
     output: Path = typer.Argument(..., help="Folder for the OpenVINO IR."),
     weight_format: str = typer.Option("int4", help="fp16 | int8 | int4 | int8-w8a8"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric (no zero point) or asymmetric (default) INT weights."),
@@ -98,7 +98,7 @@ def export(
 
 @app.command()
 def finetune(
-    model: Path = typer.Argument(..., help="Base model folder (e.g. the output of sparsify)."),
+    model: Path = typer.Argument(..., help="Base model folder (e.g. the output of sparsify) or .gguf file."),
     data: Path = typer.Argument(..., help="Training data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
     output: Path = typer.Argument(..., help="Folder for the trained adapter."),
     method: str = typer.Option("sparsepeft", help="lora | sparsepeft | qa-sparsepeft"),

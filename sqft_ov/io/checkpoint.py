@@ -8,8 +8,13 @@ from sqft_ov.errors import SqftError
 
 
 def check_model_dir(path: str | Path) -> Path:
-    """A folder with a config.json of a causal-LM architecture and safetensors weights."""
-    path = Path(path).expanduser().absolute()
+    """A folder with a config.json of a causal-LM architecture and safetensors weights.
+
+    A `.gguf` file (or an example model's name) stands for its converted folder: see `sqft_ov.io.gguf`.
+    """
+    from sqft_ov.io.gguf import resolve_model
+
+    path = resolve_model(path).absolute()
     if not path.is_dir():
         raise SqftError(f"model folder {path} does not exist: pass a local folder in Hugging Face layout")
     if not (path / "config.json").is_file():
@@ -63,6 +68,7 @@ def safetensors_index(path: str | Path) -> dict[str, Path]:
     """Tensor name -> safetensors file, for single-file and sharded checkpoints."""
     from safetensors import safe_open
 
+    path = check_model_dir(path)
     index: dict[str, Path] = {}
     for file in sorted(Path(path).glob("*.safetensors")):
         with safe_open(file, framework="pt") as f:
@@ -82,6 +88,7 @@ def model_fingerprint(path: str | Path) -> str:
     """sha256 over the weight files: identifies the exact base a derived artifact came from."""
     import hashlib
 
+    path = check_model_dir(path)
     digest = hashlib.sha256()
     for file in sorted(Path(path).glob("*.safetensors")):
         with open(file, "rb") as f:

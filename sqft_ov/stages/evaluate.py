@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqft_ov.errors import SqftError
+from sqft_ov.io.gguf import resolve_model
+from sqft_ov.io.ir import IR_FILE
 from sqft_ov.io.sft_data import IGNORE_INDEX, SFTFormat, extract_answer, load_pairs, render_prompt, tokenize_pair
 
 
@@ -137,7 +139,10 @@ def _response_loss(model, tokenizer, rows: list[dict]) -> tuple[float, int]:
 def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = None, progress=None) -> EvalReport:
     """Exact match and response loss of MODEL (IR or Hugging Face folder [+ adapter]) on DATA."""
     config = config or EvalConfig()
-    model_path, data = Path(model).expanduser().absolute(), Path(data)
+    model_path, data = Path(model).expanduser(), Path(data)
+    if not (model_path / IR_FILE).is_file():
+        model_path = resolve_model(model_path)  # a .gguf file or an example name: its Hugging Face folder
+    model_path = model_path.absolute()
     if not model_path.is_dir():
         raise SqftError(f"model folder {model_path} does not exist")
     fmt = config.data_format

@@ -25,14 +25,18 @@ PROMPT_STRIDE = 3  # tokens the prompt window moves per run: each run starts wit
 def model_kind(path: Path) -> str:
     if (path / IR_FILE).is_file():
         return "ir"
-    if (path / "config.json").is_file():
-        return "hf"
+    from sqft_ov.io.examples import EXAMPLES
+
+    if (path / "config.json").is_file() or path.suffix.lower() == ".gguf" or str(path) in EXAMPLES:
+        return "hf"  # a GGUF file runs as its converted Hugging Face folder
     raise FileNotFoundError(f"{path} is neither an OpenVINO IR folder ({IR_FILE}) nor a Hugging Face model folder "
                             "(config.json)" if path.is_dir() else f"{path} is not a folder")
 
 
 def folder_bytes(*folders: Path) -> int:
-    return sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
+    """Bytes on disk of model folders (or of a single-file model such as a GGUF)."""
+    return sum(f.stat().st_size for folder in folders
+               for f in ([folder] if folder.is_file() else folder.rglob("*")) if f.is_file())
 
 
 def peak_rss_mib() -> float:
