@@ -122,10 +122,24 @@ class _StopForward(Exception):
     pass
 
 
-@torch.no_grad()
-def _wanda(model: nn.Module, linears: dict[str, nn.Linear], samples: list[torch.Tensor],
-           config: SparsityConfig, progress=None) -> None:
-    blocks = _decoder_blocks(model, linears)
+WANDA_BATCH = 8  # calibration sequences per forward: large enough for efficient matmuls, small in memory
+
+
+def _batches(samples: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """Stack `[1, T]` samples of equal length into `[B, T]` batches (a shorter sample gets its own batch)."""
+    batches, current = [], []
+    for ids in samples:
+        if current and (len(current) == size or ids.shape[1] != current[0].shape[1]):
+            batches.append(torch.cat(current))
+            current = []
+        current.append(ids)
+    if current:
+        batches.append(torch.cat(current))
+    return batches
+
+
+def _block_inputs(model: nn.Module, first_block: nn.Module, batches: list[torch.Tensor]) -> list[tuple]:
+    """(hidden states, keyword arguments) entering the first decoder block, one per batch."""
     captured: list[tuple[torch.Tensor, dict]] = []
 
     def catch(_module, args, kwargs):
@@ -133,26 +147,38 @@ def _wanda(model: nn.Module, linears: dict[str, nn.Linear], samples: list[torch.
         captured.append((hidden, kwargs))
         raise _StopForward
 
-    handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
+    handle = first_block.register_forward_pre_hook(catch, with_kwargs=True)
     try:
-        for ids in samples:
+        for ids in batches:
             try:
                 model(input_ids=ids, use_cache=False)
             except _StopForward:
                 pass
     finally:
         handle.remove()
+    return captured
 
+
+@torch.no_grad()
+def _wanda(model: nn.Module, linears: dict[str, nn.Linear], samples: list[torch.Tensor],
+           config: SparsityConfig, progress=None) -> None:
+    """Block by block: input statistics through the dense block, prune it, then its outputs feed the next.
+
+    Two passes per block over batched calibration data, so the whole run costs about two forward passes of
+    the decoder; the per-feature sums of squares are kept in float32.
+    """
+    blocks = _decoder_blocks(model, linears)
+    captured = _block_inputs(model, blocks[0], _batches(samples, WANDA_BATCH))
     names = {m: n for n, m in linears.items()}
     task = progress.add_task("Wanda", total=len(blocks)) if progress else None
     for block in blocks:
         members = {names[m]: m for m in block.modules() if m in names}
-        sq_sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in members.items()}
+        sq_sums = {n: torch.zeros(m.in_features, dtype=torch.float32) for n, m in members.items()}
 
         def accumulate(name):
             def hook(_module, args):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                sq_sums[name] += (x * x).sum(dim=0)
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+                sq_sums[name] += torch.linalg.vector_norm(x, dim=0).square()
             return hook
 
         handles = [m.register_forward_pre_hook(accumulate(n)) for n, m in members.items()]
