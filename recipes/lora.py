@@ -12,15 +12,19 @@ weights are then re-quantized to INT4 at export, since W + B*A is off the grid.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from sqft_ov import EvalConfig, ExportConfig, FinetuneConfig, deployed_sparsity, evaluate, export, finetune, merge
+from sqft_ov import (
+    EvalConfig, ExportConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, export, finetune, merge,
+)
 from sqft_ov.errors import SqftError
 from sqft_ov.recipe import (
-    BatchSize, Data, Deployment, EvalLimit, Lr, Out, Overwrite, Steps, Test, fresh_output, task_files,
+    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, Seed, Steps, Test, fresh_output,
+    task_files,
 )
 
 
@@ -37,6 +41,10 @@ def recipe(
     lr: Lr = 3e-3,
     batch_size: BatchSize = 16,
     merged: Annotated[bool, typer.Option(help="Also merge, export and evaluate the merged IR.")] = True,
+    ptq_int4: Annotated[bool, typer.Option(help="Also compress the merged model to INT4 after training, as "
+                                                "optimum-cli does (asym, group 128, adjusted where needed).")] = True,
+    chat_template: ChatTemplate = False,
+    seed: Seed = 42,
     eval_limit: EvalLimit = None,
     overwrite: Overwrite = False,
     progress=None,
@@ -45,14 +53,15 @@ def recipe(
         raise SqftError(f"--int4 must be sym or asym, got {int4!r}")
     train, test = task_files(data, test)
     out = fresh_output(out, overwrite)
+    prompts = SFTFormat(chat_template=chat_template)
+    scoring = EvalConfig(limit=eval_limit, data_format=prompts)
     config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
-                            batch_size=batch_size, eval_split=0.05)
+                            batch_size=batch_size, eval_split=0.05, data_format=prompts, seed=seed)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     base_precision = f"int4 {int4} g{group_size} (snapped)" if int4 else "fp32"
     deployments = [Deployment("LoRA", "lora", Path(model).absolute(), adapter, None, merged=False,
                               precision=f"{base_precision} + adapter", sparsity=deployed_sparsity(model),
-                              evaluation=evaluate(model, test or train, EvalConfig(adapter=adapter, limit=eval_limit),
-                                                  progress))]
+                              evaluation=evaluate(model, test or train, replace(scoring, adapter=adapter), progress))]
     if merged:
         merge(adapter, out / "merged")
         fmt = ExportConfig(weight_format="int4", sym=int4 == "sym", group_size=group_size) if int4 else \
@@ -60,6 +69,12 @@ def recipe(
         ir = export(out / "merged", out / "ir", fmt).output
         deployments.append(Deployment("LoRA, merged", "lora", Path(ir), None, None, merged=True,
                                       precision=f"int4 {int4} g{group_size} (re-quantized)" if int4 else "fp16",
-                                      sparsity=deployed_sparsity(ir),
-                                      evaluation=evaluate(ir, test or train, EvalConfig(limit=eval_limit), progress)))
+                                      sparsity=deployed_sparsity(ir), evaluation=evaluate(ir, test or train, scoring,
+                                                                                           progress)))
+        if ptq_int4 and not int4:  # what practitioners deploy today: merge, then post-training INT4
+            ptq = export(out / "merged", out / "ir-int4",
+                         ExportConfig(weight_format="int4", group_size_fallback="adjust")).output
+            deployments.append(Deployment("LoRA, merged, INT4 PTQ", "lora", Path(ptq), None, None, merged=True,
+                                          precision="int4 asym g128 (post-training)", sparsity=deployed_sparsity(ptq),
+                                          evaluation=evaluate(ptq, test or train, scoring, progress)))
     return deployments

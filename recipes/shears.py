@@ -15,10 +15,10 @@ from typing import Annotated
 
 import typer
 
-from sqft_ov import EvalConfig, FinetuneConfig, deployed_sparsity, evaluate, finetune, search
+from sqft_ov import EvalConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, finetune, search
 from sqft_ov.recipe import (
-    BatchSize, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, SparseBase, Steps, Test, fresh_output,
-    task_files,
+    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, Seed, SparseBase, Steps,
+    Test, fresh_output, task_files,
 )
 from sqft_ov.stages.search import STRATEGIES
 
@@ -33,18 +33,22 @@ def recipe(
     steps: Steps = 600,
     lr: Lr = 3e-3,
     batch_size: BatchSize = 16,
+    chat_template: ChatTemplate = False,
+    seed: Seed = 42,
     eval_limit: EvalLimit = None,
     overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
     out = fresh_output(out, overwrite)
+    prompts = SFTFormat(chat_template=chat_template)
     config = FinetuneConfig(method="lora", nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
-                            max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05)
+                            max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05,
+                            data_format=prompts, seed=seed)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     sub_adapter = out / "sub_adapter.json"
     search(adapter, strategy, budget=12).save(sub_adapter, list(config.rank_space))
-    evaluation = evaluate(model, test or train, EvalConfig(adapter=adapter, sub_adapter=sub_adapter, limit=eval_limit),
-                          progress)
+    scoring = EvalConfig(adapter=adapter, sub_adapter=sub_adapter, limit=eval_limit, data_format=prompts)
+    evaluation = evaluate(model, test or train, scoring, progress)
     return [Deployment("Shears", "lora", Path(model).absolute(), adapter, sub_adapter, merged=False,
                        precision="fp32 + adapter", sparsity=deployed_sparsity(model), evaluation=evaluation)]

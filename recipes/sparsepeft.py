@@ -15,11 +15,12 @@ from typing import Annotated
 import typer
 
 from sqft_ov import (
-    EvalConfig, ExportConfig, FinetuneConfig, deployed_sparsity, evaluate, export, finetune, merge, search,
+    EvalConfig, ExportConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, export, finetune, merge,
+    search,
 )
 from sqft_ov.recipe import (
-    BatchSize, Data, Deployment, EvalLimit, Lr, Nls, Out, Overwrite, Rank, RankSpace, SparseBase, Steps, Test,
-    fresh_output, task_files,
+    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Nls, Out, Overwrite, Rank, RankSpace, Seed,
+    SparseBase, Steps, Test, fresh_output, task_files,
 )
 
 
@@ -35,15 +36,19 @@ def recipe(
     lr: Lr = 3e-3,
     batch_size: BatchSize = 16,
     weight_format: Annotated[str, typer.Option(help="IR weights: fp16 | int8 | int4.")] = "fp16",
+    chat_template: ChatTemplate = False,
+    seed: Seed = 42,
     eval_limit: EvalLimit = None,
     overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
     out = fresh_output(out, overwrite)
+    prompts = SFTFormat(chat_template=chat_template)
     config = FinetuneConfig(method="sparsepeft", rank=rank, nls=nls,
                             rank_space=tuple(int(r) for r in rank_space.split()), max_steps=steps, lr=lr,
-                            batch_size=batch_size, eval_split=0.05)
+                            batch_size=batch_size, eval_split=0.05,
+                            data_format=prompts, seed=seed)
     finetune(model, train, out / "adapter", config, progress=progress)
     sub_adapter = None
     if nls:
@@ -51,6 +56,6 @@ def recipe(
         search(out / "adapter", "hill-climb", budget=12).save(sub_adapter, list(config.rank_space))
     merge(out / "adapter", out / "merged", sub_adapter)
     ir = export(out / "merged", out / "ir", ExportConfig(weight_format=weight_format)).output
-    evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit), progress)
+    evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts), progress)
     return [Deployment("SparsePEFT" + (" + NLS" if nls else ""), "sparsepeft", Path(ir), None, None, merged=True,
                        precision=weight_format, sparsity=deployed_sparsity(ir), evaluation=evaluation)]

@@ -32,6 +32,8 @@ RankSpace = Annotated[str, typer.Option(help="Ranks NLS samples from.")]
 Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
 Lr = Annotated[float, typer.Option(help="Learning rate.")]
 BatchSize = Annotated[int, typer.Option(help="Examples per step.")]
+ChatTemplate = Annotated[bool, typer.Option(help="Wrap prompts in the tokenizer's chat template (instruct models).")]
+Seed = Annotated[int, typer.Option(help="Seed for adapter initialisation, data order and NLS sampling.")]
 EvalLimit = Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
 
@@ -47,6 +49,7 @@ class Deployment:
     precision: str  # of the deployed weights, e.g. "int4 asym g64", "fp16", "fp32 + adapter"
     sparsity: float  # zeros among the decoder's linear weights as deployed (the adapter, if unmerged, is dense)
     evaluation: EvalReport | None = None
+    seed: int | None = None  # of the fine-tuning run (quickstart trains some rows with several seeds)
 
     @property
     def accuracy(self) -> float | None:
@@ -56,7 +59,7 @@ class Deployment:
         return {"label": self.label, "method": self.method, "model": str(self.model),
                 "adapter": str(self.adapter) if self.adapter else None,
                 "sub_adapter": str(self.sub_adapter) if self.sub_adapter else None, "merged": self.merged,
-                "precision": self.precision, "sparsity": self.sparsity, "accuracy": self.accuracy,
+                "precision": self.precision, "sparsity": self.sparsity, "accuracy": self.accuracy, "seed": self.seed,
                 "evaluation": self.evaluation.to_dict() if self.evaluation else None}
 
 

@@ -84,7 +84,7 @@ def test_quickstart_fast_end_to_end(quickstart_run):
     data = json.loads((out / "quickstart.json").read_text())
     table = {row["method"]: row for row in data["table"]}
     assert set(table) == {"Foundation (dense, no FT)", "Wanda 50 % (no FT)", "LoRA",
-                          "LoRA, merged", "Shears", "SparsePEFT", "QA-SparsePEFT"}
+                          "LoRA, merged", "LoRA, merged, INT4 PTQ", "Shears", "SparsePEFT", "QA-SparsePEFT"}
     assert table["LoRA"]["relative_to_lora"] == 1.0
     for method, row in table.items():
         assert 0.0 <= row["accuracy"] <= 1.0
@@ -96,6 +96,7 @@ def test_quickstart_fast_end_to_end(quickstart_run):
     for method in ("Wanda 50 % (no FT)", "LoRA", "Shears", "SparsePEFT", "QA-SparsePEFT"):
         assert table[method]["sparsity"] >= 0.5, method  # Wanda zeroes half of each row; merges keep them
     assert table["LoRA, merged"]["sparsity"] < 0.25  # the dense update filled the zeros
+    assert table["LoRA, merged, INT4 PTQ"]["merged"] == "yes" and "int4" in table["LoRA, merged, INT4 PTQ"]["precision"]
     assert table["SparsePEFT"]["merged"] == table["QA-SparsePEFT"]["merged"] == "yes"
     assert table["LoRA"]["merged"] == table["Shears"]["merged"] == "no"
     deployments = {d["label"]: d for d in data["deployments"]}
@@ -180,3 +181,31 @@ def test_qa_sparsepeft_recipe_with_nls(tmp_path, sparse_models):
                                   nls=True, rank_space="8 4", steps=3, batch_size=4)
     assert row.label == "QA-SparsePEFT + NLS" and row.merged and row.sparsity >= 0.5
     assert row.evaluation.engine == "openvino" and row.evaluation.examples == 8
+
+
+def test_seeded_rows_report_mean_and_spread(tmp_path):
+    from sqft_ov.quickstart.comparison import QuickstartPlan, QuickstartResult, _recipe_runs, accuracy_text
+    from sqft_ov.recipe import Deployment
+    from sqft_ov.stages.evaluate import EvalReport
+
+    def row(label, correct, seed=None, method="lora"):
+        report = EvalReport("m", None, "openvino", "d", 10, correct, 0, None, 0, 1.0)
+        return Deployment(label, method, tmp_path, None, None, merged=label != "LoRA", precision="int4",
+                          sparsity=0.5, evaluation=report, seed=seed)
+
+    rows = [row("Dense (no FT)", 1, method="none"), row("LoRA", 8, 42), row("LoRA", 6, 43),
+            row("QA-SparsePEFT", 7, 42, "qa-sparsepeft"), row("QA-SparsePEFT", 7, 43, "qa-sparsepeft")]
+    result = QuickstartResult(tmp_path, QuickstartPlan.make(False, real_model=True), rows, {"LoRA": 10.0}, {}, 1.0)
+    table = {r["method"]: r for r in result.table_rows()}
+    assert table["LoRA"]["accuracy"] == pytest.approx(0.7) and table["LoRA"]["runs"] == 2
+    assert (table["LoRA"]["accuracy_min"], table["LoRA"]["accuracy_max"]) == (0.6, 0.8)
+    assert table["QA-SparsePEFT"]["relative_to_lora"] == pytest.approx(1.0)
+    assert table["Dense (no FT)"]["merged"] == "-" and table["Dense (no FT)"]["runs"] == 1
+    assert accuracy_text(table["LoRA"]) == "70.0% (60.0%–80.0%, 2 seeds)"
+    assert "| LoRA | 70.0% (60.0%–80.0%, 2 seeds) | 100.0% |" in result.markdown()
+    runs = _recipe_runs(QuickstartPlan.make(False, real_model=True, seeds=3))
+    seeds = {}
+    for name, _, options in runs:
+        seeds.setdefault(name, []).append(options["seed"])
+    assert seeds["LoRA"] == seeds["QA-SparsePEFT"] == [42, 43, 44] and seeds["Shears"] == [42]
+    assert QuickstartPlan.make(True).seeds == 1 and QuickstartPlan.make(False, real_model=True).chat_template

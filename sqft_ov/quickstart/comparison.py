@@ -1,28 +1,31 @@
-"""`sqft-ov quickstart`: SQFT's comparison in miniature, end to end, on nothing but what the project builds.
+"""`sqft-ov quickstart`: SQFT's comparison end to end, on the embedded foundation model or on a real one.
 
-foundation model (pretrained here, cached) -> Wanda 50 % -> every recipe (LoRA, Shears, SparsePEFT,
-QA-SparsePEFT, with and without NLS) -> merge -> export -> exact match through OpenVINO -> decode speed
-through `bench`. The table mirrors SQFT's: accuracy, accuracy relative to unmerged LoRA, deployed
-precision, merged or not, sparsity of the deployed weights, decode tokens/s.
+base model (the foundation model pretrained here and cached, or `--model`: a Hugging Face folder, a .gguf
+file or `smollm2`) -> Wanda 50 % -> every recipe (LoRA, LoRA merged then INT4 post-training, Shears,
+SparsePEFT, QA-SparsePEFT, with and without NLS) -> merge -> export -> exact match through OpenVINO ->
+decode speed through `bench`. The table mirrors SQFT's: accuracy (mean and min–max over seeds where a row
+is trained with several), accuracy relative to unmerged LoRA, deployed precision, merged or not, sparsity
+of the deployed weights, decode tokens/s.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqft_ov.io.output import check_output, write_file_atomic
 from sqft_ov.recipe import Deployment
 
 RESULTS_JSON, RESULTS_MD = "quickstart.json", "quickstart.md"
-FOUNDATION, WANDA = "Foundation (dense, no FT)", "Wanda 50 % (no FT)"
+FOUNDATION, DENSE, WANDA = "Foundation (dense, no FT)", "Dense (no FT)", "Wanda 50 % (no FT)"
+SEEDED = ("LoRA", "QA-SparsePEFT")  # the rows whose spread over seeds the table reports
 
 
 @dataclass(frozen=True)
 class QuickstartPlan:
-    """How much work each stage gets: the full run, or `--fast` (a smoke test of every stage)."""
+    """How much work each stage gets: the full run or `--fast` (a smoke test), on the embedded or a real model."""
 
     fast: bool
     train_examples: int
@@ -31,47 +34,89 @@ class QuickstartPlan:
     nls_variants: bool  # SparsePEFT / QA-SparsePEFT + NLS rows (Shears always uses NLS)
     bench_repeats: int
     bench_new_tokens: int
+    real_model: bool = False
+    seeds: int = 1  # fine-tuning runs of the LoRA and QA-SparsePEFT rows
+    batch_size: int = 16
+    lr: float | None = None  # None: each recipe's own default
+    qa_lr: float | None = None
+    chat_template: bool = False
+    calibration: tuple[int, int] = (64, 128)  # Wanda: sequences x tokens
 
     @classmethod
-    def make(cls, fast: bool) -> "QuickstartPlan":
-        if fast:
-            return cls(True, 600, 40, 40, False, 1, 16)
-        return cls(False, 2000, 200, 600, True, 3, 32)
+    def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
+        if not real_model:
+            plan = cls(True, 600, 40, 24, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32)
+        elif fast:
+            plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, 4, 1e-3, 3e-4, True, (16, 256))
+        else:
+            plan = cls(False, 1200, 200, 150, True, 3, 32, True, 2, 8, 1e-3, 3e-4, True, (64, 256))
+        return plan if seeds is None else replace(plan, seeds=seeds)
 
 
 @dataclass
 class QuickstartResult:
     out: Path
     plan: QuickstartPlan
-    rows: list[Deployment]
-    decode: dict[str, float | None]  # label -> median decode tokens/s
+    rows: list[Deployment]  # one per trained run: a seeded row appears once per seed
+    decode: dict[str, float | None]  # label -> median decode tokens/s (first seed's deployment)
     bench: dict
     seconds: float
+    base: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def reference(self) -> Deployment:
         return next(r for r in self.rows if r.label == "LoRA")
 
+    def grouped(self) -> dict[str, list[Deployment]]:
+        groups: dict[str, list[Deployment]] = {}
+        for row in self.rows:
+            groups.setdefault(row.label, []).append(row)
+        return groups
+
     def table_rows(self) -> list[dict]:
-        ref = self.reference.accuracy
-        return [{"method": r.label, "accuracy": r.accuracy,
-                 "relative_to_lora": r.accuracy / ref if ref else None, "precision": r.precision,
-                 "merged": {True: "yes", False: "no", None: "-"}[r.merged if r.method != "none" else None],
-                 "sparsity": r.sparsity, "decode_tokens_per_s": self.decode.get(r.label)} for r in self.rows]
+        groups = self.grouped()
+        ref = _mean([r.accuracy for r in groups["LoRA"]])
+        out = []
+        for label, runs in groups.items():
+            accuracies = [r.accuracy for r in runs if r.accuracy is not None]
+            first = runs[0]
+            mean = _mean(accuracies)
+            out.append({"method": label, "accuracy": mean, "accuracy_min": min(accuracies, default=None),
+                        "accuracy_max": max(accuracies, default=None), "runs": len(runs),
+                        "seeds": [r.seed for r in runs if r.seed is not None],
+                        "relative_to_lora": mean / ref if ref and mean is not None else None,
+                        "precision": first.precision,
+                        "merged": {True: "yes", False: "no", None: "-"}[first.merged if first.method != "none" else None],
+                        "sparsity": first.sparsity, "decode_tokens_per_s": self.decode.get(label)})
+        return out
 
     def markdown(self) -> str:
         lines = ["| method | accuracy | vs LoRA | deployed precision | merged | sparsity | decode tok/s |",
                  "|---|---:|---:|---|---|---:|---:|"]
         for row in self.table_rows():
-            lines.append(f"| {row['method']} | {row['accuracy']:.1%} | {_rel(row['relative_to_lora'])} | "
+            lines.append(f"| {row['method']} | {accuracy_text(row)} | {_rel(row['relative_to_lora'])} | "
                          f"{row['precision']} | {row['merged']} | {row['sparsity']:.1%} | "
                          f"{_tok(row['decode_tokens_per_s'])} |")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
-        return {"plan": self.plan.__dict__, "seconds": self.seconds, "stage_seconds": self.stage_seconds,
-                "table": self.table_rows(), "deployments": [r.to_dict() for r in self.rows], "bench": self.bench}
+        return {"base": self.base, "plan": self.plan.__dict__, "seconds": self.seconds,
+                "stage_seconds": self.stage_seconds, "table": self.table_rows(),
+                "deployments": [r.to_dict() for r in self.rows], "bench": self.bench}
+
+
+def accuracy_text(row: dict) -> str:
+    if row["accuracy"] is None:
+        return "-"
+    if row["runs"] < 2:
+        return f"{row['accuracy']:.1%}"
+    return f"{row['accuracy']:.1%} ({row['accuracy_min']:.1%}–{row['accuracy_max']:.1%}, {row['runs']} seeds)"
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _rel(value: float | None) -> str:
@@ -82,22 +127,42 @@ def _tok(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
+    """(label, recipe, options) per fine-tuned row, a run per seed for the seeded rows."""
+    from sqft_ov.recipes import lora, qa_sparsepeft, shears, sparsepeft
+
+    lr = {} if plan.lr is None else {"lr": plan.lr}
+    qa_lr = {} if plan.qa_lr is None else {"lr": plan.qa_lr}
+    runs = [("LoRA", lora.recipe, lr), ("Shears", shears.recipe, lr), ("SparsePEFT", sparsepeft.recipe, lr),
+            ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True, **lr}),
+            ("QA-SparsePEFT", qa_sparsepeft.recipe, qa_lr), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
+                                                             {"nls": True, **qa_lr})]
+    out = []
+    for name, recipe, options in runs:
+        if options.get("nls") and not plan.nls_variants:
+            continue
+        for k in range(plan.seeds if name in SEEDED else 1):
+            out.append((name, recipe, {**options, "seed": 42 + k}))
+    return out
+
+
 def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overwrite: bool = False,
-               cache: str | Path | None = None, progress=None, say=print) -> QuickstartResult:
-    """Run the whole comparison into OUT; `say` gets one line per finished stage."""
+               cache: str | Path | None = None, progress=None, say=print, model: str | Path | None = None,
+               seeds: int | None = None) -> QuickstartResult:
+    """Run the whole comparison into OUT; `say` gets one line per finished stage.
+
+    `model`: a Hugging Face folder, a .gguf file or an example name (`smollm2`) instead of the embedded
+    foundation model; prompts then go through its chat template. `seeds`: fine-tuning runs of the LoRA and
+    QA-SparsePEFT rows (default 1 on the embedded model, 2 on a real one).
+    """
     import shutil
 
     from sqft_ov.quickstart.arithmetic import pretraining_text, write_task
-    from sqft_ov.quickstart.foundation import FAST, FoundationConfig, foundation_model
-    from sqft_ov.recipes import lora, qa_sparsepeft, shears, sparsepeft
-    from sqft_ov.stages.bench import BenchConfig, BenchModel, bench
     from sqft_ov.stages.evaluate import EvalConfig, evaluate
     from sqft_ov.stages.sparsify import SparsityConfig, deployed_sparsity, sparsify_folder
 
-    plan = QuickstartPlan.make(fast)
+    plan = QuickstartPlan.make(fast, real_model=model is not None, seeds=seeds)
     out = check_output(out, overwrite)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -106,33 +171,66 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
         say(f"{name}: {stages[name]:.0f} s")
 
     t = time.perf_counter()
-    base = foundation_model(FAST if fast else FoundationConfig(), cache, progress)
-    stage(f"foundation model ({base})", t)
+    if model is None:
+        from sqft_ov.quickstart.foundation import FAST, FoundationConfig, foundation_model
+
+        base, base_label = foundation_model(FAST if fast else FoundationConfig(), cache, progress), FOUNDATION
+    else:
+        from sqft_ov.io.checkpoint import load_config
+        from sqft_ov.io.gguf import resolve_model
+
+        base, base_label = resolve_model(model, cache), DENSE  # a .gguf or `smollm2`: converted once, cached
+        load_config(base)
+    stage(f"base model ({base})", t)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
 
     t = time.perf_counter()
     task = write_task(out / "task", plan.train_examples, plan.test_examples)
     (out / "calibration.txt").write_text("\n".join(pretraining_text(256, seed=1)) + "\n")
     sparse = out / "sparse-wanda50"
-    sparsify_folder(base, sparse, SparsityConfig("wanda", 0.5), out / "calibration.txt", num_samples=64,
-                    seq_len=128, progress=progress)
+    sparsify_folder(base, sparse, SparsityConfig("wanda", 0.5), out / "calibration.txt",
+                    num_samples=plan.calibration[0], seq_len=plan.calibration[1], progress=progress)
+    from sqft_ov.io.sft_data import SFTFormat
+
+    fmt = SFTFormat(chat_template=plan.chat_template)
     rows = [Deployment(label, "none", path, None, None, merged=False, precision="fp32",
-                       sparsity=deployed_sparsity(path), evaluation=evaluate(path, task["test"], EvalConfig(), progress))
-            for label, path in ((FOUNDATION, base), (WANDA, sparse))]
+                       sparsity=deployed_sparsity(path),
+                       evaluation=evaluate(path, task["test"], EvalConfig(data_format=fmt), progress))
+            for label, path in ((base_label, base), (WANDA, sparse))]
     stage("sparsify + evaluate the bases", t)
 
-    common = dict(model=sparse, data=out / "task", steps=plan.steps, overwrite=True, progress=progress)
-    runs = [("LoRA", lora.recipe, {}), ("Shears", shears.recipe, {}), ("SparsePEFT", sparsepeft.recipe, {}),
-            ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True}), ("QA-SparsePEFT", qa_sparsepeft.recipe, {}),
-            ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe, {"nls": True})]
-    for name, recipe, options in runs:
-        if options.get("nls") and not plan.nls_variants:
-            continue
+    common = dict(model=sparse, data=out / "task", steps=plan.steps, batch_size=plan.batch_size,
+                  chat_template=plan.chat_template, overwrite=True, progress=progress)
+    for name, recipe, options in _recipe_runs(plan):
         t = time.perf_counter()
-        rows += recipe(out=out / name.lower().replace(" + ", "-").replace(" ", "-"), **common, **options)
-        stage(f"recipe {name}", t)
+        folder = name.lower().replace(" + ", "-").replace(" ", "-") + (f"-seed{options['seed']}"
+                                                                         if options["seed"] != 42 else "")
+        made = recipe(out=out / folder, **common, **options)
+        for deployment in made:
+            deployment.seed = options["seed"] if name in SEEDED else None
+        rows += made
+        stage(f"recipe {name} (seed {options['seed']})", t)
 
     t = time.perf_counter()
-    deployed = [r for r in rows if r.method != "none"]  # the bases are references, not deployments
+    report, decode = _bench(rows, plan, progress)
+    stage("bench", t)
+
+    result = QuickstartResult(out, plan, rows, decode, report, time.perf_counter() - start, str(base), stages)
+    write_file_atomic(out / RESULTS_JSON, json.dumps(result.to_dict(), indent=2, default=str))
+    write_file_atomic(out / RESULTS_MD, result.markdown())
+    return result
+
+
+def _bench(rows: list[Deployment], plan: QuickstartPlan, progress=None) -> tuple[dict, dict[str, float | None]]:
+    """Every deployment (the first seed of a seeded row) side by side, unmerged LoRA as the baseline."""
+    from sqft_ov.stages.bench import BenchConfig, BenchModel, bench
+
+    deployed, seen = [], set()
+    for r in rows:
+        if r.method != "none" and r.label not in seen:  # the bases are references, not deployments
+            deployed.append(r)
+            seen.add(r.label)
     models = [BenchModel(r.model, r.adapter, r.label, r.sub_adapter) for r in deployed]
     baseline = next(i for i, r in enumerate(deployed) if r.label == "LoRA") + 1
     report = bench(models, BenchConfig(prompt_tokens=32, new_tokens=plan.bench_new_tokens,
@@ -140,9 +238,4 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
                                        bandwidth_gib=0), progress)
     decode = {e["label"]: e["stats"]["decode_tokens_per_s"]["median"] if e["ok"] else None
               for e in report["models"]}
-    stage("bench", t)
-
-    result = QuickstartResult(out, plan, rows, decode, report, time.perf_counter() - start, stages)
-    write_file_atomic(out / RESULTS_JSON, json.dumps(result.to_dict(), indent=2, default=str))
-    write_file_atomic(out / RESULTS_MD, result.markdown())
-    return result
+    return report, decode
