@@ -54,7 +54,7 @@ def recipe(
     train, test = task_files(data, test)
     out = fresh_output(out, overwrite)
     prompts = SFTFormat(chat_template=chat_template)
-    scoring = EvalConfig(limit=eval_limit, data_format=prompts)
+    scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False)
     config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05, data_format=prompts, seed=seed)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output

@@ -58,7 +58,7 @@ def recipe(
         search(out / "adapter", "hill-climb", budget=12).save(sub_adapter, list(config.rank_space))
     merge(out / "adapter", out / "merged", sub_adapter)
     ir = export(out / "merged", out / "ir", ExportConfig(weight_format="int4")).output  # on the trained grid
-    evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts), progress)
+    evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts, loss=False), progress)
     return [Deployment("QA-SparsePEFT" + (" + NLS" if nls else ""), "qa-sparsepeft", Path(ir), None, None,
                        merged=True, precision=f"int4 {'sym' if sym else 'asym'} g{group_size}",
                        sparsity=deployed_sparsity(ir), evaluation=evaluation)]

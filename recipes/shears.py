@@ -48,7 +48,8 @@ def recipe(
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     sub_adapter = out / "sub_adapter.json"
     search(adapter, strategy, budget=12).save(sub_adapter, list(config.rank_space))
-    scoring = EvalConfig(adapter=adapter, sub_adapter=sub_adapter, limit=eval_limit, data_format=prompts)
+    scoring = EvalConfig(adapter=adapter, sub_adapter=sub_adapter, limit=eval_limit, data_format=prompts,
+                         loss=False)
     evaluation = evaluate(model, test or train, scoring, progress)
     return [Deployment("Shears", "lora", Path(model).absolute(), adapter, sub_adapter, merged=False,
                        precision="fp32 + adapter", sparsity=deployed_sparsity(model), evaluation=evaluation)]

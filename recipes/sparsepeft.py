@@ -56,6 +56,6 @@ def recipe(
         search(out / "adapter", "hill-climb", budget=12).save(sub_adapter, list(config.rank_space))
     merge(out / "adapter", out / "merged", sub_adapter)
     ir = export(out / "merged", out / "ir", ExportConfig(weight_format=weight_format)).output
-    evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts), progress)
+    evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts, loss=False), progress)
     return [Deployment("SparsePEFT" + (" + NLS" if nls else ""), "sparsepeft", Path(ir), None, None, merged=True,
                        precision=weight_format, sparsity=deployed_sparsity(ir), evaluation=evaluation)]

@@ -30,6 +30,8 @@ def eval_command(
     device: str = typer.Option("CPU", help="OpenVINO device for an IR."),
     property: list[str] = typer.Option([], "--property", help="KEY=VALUE OpenVINO property for an IR; repeatable."),
     torch_dtype: str = typer.Option("float32", help="PyTorch models: float32 | bfloat16 | float16 | auto."),
+    loss: bool = typer.Option(True, help="Also the teacher-forced response loss: one more forward pass per batch, "
+                              "about as costly as the generation's prompt pass; --no-loss for exact match only."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the report with every example as JSON."),
     show: int = typer.Option(3, help="Print this many example generations."),
     overwrite: bool = typer.Option(False, help="Replace the --json file if it exists."),
@@ -44,7 +46,7 @@ def eval_command(
     config = EvalConfig(adapter=adapter, sub_adapter=sub_adapter,
                         data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), limit=limit,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
-                        properties=parse_properties(property), torch_dtype=torch_dtype)
+                        properties=parse_properties(property), torch_dtype=torch_dtype, loss=loss)
     with progress_bar() as progress:
         report = evaluate(model, data, config, progress)
     console.print(tables.eval_table(report))

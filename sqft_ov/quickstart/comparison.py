@@ -49,7 +49,7 @@ class QuickstartPlan:
         elif fast:
             plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, 4, 1e-3, 3e-4, True, (16, 256))
         else:
-            plan = cls(False, 1200, 200, 150, True, 3, 32, True, 2, 8, 1e-3, 3e-4, True, (64, 256))
+            plan = cls(False, 800, 100, 80, True, 3, 32, True, 2, 8, 1e-3, 3e-4, True, (64, 256))
         return plan if seeds is None else replace(plan, seeds=seeds)
 
 
@@ -196,7 +196,7 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     fmt = SFTFormat(chat_template=plan.chat_template)
     rows = [Deployment(label, "none", path, None, None, merged=False, precision="fp32",
                        sparsity=deployed_sparsity(path),
-                       evaluation=evaluate(path, task["test"], EvalConfig(data_format=fmt), progress))
+                       evaluation=evaluate(path, task["test"], EvalConfig(data_format=fmt, loss=False), progress))
             for label, path in ((base_label, base), (WANDA, sparse))]
     stage("sparsify + evaluate the bases", t)
 
