@@ -45,7 +45,7 @@ class QuickstartPlan:
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
         if not real_model:
-            plan = cls(True, 600, 40, 24, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32)
+            plan = cls(True, 600, 40, 40, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32)
         elif fast:
             plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, 4, 1e-3, 3e-4, True, (16, 256))
         else:
