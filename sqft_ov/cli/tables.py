@@ -123,13 +123,12 @@ def applied_line(path, written: dict | None) -> str:
 
 def quickstart_table(result, title: str) -> Table:
     """The quickstart's rows, one per method: accuracy as mean (min–max over seeds) where trained several times."""
-    from sqft_ov.quickstart.comparison import accuracy_text
+    from sqft_ov.quickstart.comparison import accuracy_text, percent_text, speed_text
 
     table = Table(title=title)
     for col in ("method", "accuracy", "vs LoRA", "precision", "merged", "sparsity", "decode tok/s"):
         table.add_column(col, justify="left" if col in ("method", "precision", "merged") else "right")
     for row in result.table_rows():
-        rel, speed = row["relative_to_lora"], row["decode_tokens_per_s"]
-        table.add_row(row["method"], accuracy_text(row), "-" if rel is None else f"{rel:.1%}", row["precision"],
-                      row["merged"], f"{row['sparsity']:.1%}", "-" if speed is None else f"{speed:.0f}")
+        table.add_row(row["method"], accuracy_text(row), percent_text(row["relative_to_lora"]), row["precision"],
+                      row["merged"], f"{row['sparsity']:.1%}", speed_text(row["decode_tokens_per_s"]))
     return table

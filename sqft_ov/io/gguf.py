@@ -6,13 +6,16 @@ the quantized file encodes — into `$SQFT_OV_CACHE/gguf/<name>-<sha256[:12]>/`,
 same file reads that folder. Outputs of the stages are ordinary Hugging Face folders.
 
 Before the (seconds-long) conversion the file is read with a small header parser: magic, version, metadata
-and the tensor table, so a non-GGUF, truncated or unsupported file is a one-line error in milliseconds.
+and the tensor table, so a non-GGUF, truncated or unsupported file is a one-line error in milliseconds
+(`gguf.GGUFReader` takes ~3 s on SmolLM2's file, as it builds an array per vocabulary string, and meets a
+truncated file with a numpy reshape error).
 transformers' GGUF tokenizer is repaired on the way (see `_repair_tokenizer`): its special tokens are
 taken from the file's own metadata.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -158,17 +161,26 @@ def _repair_tokenizer(tokenizer, info: GGUFInfo, vocab_size: int):
                                    **{k: v for k, v in special.items() if v is not None})
 
 
+@functools.lru_cache(maxsize=8)
+def _sha256_once(path: Path, size: int, mtime_ns: int) -> str:
+    """Every stage resolves its MODEL (check_model_dir): hash a ~100 MB file once per process, not per call."""
+    from sqft_ov.io.cache import file_sha256
+
+    return file_sha256(path)
+
+
 def gguf_folder(path: str | Path, cache: str | Path | None = None) -> Path:
     """The Hugging Face folder of a GGUF file, converted on first use (float32, safetensors, tokenizer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sqft_ov.io.cache import cache_dir, file_sha256
+    from sqft_ov.io.cache import cache_dir
     from sqft_ov.io.output import atomic_output
 
     info = read_gguf(path)
     check_supported(info)
-    sha = file_sha256(info.path)
+    stat = info.path.stat()
+    sha = _sha256_once(info.path, stat.st_size, stat.st_mtime_ns)
     folder = Path(cache or cache_dir()).expanduser() / "gguf" / f"{info.path.stem}-{sha[:12]}"
     if (folder / GGUF_RECORD).is_file():
         return folder

@@ -95,9 +95,9 @@ class QuickstartResult:
         lines = ["| method | accuracy | vs LoRA | deployed precision | merged | sparsity | decode tok/s |",
                  "|---|---:|---:|---|---|---:|---:|"]
         for row in self.table_rows():
-            lines.append(f"| {row['method']} | {accuracy_text(row)} | {_rel(row['relative_to_lora'])} | "
+            lines.append(f"| {row['method']} | {accuracy_text(row)} | {percent_text(row['relative_to_lora'])} | "
                          f"{row['precision']} | {row['merged']} | {row['sparsity']:.1%} | "
-                         f"{_tok(row['decode_tokens_per_s'])} |")
+                         f"{speed_text(row['decode_tokens_per_s'])} |")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
@@ -119,11 +119,11 @@ def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _rel(value: float | None) -> str:
+def percent_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def _tok(value: float | None) -> str:
+def speed_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 

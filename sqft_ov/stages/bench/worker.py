@@ -26,8 +26,9 @@ def model_kind(path: Path) -> str:
     if (path / IR_FILE).is_file():
         return "ir"
     from sqft_ov.io.examples import EXAMPLES
+    from sqft_ov.io.gguf import is_gguf
 
-    if (path / "config.json").is_file() or path.suffix.lower() == ".gguf" or str(path) in EXAMPLES:
+    if (path / "config.json").is_file() or is_gguf(path) or str(path) in EXAMPLES:
         return "hf"  # a GGUF file runs as its converted Hugging Face folder
     raise FileNotFoundError(f"{path} is neither an OpenVINO IR folder ({IR_FILE}) nor a Hugging Face model folder "
                             "(config.json)" if path.is_dir() else f"{path} is not a folder")
