@@ -52,7 +52,7 @@ def recipe(
     if int4 not in (None, "sym", "asym"):
         raise SqftError(f"--int4 must be sym or asym, got {int4!r}")
     train, test = task_files(data, test)
-    out = fresh_output(out, overwrite)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
     prompts = SFTFormat(chat_template=chat_template)
     scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False)
     config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,

@@ -43,7 +43,7 @@ def recipe(
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
-    out = fresh_output(out, overwrite)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
     prompts = SFTFormat(chat_template=chat_template)
     config = FinetuneConfig(method="sparsepeft", rank=rank, nls=nls,
                             rank_space=tuple(int(r) for r in rank_space.split()), max_steps=steps, lr=lr,

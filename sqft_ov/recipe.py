@@ -55,6 +55,18 @@ class Deployment:
     def accuracy(self) -> float | None:
         return self.evaluation.exact_match if self.evaluation else None
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Deployment":
+        """Inverse of to_dict (the quickstart reloads finished runs with --resume)."""
+        from sqft_ov.stages.evaluate import EvalReport
+
+        report = None
+        if d.get("evaluation"):
+            report = EvalReport(**{k: v for k, v in d["evaluation"].items() if k != "exact_match"})
+        return cls(d["label"], d["method"], Path(d["model"]), Path(d["adapter"]) if d["adapter"] else None,
+                   Path(d["sub_adapter"]) if d["sub_adapter"] else None, d["merged"], d["precision"], d["sparsity"],
+                   report, d.get("seed"))
+
     def to_dict(self) -> dict:
         return {"label": self.label, "method": self.method, "model": str(self.model),
                 "adapter": str(self.adapter) if self.adapter else None,
@@ -80,11 +92,11 @@ def task_files(data: str | Path, test: str | Path | None = None) -> tuple[Path, 
     return train, Path(test).expanduser() if test is not None else None
 
 
-def fresh_output(out: str | Path, overwrite: bool) -> Path:
-    """OUT checked like every command's output, and emptied when --overwrite replaces it."""
+def fresh_output(out: str | Path, overwrite: bool, inputs: tuple = ()) -> Path:
+    """OUT checked like every command's output (never one of `inputs`), and emptied when --overwrite replaces it."""
     from sqft_ov.io.output import check_output
 
-    out = check_output(out, overwrite)
+    out = check_output(out, overwrite, inputs)
     shutil.rmtree(out, ignore_errors=True)
     return out
 

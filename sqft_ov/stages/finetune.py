@@ -88,6 +88,8 @@ def _step_timer():
 
     from transformers import TrainerCallback
 
+    from sqft_ov.io.output import kill_point
+
     class StepTimer(TrainerCallback):
         """Wall seconds of each optimizer step (the first one includes one-off costs such as kernel loading)."""
 
@@ -99,6 +101,7 @@ def _step_timer():
 
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self._start)
+            kill_point("finetune-step")
 
     return StepTimer()
 
@@ -167,7 +170,7 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
     from sqft_ov.io.output import atomic_output, check_output
     from sqft_ov.io.sft_data import ResponseCollator, build_datasets
 
-    output = check_output(output, overwrite)
+    output = check_output(output, overwrite, inputs=(model_dir, data))
     run_dir = _run_dir(output)
     checkpoint = _latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:

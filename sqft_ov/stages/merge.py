@@ -49,9 +49,9 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
           overwrite: bool = False, base: str | Path | None = None) -> MergeReport:
     from sqft_ov.adapters.adapted import apply_sub_adapter, load_adapted
     from sqft_ov.io.grid import write_grid
-    from sqft_ov.io.output import atomic_output, check_output
+    from sqft_ov.io.output import atomic_output, check_output, kill_point
 
-    output = check_output(output, overwrite)
+    output = check_output(output, overwrite, inputs=(adapter_dir, base, sub_adapter))
     adapted, tokenizer, record = load_adapted(adapter_dir, base)
     method = record["method"]
     ranks = apply_sub_adapter(adapted, record, sub_adapter)
@@ -88,6 +88,7 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
     diff = float((logits - reference).abs()[mask].max())
     precision = "int4 (trained grid)" if grids is not None else "float"
     report = MergeReport(method, str(output), precision, ranks, base_zeros, kept, diff)
+    kill_point("merge-merged")
 
     with atomic_output(output, overwrite) as tmp:
         if grids is None:  # float merges keep the base checkpoint's dtype; INT4 grid values need float32

@@ -22,6 +22,7 @@ from torch import nn
 
 from sqft_ov.errors import SqftError
 from sqft_ov.io.checkpoint import decoder_linears
+from sqft_ov.io.output import kill_point
 
 METHODS = ("wanda", "magnitude")
 
@@ -197,6 +198,7 @@ def _wanda(model: nn.Module, linears: dict[str, nn.Linear], samples: list[torch.
             out = block(hidden, **kwargs)
             outputs.append((out[0] if isinstance(out, tuple) else out, kwargs))
         captured = outputs
+        kill_point("sparsify-block")
         if progress:
             progress.advance(task)
 
@@ -251,7 +253,7 @@ def sparsify_folder(model_dir: str | Path, output: str | Path, config: SparsityC
     from sqft_ov.io.data import load_texts, token_chunks
     from sqft_ov.io.output import atomic_output, check_output
 
-    check_output(output, overwrite)
+    check_output(output, overwrite, inputs=(model_dir, calibration))
     if config.method == "wanda" and calibration is None:
         raise SqftError("Wanda needs calibration data: pass --calibration FILE, or use --method magnitude")
     texts = load_texts(calibration, text_fields) if calibration is not None else None

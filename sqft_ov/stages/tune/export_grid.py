@@ -108,7 +108,7 @@ def export_grid(model_dir: str | Path, output: str | Path, config: TuneConfig | 
         raise SqftError(f"{model_dir} was merged onto a trained INT4 grid (QA-SparsePEFT): its group size and mode "
                         "are fixed, so there is no export grid to try; run the grid on the base model before "
                         "fine-tuning, or tune the exported IR's runtime properties")
-    check_output(output, overwrite)
+    check_output(output, overwrite, inputs=(model_dir,))
     start = time.monotonic()
     with atomic_output(output, overwrite) as tmp:
         reference, rows = _build_points(model_dir, tmp, points, progress)
