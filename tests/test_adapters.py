@@ -156,7 +156,7 @@ def test_bad_input(sparse_models, tiny_models, sft_data, trained, tmp_path):
     with pytest.raises(SqftError, match="no field prompt"):
         _train(sparse, sft_data, tmp_path / "a", method="sparsepeft")
     (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(SqftError, match="cannot read|no example"):
+    with pytest.raises(SqftError, match="cannot read|no example|is empty"):
         _train(sparse, tmp_path / "empty.jsonl", tmp_path / "b", method="sparsepeft", **FIELDS)
     with pytest.raises(SqftError, match="larger than a target layer"):
         _train(sparse, sft_data, tmp_path / "c", method="sparsepeft", rank=256, **FIELDS)

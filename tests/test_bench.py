@@ -120,7 +120,8 @@ def bench_run(exported, sparse_models, trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     broken = out / "broken-ir"
     broken.mkdir()
-    (broken / "openvino_model.xml").write_text("<net>not an IR</net>")
+    (broken / "openvino_model.xml").write_text("<net>not an IR</net>")  # whole files, but no model the runtime reads
+    (broken / "openvino_model.bin").write_bytes(b"")
     (broken / "config.json").write_text("{}")
     models = [exported("llama", "int4"), exported("llama", "fp16"), sparse_models["llama"], sparse_models["llama"],
               broken, sparse_models["llama"]]

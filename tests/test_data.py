@@ -31,8 +31,8 @@ def test_text_column_is_the_default(tmp_path):
 
 
 @pytest.mark.parametrize("content,match", [
-    ("", "no non-empty text|cannot read"),
-    ("\n\n  \n", "no non-empty text"),
+    ("", "is empty"),
+    ("\n\n  \n", "is empty"),
 ])
 def test_empty_calibration_is_refused(tmp_path, content, match):
     path = tmp_path / "empty.txt"
@@ -46,6 +46,9 @@ def test_missing_unreadable_and_ambiguous_files(tmp_path):
         load_texts(tmp_path / "nope.txt")
     bad = tmp_path / "bad.json"
     bad.write_bytes(b"\x00\xff{not json")
+    with pytest.raises(SqftError, match="not UTF-8 text .byte 0xff at offset 1, line 1"):
+        load_texts(bad)
+    bad.write_text("{not json")
     with pytest.raises(SqftError, match="cannot read"):
         load_texts(bad)
     (tmp_path / "two.jsonl").write_text('{"a": "x", "b": "y"}\n')

@@ -118,13 +118,39 @@ class Adapted:
         unexpected = set(tensors) - set(self.params)
         if missing or unexpected:
             example = sorted(missing or unexpected)[0]
-            raise SqftError(f"the adapter does not match this model ({len(missing)} tensors missing, "
-                            f"{len(unexpected)} unexpected, e.g. {example})")
+            raise SqftError(f"the adapter's tensors do not match its {ADAPTER_CONFIG} ({len(missing)} missing, "
+                            f"{len(unexpected)} unexpected, e.g. {example}): its target modules were edited, or "
+                            "the files come from different runs")
         for name, param in self.params.items():
             if tensors[name].shape != param.shape:
-                raise SqftError(f"adapter tensor {name} has shape {tuple(tensors[name].shape)}, the model expects "
-                                f"{tuple(param.shape)}")
+                raise SqftError(f"adapter tensor {name} has shape {tuple(tensors[name].shape)}, its {ADAPTER_CONFIG}'s "
+                                f"rank / rank_space and the base give {tuple(param.shape)}: the file was edited, "
+                                "or the base is another model")
             param.copy_(tensors[name])
+
+
+RECORD_KEYS = ("method", "nls", "rank", "rank_space", "target_modules", "quantization", "base", "base_fingerprint",
+               "lora_alpha", "data_format", "eval_split", "seed", "adapted_weights")
+
+
+def read_record(adapter_dir: Path) -> dict:
+    """The adapter's sqft_adapter.json, with the keys loading needs (a hand-edited file fails in one line)."""
+    file = adapter_dir / ADAPTER_CONFIG
+    if not file.is_file():
+        raise SqftError(f"{adapter_dir} is not a sqft-ov finetune output (no {ADAPTER_CONFIG})")
+    try:
+        record = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SqftError(f"{file} is not valid JSON ({exc}): restore it from the finetune output") from None
+    missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise SqftError(f"{file} lacks {', '.join(missing)}: restore it from the finetune output")
+    from sqft_ov.adapters.config import METHODS
+
+    if record["method"] not in METHODS:
+        raise SqftError(f"{file} names method {record['method']!r}, not one of {', '.join(METHODS)}: restore it from "
+                        "the finetune output")
+    return record
 
 
 def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_fingerprint: bool = True,
@@ -135,13 +161,13 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
     from sqft_ov.io.checkpoint import load_causal_lm, model_fingerprint
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / ADAPTER_CONFIG).is_file():
-        raise SqftError(f"{adapter_dir} is not a sqft-ov finetune output (no {ADAPTER_CONFIG})")
-    record = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    record = read_record(adapter_dir)
     base = Path(base or record["base"])
     if check_fingerprint and model_fingerprint(base) != record["base_fingerprint"]:
         raise SqftError(f"the base model in {base} is not the one the adapter was trained on (fingerprint "
-                        "differs): pass the original base")
+                        "differs): pass the original base with --base")
+    if not (adapter_dir / TRAINABLE).is_file():
+        raise SqftError(f"{adapter_dir} has no {TRAINABLE} (the trained tensors): copy the whole adapter folder")
     quant = record["quantization"] or {}
     config = FinetuneConfig(method=record["method"], rank=record["rank"], nls=record["nls"],
                             rank_space=tuple(record["rank_space"]), target_modules=tuple(record["target_modules"]),
@@ -183,7 +209,7 @@ def load_for_inference(model_dir: str | Path, adapter: str | Path | None = None,
 
     adapter = Path(adapter) if adapter else None
     if adapter is not None and (adapter / ADAPTER_CONFIG).is_file():
-        record = json.loads((adapter / ADAPTER_CONFIG).read_text())
+        record = read_record(adapter)
         if record["method"] == "qa-sparsepeft" and not allow_qa:
             raise SqftError(f"{adapter} is a qa-sparsepeft adapter: its trained form is NNCF fake quantization, not "
                             "a deployment; merge it (sqft-ov merge) and use the exported IR")

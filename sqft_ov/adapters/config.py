@@ -6,6 +6,7 @@ NLS rank space), target modules, the INT4 grid, and the training hyper-parameter
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from sqft_ov.errors import SqftError
@@ -55,6 +56,15 @@ class FinetuneConfig:
             raise SqftError(f"--rank must be positive, got {self.rank}")
         if not self.target_modules:
             raise SqftError("--target-modules needs at least one module name")
+        limits = {"--lr": (self.lr, self.lr > 0 and math.isfinite(self.lr)), "--batch-size": (self.batch_size,
+                  self.batch_size >= 1), "--grad-accum": (self.grad_accum, self.grad_accum >= 1),
+                  "--save-steps": (self.save_steps, self.save_steps >= 1), "--epochs": (self.epochs, self.epochs > 0),
+                  "--group-size": (self.group_size, self.group_size == -1 or self.group_size >= 1),
+                  "--eval-split": (self.eval_split, 0 <= self.eval_split < 1)}
+        for flag, (value, ok) in limits.items():
+            if not ok:
+                rule = "in [0, 1)" if flag == "--eval-split" else "-1 or positive" if flag == "--group-size" else "positive"
+                raise SqftError(f"{flag} must be {rule}, got {value}")
 
     @property
     def max_rank(self) -> int:

@@ -227,5 +227,10 @@ def load_grid(model, grids: dict[str, dict[str, torch.Tensor]]) -> None:
         raise SqftError(f"the INT4 grid has no entry for {sorted(missing)[0]}: was the folder merged from this model?")
     for name, quantizer in quantizers.items():
         for key, value in grids[name].items():
-            getattr(quantizer, key).copy_(value)
+            target = getattr(quantizer, key, None)
+            if target is None or target.shape != value.shape:
+                raise SqftError(f"sqft_int4_grid.safetensors does not fit sqft_int4_grid.json: {name} {key} has shape "
+                                f"{tuple(value.shape)}, the grid's settings give "
+                                f"{None if target is None else tuple(target.shape)}; merge the adapter again")
+            target.copy_(value)
         quantizer.lora_B.zero_()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqft_ov.errors import SqftError
@@ -15,6 +16,8 @@ def check_model_dir(path: str | Path) -> Path:
     from sqft_ov.io.gguf import resolve_model
 
     path = resolve_model(path).absolute()
+    if path.is_file():
+        raise SqftError(f"{path} is a file, not a model: pass a Hugging Face model folder or a .gguf file")
     if not path.is_dir():
         raise SqftError(f"model folder {path} does not exist: pass a local folder in Hugging Face layout")
     if not (path / "config.json").is_file():
@@ -42,9 +45,72 @@ def load_config(path: str | Path, trust_remote_code: bool = False):
 
 
 def require_safetensors(path: Path) -> None:
-    if not any(path.glob("*.safetensors")):
+    """Safetensors weights only, each file whole: a truncated copy fails here in one line, not deep in a load."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
         raise SqftError(f"{path} has no .safetensors weights: convert the checkpoint with save_pretrained("
                         "safe_serialization=True); pickled .bin weights are not loaded")
+    for file in files:
+        problem = _safetensors_problem(file)
+        if problem:
+            raise SqftError(f"{file} is not a whole safetensors file ({problem}): copy it again, or re-save the "
+                            "model with save_pretrained")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def require_tokenizer(path: Path) -> None:
+    """Training, eval and export all need the tokenizer saved with the model (nothing is fetched from a hub)."""
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SqftError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the tokenizer files "
+                        "of the model it came from into it (tokenizer.save_pretrained)")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (header length, JSON header, data size), or None.
+
+    Reads the header only; the format is 8 bytes of little-endian header length, a JSON header whose
+    `data_offsets` index the data that follows.
+    """
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "shorter than its 8-byte header length"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"header of {length} bytes in a file of {size}"
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, ValueError):
+            return "its header is not JSON"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+               and "data_offsets" in t), default=0)
+    if 8 + length + end != size:
+        return f"{size} bytes where its header promises {8 + length + end}: truncated"
+    return None
+
+
+def check_finite(named_tensors, where: Path) -> None:
+    """NaN or inf in a weight: a diverged run or a corrupt file, which every later stage would spread."""
+    import torch
+
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SqftError(f"weight {name} of {where} is not finite (NaN or inf): the checkpoint is corrupt or its "
+                            "training diverged; use a good checkpoint")
+
+
+def check_folder_finite(path: Path) -> None:
+    """check_finite over a folder's safetensors, a tensor at a time (export never loads the model itself)."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            check_finite(((name, f.get_tensor(name)) for name in f.keys()), path)
 
 
 def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype="auto"):
@@ -54,12 +120,14 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype="aut
     path = check_model_dir(path)
     config = load_config(path, trust_remote_code)
     require_safetensors(path)
+    require_tokenizer(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
         raise SqftError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from exc
+    check_finite(model.named_parameters(), path)
     model.eval()
     return model, tokenizer
 

@@ -33,14 +33,59 @@ def load_table(path: str | Path):
         builder = _BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise SqftError(f"unsupported data file {path.name}: use .txt, .json, .jsonl, .csv or .parquet")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        if builder != "parquet" and not _check_utf8(path):
+            raise SqftError(f"data file {path} is empty (nothing but blank space): give it one example per line "
+                            "or row")
+        table = datasets.load_dataset(builder, data_files=str(path), split="train")
     except SqftError:
         raise
     except Exception as exc:  # datasets raises many types for unreadable files
+        if path.suffix.lower() == ".jsonl":
+            _check_json_lines(path)  # names the bad line, which datasets' message does not
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SqftError(f"cannot read data file {path}: {first}") from exc
     finally:
         datasets.logging.set_verbosity(verbosity)
+    if len(table) == 0:
+        raise SqftError(f"data file {path} holds no rows: give it one example per line (JSONL) or row")
+    return table
+
+
+def _check_utf8(path: Path) -> bool:
+    """Text data must be UTF-8: say where it is not (datasets' decoder error names no line). True if not blank."""
+    import codecs
+
+    decoder, line, offset, content = codecs.getincrementaldecoder("utf-8")(), 1, 0, False
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                bad = offset + exc.start
+                line += chunk[: exc.start].count(b"\n")
+                raise SqftError(f"data file {path} is not UTF-8 text (byte 0x{chunk[exc.start]:02x} at offset {bad}, "
+                                f"line {line}): re-encode it as UTF-8, e.g. iconv -f LATIN1 -t UTF-8") from None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+            content = content or bool(chunk.strip())
+    return content
+
+
+def _check_json_lines(path: Path) -> None:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except ValueError as exc:
+                raise SqftError(f"data file {path}, line {number} is not valid JSON ({exc.msg}): fix or remove "
+                                "that line") from None
+            if not isinstance(row, dict):
+                raise SqftError(f"data file {path}, line {number} is not a JSON object: each line must be "
+                                "one example such as {\"prompt\": ..., \"response\": ...}")
 
 
 def load_texts(path: str | Path, text_fields: Sequence[str] = ()) -> list[str]:

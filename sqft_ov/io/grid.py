@@ -33,10 +33,25 @@ def read_grid(model_dir: str | Path) -> tuple[dict, dict[str, dict[str, torch.Te
     """(settings, grids by weight) of a folder merged by qa-sparsepeft, or None."""
     from safetensors.torch import load_file
 
+    from sqft_ov.errors import SqftError
+
     model_dir = Path(model_dir)
-    if not (model_dir / f"{GRID}.json").is_file():
+    halves = [model_dir / f"{GRID}.json", model_dir / f"{GRID}.safetensors"]
+    present = [h.is_file() for h in halves]
+    if not any(present):
         return None
-    meta = json.loads((model_dir / f"{GRID}.json").read_text())
+    if not all(present):
+        missing = halves[present.index(False)].name
+        raise SqftError(f"{model_dir} holds half of a trained INT4 grid: {missing} is missing; merge the adapter "
+                        "again (exporting without it would re-quantize the weights off their trained grid)")
+    try:
+        meta = json.loads(halves[0].read_text())
+        settings = (meta["sym"], int(meta["group_size"]), meta["weights"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SqftError(f"{halves[0]} is not a valid grid description ({exc}): merge the adapter again") from None
+    if settings[1] == 0 or not isinstance(settings[0], bool):
+        raise SqftError(f"{halves[0]}: group size {settings[1]} / sym {settings[0]!r} are not a valid INT4 grid; "
+                        "merge the adapter again")
     grids: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in load_file(model_dir / f"{GRID}.safetensors").items():
         weight, tensor = key.split("::")

@@ -20,6 +20,28 @@ _TORCH_NAME = re.compile(r"^__module\.(.+?)/(?:aten|ov_ext)::(?:linear|embedding
 _FLOAT_NAMES = {"f32": "float32", "f16": "float16", "f64": "float64", "bf16": "bfloat16"}
 
 
+def check_ir_files(ir_dir: str | Path) -> Path:
+    """An IR folder's graph and weights both present, the graph whole XML: a clear error before a compile fails."""
+    import xml.etree.ElementTree as ET
+
+    from sqft_ov.errors import SqftError
+
+    ir_dir = Path(ir_dir).expanduser().absolute()
+    xml, weights = ir_dir / IR_FILE, (ir_dir / IR_FILE).with_suffix(".bin")
+    if not xml.is_file():
+        raise SqftError(f"{ir_dir} is not an OpenVINO IR folder (no {IR_FILE}): export one with sqft-ov export")
+    if not weights.is_file():
+        raise SqftError(f"{weights} is missing beside {IR_FILE}: copy the whole IR folder, or export it again")
+    try:
+        ET.parse(xml)
+    except ET.ParseError as exc:
+        raise SqftError(f"{xml} is not whole XML ({exc}): copy the IR folder again, or export it again") from None
+    for name in ("openvino_tokenizer", "openvino_detokenizer"):
+        if (ir_dir / f"{name}.xml").is_file() and not (ir_dir / f"{name}.bin").is_file():
+            raise SqftError(f"{ir_dir / name}.bin is missing: copy the whole IR folder, or export it again")
+    return ir_dir
+
+
 @dataclass
 class IRWeight:
     name: str  # torch-style name, e.g. "model.layers.0.self_attn.q_proj.weight"

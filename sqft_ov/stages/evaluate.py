@@ -74,8 +74,12 @@ def _load(model_path: Path, config: EvalConfig):
                             "export the adapter to evaluate it as an IR)")
         from transformers import AutoTokenizer
 
+        from sqft_ov.io.checkpoint import require_tokenizer
+        from sqft_ov.io.ir import check_ir_files
         from sqft_ov.io.runtime import check_device, open_ov_model
 
+        check_ir_files(model_path)
+        require_tokenizer(model_path)
         check_device(config.device)
         model = open_ov_model(model_path, config.device, config.properties)
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqft_ov.errors import SqftError
 from sqft_ov.io.ir import save_over
-from sqft_ov.io.output import atomic_output, check_output
+from sqft_ov.io.output import atomic_output, check_output, kill_point
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4", "int8-w8a8")
 FALLBACKS = ("error", "adjust", "ignore")
@@ -262,13 +262,16 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     from optimum.intel import OVConfig
 
     from sqft_ov import __version__
-    from sqft_ov.io.checkpoint import check_model_dir, load_config, require_safetensors
+    from sqft_ov.io.checkpoint import (check_folder_finite, check_model_dir, load_config, require_safetensors,
+                                       require_tokenizer)
 
     config = config or ExportConfig()
     model_dir = check_model_dir(model_dir)
     load_config(model_dir, config.trust_remote_code)
     require_safetensors(model_dir)
-    check_output(output, overwrite)
+    require_tokenizer(model_dir)
+    check_output(output, overwrite, inputs=(model_dir,))
+    check_folder_finite(model_dir)
     if config.device:
         from sqft_ov.io.runtime import check_device
 
@@ -304,6 +307,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
             raise SqftError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "
                             "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
         phases["convert"] = time.perf_counter() - mark
+        kill_point("export-converted")
         mark = time.perf_counter()
         if trained is None and config.weight_format in ("int4", "int8"):
             settings |= {"sym": bool(config.sym), "group_size_fallback": config.group_size_fallback}

@@ -47,15 +47,14 @@ def validation_loss(model, batches: list[dict]) -> float:
 def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None = None, budget: int = 20,
            base: str | Path | None = None, batch_size: int = 8) -> SearchResult:
     from sqft_ov.adapters.adapted import load_adapted
+    from sqft_ov.adapters.adapted import read_record
     from sqft_ov.adapters.nls import HISTORY, blocks_of, expand, min_loss, most_activated
     from sqft_ov.io.sft_data import ResponseCollator, build_datasets
 
     if strategy not in STRATEGIES:
         raise SqftError(f"unknown --strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     adapter_dir = Path(adapter_dir)
-    record = json.loads((adapter_dir / "sqft_adapter.json").read_text()) if (adapter_dir / "sqft_adapter.json").is_file() else None
-    if record is None:
-        raise SqftError(f"{adapter_dir} is not a sqft-ov finetune output (no sqft_adapter.json)")
+    record = read_record(adapter_dir)
     if not record["nls"]:
         raise SqftError(f"{adapter_dir} was trained without --nls: it has one rank, there is nothing to search")
     space = sorted(record["rank_space"], reverse=True)  # largest first

@@ -120,6 +120,18 @@ def _derive(raw: dict, prompt_tokens: int) -> dict:
             "prefill_tokens_per_s": prompt_tokens / raw["ttft_s"]}
 
 
+def _check_folders(models: list[BenchModel]) -> None:
+    """A missing folder or file is the user's to fix before minutes of benchmarking, not a failed row."""
+    from sqft_ov.io.checkpoint import check_model_dir
+    from sqft_ov.io.ir import IR_FILE, check_ir_files
+
+    for model in models:
+        if (Path(model.path) / IR_FILE).is_file():
+            check_ir_files(model.path)
+        else:
+            check_model_dir(model.path)
+
+
 def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
     """Benchmark `models` and return the report (plain JSON-ready dict); failed models carry an `error`."""
     from sqft_ov.io.runtime import check_device
@@ -129,6 +141,7 @@ def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
     if not 1 <= config.baseline <= len(models):
         raise SqftError(f"--baseline {config.baseline} is not a model position: choose 1 to {len(models)}")
     check_device(config.device)
+    _check_folders(models)
     labels = [m.label for m in models]
     for i, model in enumerate(models):  # same folder twice (e.g. with different adapters): keep labels apart
         if labels.count(model.label) > 1:

@@ -51,11 +51,13 @@ class TuneConfig:
 def check_ir(ir_dir: str | Path) -> Path:
     from sqft_ov.io.ir import IR_FILE
 
+    from sqft_ov.io.ir import check_ir_files
+
     ir_dir = Path(ir_dir).expanduser().absolute()
     if not (ir_dir / IR_FILE).is_file():
         raise SqftError(f"{ir_dir} is not an OpenVINO IR folder (no {IR_FILE}): tune an exported model "
                         "(sqft-ov export), or pass --export-grid with a Hugging Face model folder")
-    return ir_dir
+    return check_ir_files(ir_dir)
 
 
 def probe_prompt(ir_dir: Path, length: int) -> list[int]:
