@@ -103,7 +103,7 @@ def test_quickstart_fast_end_to_end(quickstart_run):
     assert (Path(deployments["QA-SparsePEFT"]["model"]) / "openvino_model.xml").is_file()
     assert deployments["QA-SparsePEFT"]["evaluation"]["engine"] == "openvino"
     assert deployments["LoRA"]["evaluation"]["engine"] == "pytorch"
-    assert (out / "quickstart.md").read_text().startswith("| method | accuracy |")
+    assert (out / "quickstart.md").read_text().startswith("| method | accuracy (min–max over seeds) | 95 % interval |")
     assert "QA-SparsePEFT" in result.stdout and "vs LoRA" in result.stdout
     again = sqft("quickstart", "--fast", "--out", out, "--cache", out.parent / "cache")
     assert_one_line_error(again, "already exists", "--overwrite")
@@ -129,6 +129,37 @@ def test_eval_same_exact_match_through_openvino_and_pytorch(quickstart_run, tmp_
     assert saved["examples"] == 10 and len(saved["samples"]) == 10 and saved["engine"] == "openvino"
     assert saved["correct"] == sum(s["correct"] for s in saved["samples"])
     assert "exact match" in result.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_resume_keeps_finished_runs(quickstart_run, monkeypatch):
+    """A run killed during Shears: --resume trains Shears again and keeps every other finished run.
+
+    In this process, with the bench left out (it is redone whole on resume, and tested above).
+    """
+    import shutil
+
+    from sqft_ov.errors import SqftError
+    from sqft_ov.quickstart import comparison
+
+    out, _ = quickstart_run
+    before = json.loads((out / "quickstart.json").read_text())
+    kept = (out / "lora" / "deployments.json").read_bytes()
+    shutil.rmtree(out / "shears" / "adapter")
+    (out / "shears" / "deployments.json").unlink()
+    monkeypatch.setattr(comparison, "_bench", lambda rows, plan, progress=None: ({"models": []}, {}))
+    said: list[str] = []
+    result = comparison.quickstart(out, fast=True, cache=out.parent / "cache", say=said.append, resume=True)
+    assert "recipe LoRA (seed 42): finished before, kept" in said
+    assert any(line.startswith("recipe Shears (seed 42): ") and "kept" not in line for line in said), said
+    assert (out / "lora" / "deployments.json").read_bytes() == kept
+    after = {r["method"]: r for r in result.table_rows()}
+    for row in before["table"]:
+        if row["method"] != "Shears":  # greedy decoding: the kept runs' and the bases' figures are the same
+            assert after[row["method"]]["accuracy"] == row["accuracy"], row["method"]
+    assert (out / "shears" / "adapter").is_dir() and (out / "shears" / "deployments.json").is_file()
+    with pytest.raises(SqftError, match="--resume.*--overwrite"):
+        comparison.quickstart(out, fast=True, resume=True, overwrite=True)
 
 
 def test_eval_bad_input(tmp_path, exported, sparse_models, trained, sft_data):
@@ -189,7 +220,8 @@ def test_seeded_rows_report_mean_and_spread(tmp_path):
     from sqft_ov.stages.evaluate import EvalReport
 
     def row(label, correct, seed=None, method="lora"):
-        report = EvalReport("m", None, "openvino", "d", 10, correct, 0, None, 0, 1.0)
+        samples = [{"correct": i < correct} for i in range(10)]
+        report = EvalReport("m", None, "openvino", "d", 10, correct, 0, None, 0, 1.0, samples)
         return Deployment(label, method, tmp_path, None, None, merged=label != "LoRA", precision="int4",
                           sparsity=0.5, evaluation=report, seed=seed)
 
@@ -202,10 +234,21 @@ def test_seeded_rows_report_mean_and_spread(tmp_path):
     assert table["QA-SparsePEFT"]["relative_to_lora"] == pytest.approx(1.0)
     assert table["Dense (no FT)"]["merged"] == "-" and table["Dense (no FT)"]["runs"] == 1
     assert accuracy_text(table["LoRA"]) == "70.0% (60.0%–80.0%, 2 seeds)"
-    assert "| LoRA | 70.0% (60.0%–80.0%, 2 seeds) | 100.0% |" in result.markdown()
-    runs = _recipe_runs(QuickstartPlan.make(False, real_model=True, seeds=3))
-    seeds = {}
-    for name, _, options in runs:
-        seeds.setdefault(name, []).append(options["seed"])
-    assert seeds["LoRA"] == seeds["QA-SparsePEFT"] == [42, 43, 44] and seeds["Shears"] == [42]
+    low, high = table["LoRA"]["accuracy_ci95"]  # bootstrap over the 10 problems, both seeds resampled alike
+    assert 0.3 < low < 0.7 < high <= 1.0 and table["Dense (no FT)"]["accuracy_ci95"][1] <= 0.4
+    assert f"| LoRA | 70.0% (60.0%–80.0%, 2 seeds) | {low:.1%}–{high:.1%} | 100.0% | - |" in result.markdown()
+    low, high = table["QA-SparsePEFT"]["difference_to_lora_ci95"]  # 7 vs 8 and 6 of the same problems
+    assert -0.3 < low <= 0.0 <= high < 0.3
+
+    def seeds_of(plan):
+        seeds = {}
+        for name, _, options in _recipe_runs(plan):
+            seeds.setdefault(name, []).append(options["seed"])
+        return seeds
+
+    real = seeds_of(QuickstartPlan.make(False, real_model=True, seeds=3))
+    assert real["LoRA"] == real["QA-SparsePEFT"] == [42, 43, 44] and real["Shears"] == [42]
+    full = seeds_of(QuickstartPlan.make(False))  # the embedded full run: every fine-tuned row, 3 seeds
+    assert len(full) == 6 and all(seeds == [42, 43, 44] for seeds in full.values())
+    assert all(seeds == [42] for seeds in seeds_of(QuickstartPlan.make(True)).values())
     assert QuickstartPlan.make(True).seeds == 1 and QuickstartPlan.make(False, real_model=True).chat_template

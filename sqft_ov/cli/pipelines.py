@@ -48,9 +48,10 @@ def quickstart(
     out: Path = typer.Option(Path("sqft-ov-quickstart"), help="Folder for every model, IR and the results table."),
     fast: bool = typer.Option(False, help="Smoke test of every stage in a few minutes (weaker models, fewer steps)."),
     model: Optional[str] = typer.Option(None, help="Run on this model instead of the embedded one: a Hugging Face folder, a .gguf file, or smollm2 (fetched once)."),
-    seeds: Optional[int] = typer.Option(None, help="Fine-tuning runs of the LoRA and QA-SparsePEFT rows (default: 1, or 2 with --model)."),
+    seeds: Optional[int] = typer.Option(None, help="Fine-tuning runs (seeds 42, 43, ...) per row; default 3 for every fine-tuned row, 1 with --fast, 2 of LoRA and QA-SparsePEFT with --model."),
     cache: Optional[Path] = typer.Option(None, help="Where the foundation / example models are cached (default: $SQFT_OV_CACHE or ~/.cache/sqft-ov)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in OUT: finished recipe runs are kept."),
 ) -> None:
     """SQFT's comparison end to end, offline: base model -> Wanda 50 % -> every recipe -> IR -> eval -> bench."""
     from sqft_ov.errors import SqftError
@@ -62,7 +63,7 @@ def quickstart(
     with progress_bar() as progress:
         result = run_quickstart(out, fast, overwrite, cache, progress,
                                 say=lambda line: progress.console.print(line, highlight=False), model=model,
-                                seeds=seeds)
+                                seeds=seeds, resume=resume)
     where = "the embedded arithmetic task" if model is None else f"{model}, arithmetic task, chat template"
     title = f"SQFT on {where}" + (" (--fast: smoke test, not the real figures)" if fast else "")
     console.print(tables.quickstart_table(result, title))
@@ -100,4 +101,4 @@ def demo(
 ) -> None:
     """Alias of `sqft-ov quickstart --fast`, which replaced the demo: every stage on the embedded model."""
     err_console.print("sqft-ov demo is now `sqft-ov quickstart --fast`: running that", highlight=False)
-    quickstart(out=out, fast=True, cache=None, overwrite=overwrite)
+    quickstart(out=out, fast=True, model=None, seeds=None, cache=None, overwrite=overwrite, resume=False)

@@ -15,12 +15,15 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sqft_ov.errors import SqftError
 from sqft_ov.io.output import check_output, write_file_atomic
 from sqft_ov.recipe import Deployment
 
 RESULTS_JSON, RESULTS_MD = "quickstart.json", "quickstart.md"
+RUN_ROWS = "deployments.json"  # in each recipe run's folder once it finished: what --resume keeps
 FOUNDATION, DENSE, WANDA = "Foundation (dense, no FT)", "Dense (no FT)", "Wanda 50 % (no FT)"
-SEEDED = ("LoRA", "QA-SparsePEFT")  # the rows whose spread over seeds the table reports
+REAL_SEEDED = ("LoRA", "QA-SparsePEFT")  # on a real model (~15 min a recipe here) only these are re-trained
+BOOTSTRAP = 2000  # resamples of the test problems for a row's 95 % interval
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class QuickstartPlan:
     bench_repeats: int
     bench_new_tokens: int
     real_model: bool = False
-    seeds: int = 1  # fine-tuning runs of the LoRA and QA-SparsePEFT rows
+    seeds: int = 1  # fine-tuning runs per seeded row
+    seeded: tuple[str, ...] | None = None  # rows trained `seeds` times (None: every fine-tuned row)
     batch_size: int = 16
     lr: float | None = None  # None: each recipe's own default
     qa_lr: float | None = None
@@ -45,11 +49,11 @@ class QuickstartPlan:
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
         if not real_model:
-            plan = cls(True, 600, 40, 40, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32)
+            plan = cls(True, 600, 40, 40, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32, seeds=3)
         elif fast:
-            plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, 4, 1e-3, 3e-4, True, (16, 256))
+            plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 3e-4, True, (16, 256))
         else:
-            plan = cls(False, 800, 100, 80, True, 3, 32, True, 2, 8, 1e-3, 3e-4, True, (64, 256))
+            plan = cls(False, 800, 100, 80, True, 3, 32, True, 2, REAL_SEEDED, 8, 1e-3, 3e-4, True, (64, 256))
         return plan if seeds is None else replace(plan, seeds=seeds)
 
 
@@ -75,15 +79,24 @@ class QuickstartResult:
         return groups
 
     def table_rows(self) -> list[dict]:
+        import numpy as np
+
         groups = self.grouped()
         ref = _mean([r.accuracy for r in groups["LoRA"]])
+        ref_draws = bootstrap_means(groups["LoRA"])
         out = []
         for label, runs in groups.items():
             accuracies = [r.accuracy for r in runs if r.accuracy is not None]
             first = runs[0]
             mean = _mean(accuracies)
+            draws = bootstrap_means(runs)
+            interval = None if draws is None else [float(np.percentile(draws, q)) for q in (2.5, 97.5)]
+            paired = None  # the same resampled problems for both rows: the test set's noise cancels
+            if draws is not None and ref_draws is not None and draws.shape == ref_draws.shape and label != "LoRA":
+                paired = [float(np.percentile(draws - ref_draws, q)) for q in (2.5, 97.5)]
             out.append({"method": label, "accuracy": mean, "accuracy_min": min(accuracies, default=None),
                         "accuracy_max": max(accuracies, default=None), "runs": len(runs),
+                        "accuracy_ci95": interval, "difference_to_lora_ci95": paired,
                         "seeds": [r.seed for r in runs if r.seed is not None],
                         "relative_to_lora": mean / ref if ref and mean is not None else None,
                         "precision": first.precision,
@@ -92,10 +105,11 @@ class QuickstartResult:
         return out
 
     def markdown(self) -> str:
-        lines = ["| method | accuracy | vs LoRA | deployed precision | merged | sparsity | decode tok/s |",
-                 "|---|---:|---:|---|---|---:|---:|"]
+        lines = ["| method | accuracy (min–max over seeds) | 95 % interval | vs LoRA | − LoRA, points (paired 95 %) | "
+                 "deployed precision | merged | sparsity | decode tok/s |", "|---|---:|---:|---:|---:|---|---|---:|---:|"]
         for row in self.table_rows():
-            lines.append(f"| {row['method']} | {accuracy_text(row)} | {percent_text(row['relative_to_lora'])} | "
+            lines.append(f"| {row['method']} | {accuracy_text(row)} | {interval_text(row)} | "
+                         f"{percent_text(row['relative_to_lora'])} | {interval_text(row, 'difference_to_lora_ci95')} | "
                          f"{row['precision']} | {row['merged']} | {row['sparsity']:.1%} | "
                          f"{speed_text(row['decode_tokens_per_s'])} |")
         return "\n".join(lines) + "\n"
@@ -114,6 +128,32 @@ def accuracy_text(row: dict) -> str:
     return f"{row['accuracy']:.1%} ({row['accuracy_min']:.1%}–{row['accuracy_max']:.1%}, {row['runs']} seeds)"
 
 
+def interval_text(row: dict, key: str = "accuracy_ci95") -> str:
+    interval = row.get(key)
+    if not interval:
+        return "-"
+    if key == "accuracy_ci95":
+        return f"{interval[0]:.1%}–{interval[1]:.1%}"
+    return f"{100 * interval[0]:+.1f} to {100 * interval[1]:+.1f}"
+
+
+def bootstrap_means(runs: list[Deployment], resamples: int = BOOTSTRAP):
+    """A row's mean accuracy over its seeds, for each of `resamples` resamplings of the test problems.
+
+    Seeds measure the training noise, the bootstrap the test set's: with 200 problems one problem is 0.5
+    points, and a difference inside both is not a difference. The draws are the same for every row (a fixed
+    generator), so two rows' draws can be subtracted: a paired interval for their difference.
+    """
+    import numpy as np
+
+    rows = [[s["correct"] for s in r.evaluation.samples] for r in runs if r.evaluation and r.evaluation.samples]
+    if not rows or len({len(r) for r in rows}) != 1:
+        return None
+    correct = np.asarray(rows, dtype=np.float64)  # seeds x problems
+    draws = np.random.default_rng(0).integers(0, correct.shape[1], size=(resamples, correct.shape[1]))
+    return correct[:, draws].mean(axis=(0, 2))
+
+
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -125,6 +165,10 @@ def percent_text(value: float | None) -> str:
 
 def speed_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def is_seeded(plan: QuickstartPlan, label: str) -> bool:
+    return plan.seeded is None or label in plan.seeded
 
 
 def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
@@ -141,19 +185,21 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
     for name, recipe, options in runs:
         if options.get("nls") and not plan.nls_variants:
             continue
-        for k in range(plan.seeds if name in SEEDED else 1):
+        for k in range(plan.seeds if is_seeded(plan, name) else 1):
             out.append((name, recipe, {**options, "seed": 42 + k}))
     return out
 
 
 def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overwrite: bool = False,
                cache: str | Path | None = None, progress=None, say=print, model: str | Path | None = None,
-               seeds: int | None = None) -> QuickstartResult:
+               seeds: int | None = None, resume: bool = False) -> QuickstartResult:
     """Run the whole comparison into OUT; `say` gets one line per finished stage.
 
     `model`: a Hugging Face folder, a .gguf file or an example name (`smollm2`) instead of the embedded
-    foundation model; prompts then go through its chat template. `seeds`: fine-tuning runs of the LoRA and
-    QA-SparsePEFT rows (default 1 on the embedded model, 2 on a real one).
+    foundation model; prompts then go through its chat template. `seeds`: fine-tuning runs per row (default:
+    3 for every fine-tuned row of the full run, 1 with `fast`, 2 of LoRA and QA-SparsePEFT on a real model).
+    `resume`: continue an interrupted run in OUT — recipe runs that finished (their deployments.json) are
+    kept, the sparse base too; the rest is trained. The plan (fast, model, seeds) must be the same.
     """
     import shutil
 
@@ -162,7 +208,14 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     from sqft_ov.stages.sparsify import SparsityConfig, deployed_sparsity, sparsify_folder
 
     plan = QuickstartPlan.make(fast, real_model=model is not None, seeds=seeds)
-    out = check_output(out, overwrite)
+    if resume and overwrite:
+        raise SqftError("--resume continues the run in OUT and --overwrite replaces it: choose one")
+    if resume:
+        out = Path(out).expanduser().absolute()
+        if not (out / "task").is_dir():
+            raise SqftError(f"--resume: {out} holds no interrupted quickstart (no task/): run without --resume")
+    else:
+        out = check_output(out, overwrite)
     start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -182,15 +235,17 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
         base, base_label = resolve_model(model, cache), DENSE  # a .gguf or `smollm2`: converted once, cached
         load_config(base)
     stage(f"base model ({base})", t)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    if not resume:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
 
     t = time.perf_counter()
     task = write_task(out / "task", plan.train_examples, plan.test_examples)
     (out / "calibration.txt").write_text("\n".join(pretraining_text(256, seed=1)) + "\n")
     sparse = out / "sparse-wanda50"
-    sparsify_folder(base, sparse, SparsityConfig("wanda", 0.5), out / "calibration.txt",
-                    num_samples=plan.calibration[0], seq_len=plan.calibration[1], progress=progress)
+    if not (resume and sparse.is_dir()):  # written atomically: if it is there, it is whole
+        sparsify_folder(base, sparse, SparsityConfig("wanda", 0.5), out / "calibration.txt", overwrite=resume,
+                        num_samples=plan.calibration[0], seq_len=plan.calibration[1], progress=progress)
     from sqft_ov.io.sft_data import SFTFormat
 
     fmt = SFTFormat(chat_template=plan.chat_template)
@@ -200,26 +255,39 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
             for label, path in ((base_label, base), (WANDA, sparse))]
     stage("sparsify + evaluate the bases", t)
 
-    common = dict(model=sparse, data=out / "task", steps=plan.steps, batch_size=plan.batch_size,
-                  chat_template=plan.chat_template, overwrite=True, progress=progress)
-    for name, recipe, options in _recipe_runs(plan):
-        t = time.perf_counter()
-        folder = name.lower().replace(" + ", "-").replace(" ", "-") + (f"-seed{options['seed']}"
-                                                                         if options["seed"] != 42 else "")
-        made = recipe(out=out / folder, **common, **options)
-        for deployment in made:
-            deployment.seed = options["seed"] if name in SEEDED else None
-        rows += made
-        stage(f"recipe {name} (seed {options['seed']})", t)
+    rows += _recipe_rows(plan, out, sparse, resume, progress, say, stage)
 
     t = time.perf_counter()
     report, decode = _bench(rows, plan, progress)
     stage("bench", t)
 
     result = QuickstartResult(out, plan, rows, decode, report, time.perf_counter() - start, str(base), stages)
-    write_file_atomic(out / RESULTS_JSON, json.dumps(result.to_dict(), indent=2, default=str))
-    write_file_atomic(out / RESULTS_MD, result.markdown())
+    write_file_atomic(out / RESULTS_JSON, json.dumps(result.to_dict(), indent=2, default=str), overwrite=resume)
+    write_file_atomic(out / RESULTS_MD, result.markdown(), overwrite=resume)
     return result
+
+
+def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, progress, say, stage) -> list[Deployment]:
+    """Every recipe run of the plan on the sparse base; with `resume`, runs that finished are read back."""
+    common = dict(model=sparse, data=out / "task", steps=plan.steps, batch_size=plan.batch_size,
+                  chat_template=plan.chat_template, overwrite=True, progress=progress)
+    rows: list[Deployment] = []
+    for name, recipe, options in _recipe_runs(plan):
+        t = time.perf_counter()
+        folder = name.lower().replace(" + ", "-").replace(" ", "-") + (f"-seed{options['seed']}"
+                                                                         if options["seed"] != 42 else "")
+        done = out / folder / RUN_ROWS
+        if resume and done.is_file():
+            rows += [Deployment.from_dict(d) for d in json.loads(done.read_text())]
+            say(f"recipe {name} (seed {options['seed']}): finished before, kept")
+            continue
+        made = recipe(out=out / folder, **common, **options)
+        for deployment in made:
+            deployment.seed = options["seed"]
+        write_file_atomic(done, json.dumps([d.to_dict() for d in made], indent=2, default=str))
+        rows += made
+        stage(f"recipe {name} (seed {options['seed']})", t)
+    return rows
 
 
 def _bench(rows: list[Deployment], plan: QuickstartPlan, progress=None) -> tuple[dict, dict[str, float | None]]:
