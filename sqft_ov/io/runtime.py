@@ -90,6 +90,22 @@ def open_llm_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[
     return openvino_genai.LLMPipeline(str(Path(ir_dir).absolute()), device, **runtime_properties(ir_dir, properties))
 
 
+def open_batch_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None):
+    """genai's continuous-batching pipeline, for many prompts at once.
+
+    Unlike optimum-intel's generate on a padded batch, it computes logits for the last position only,
+    prefills each prompt without padding, computes a prompt prefix shared by many prompts (a chat
+    template's system turn) once, and lets a new prompt take the place of a finished one at every step.
+    """
+    import openvino_genai
+
+    check_device(device)
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.enable_prefix_caching = True
+    return openvino_genai.ContinuousBatchingPipeline(str(Path(ir_dir).absolute()), scheduler, device,
+                                                     device_properties(runtime_properties(ir_dir, properties)))
+
+
 def open_ov_model(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None):
     from optimum.intel import OVModelForCausalLM
 

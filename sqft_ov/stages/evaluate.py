@@ -2,9 +2,10 @@
 
 The same data format as fine-tuning (prompt / response fields). The reference answer is the number after
 the last `####` of the response (GSM8K style; `sqft_ov.io.sft_data.extract_answer`), the prediction the
-same number in the greedy generation. An OpenVINO IR runs through optimum-intel's OVModelForCausalLM
-(with the folder's runtime configuration, as deployed), a Hugging Face folder in PyTorch with an optional
-adapter (PEFT, or any sqft-ov finetune output). Both paths tokenize, batch and decode the same way, so
+same number in the greedy generation. An OpenVINO IR generates through openvino_genai's continuous
+batching (the folder's runtime configuration, as deployed) and scores the loss through optimum-intel's
+OVModelForCausalLM; a Hugging Face folder runs in PyTorch with an optional adapter (PEFT, or any sqft-ov
+finetune output), in left-padded batches. Both paths feed the same token ids and decode the same way, so
 their figures differ only by what the runtime computes.
 """
 
@@ -27,7 +28,7 @@ class EvalConfig:
     sub_adapter: Path | None = None  # NLS adapters: CONFIG.json from search
     data_format: SFTFormat = field(default_factory=SFTFormat)
     limit: int | None = None  # the first N examples
-    batch_size: int = 16
+    batch_size: int = 16  # PyTorch: rows per padded batch; OpenVINO: prompts in flight at once
     max_new_tokens: int = 64
     device: str = "CPU"  # IR models
     properties: dict[str, str] = field(default_factory=dict)  # OpenVINO properties on top of runtime_config.json
@@ -65,9 +66,7 @@ class EvalReport:
 
 
 def _load(model_path: Path, config: EvalConfig):
-    """(model with HF generate/forward, tokenizer, engine name)."""
-    from sqft_ov.io.ir import IR_FILE
-
+    """(generator, tokenizer, engine): genai's batch pipeline for an IR, the PyTorch model otherwise."""
     if (model_path / IR_FILE).is_file():
         if config.adapter is not None:
             raise SqftError(f"{model_path} is an OpenVINO IR: adapters apply to Hugging Face folders (merge and "
@@ -76,14 +75,13 @@ def _load(model_path: Path, config: EvalConfig):
 
         from sqft_ov.io.checkpoint import require_tokenizer
         from sqft_ov.io.ir import check_ir_files
-        from sqft_ov.io.runtime import check_device, open_ov_model
+        from sqft_ov.io.runtime import open_batch_pipeline
 
         check_ir_files(model_path)
         require_tokenizer(model_path)
-        check_device(config.device)
-        model = open_ov_model(model_path, config.device, config.properties)
+        pipe = open_batch_pipeline(model_path, config.device, config.properties)
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        return model, tokenizer, "openvino"
+        return pipe, tokenizer, "openvino"
     import torch
 
     from sqft_ov.adapters.adapted import load_for_inference
@@ -116,7 +114,7 @@ def _pad(rows: list[list[int]], pad: int, left: bool):
 
 
 def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of left-padded prompts, up to EOS."""
+    """Greedy continuations of left-padded prompts, up to EOS (PyTorch)."""
     import torch
 
     ids, mask = _pad(prompts, tokenizer.pad_token_id, left=True)
@@ -124,6 +122,37 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _generate_continuous(pipe, tokenizer, prompts: list[list[int]], max_new_tokens: int, in_flight: int,
+                         done=lambda n: None) -> list[str]:
+    """Greedy continuations up to EOS through genai: `in_flight` prompts at a time, a finished one replaced
+    by the next at once, so no row waits for the longest answer of its batch (OpenVINO)."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai
+
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens, config.do_sample = max_new_tokens, False
+    config.eos_token_id, config.stop_token_ids = tokenizer.eos_token_id, {tokenizer.eos_token_id}
+    texts: list[str | None] = [None] * len(prompts)
+    waiting, running = list(range(len(prompts)))[::-1], {}
+    while waiting or running:
+        while waiting and len(running) < in_flight:
+            i = waiting.pop()
+            running[i] = pipe.add_request(i, ov.Tensor(np.asarray([prompts[i]], dtype=np.int64)), config)
+        pipe.step()
+        for i, handle in list(running.items()):
+            status = handle.get_status()
+            if status == openvino_genai.GenerationStatus.RUNNING:
+                continue
+            if status != openvino_genai.GenerationStatus.FINISHED:
+                raise SqftError(f"OpenVINO GenAI did not generate for prompt {i + 1} ({status.name}: a prompt of "
+                                f"{len(prompts[i])} tokens); lower --max-length or --batch-size")
+            texts[i] = tokenizer.decode(list(handle.read_all()[0].generated_ids), skip_special_tokens=True)
+            del running[i]
+            done(1)
+    return texts
 
 
 def _response_loss(model, tokenizer, rows: list[dict]) -> tuple[float, int]:
@@ -155,28 +184,40 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
     references = _references(pairs, data, fmt)
     start = time.perf_counter()
     net, tokenizer, engine = _load(model_path, config)
-    if engine == "openvino":
-        net.compile()  # here, not inside the first batch: compiling is loading, not evaluating
+    scorer = net
+    if engine == "openvino" and config.loss:  # genai returns no logits: the loss pass runs in optimum-intel
+        from sqft_ov.io.runtime import open_ov_model
+
+        scorer = open_ov_model(model_path, config.device, config.properties)
+        scorer.compile()  # here, not inside the first batch: compiling is loading, not evaluating
     load_seconds = time.perf_counter() - start
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     prompts = [tokenizer(render_prompt(tokenizer, p, fmt.chat_template),
                          add_special_tokens=not fmt.chat_template)["input_ids"][-fmt.max_length:] for p, _ in pairs]
     task = progress.add_task(f"eval {model_path.name}", total=len(pairs)) if progress is not None else None
-    samples, loss_sum, loss_tokens = [], 0.0, 0
-    for i in range(0, len(pairs), config.batch_size):
-        batch = slice(i, i + config.batch_size)
-        generated = _generate(net, tokenizer, prompts[batch], config.max_new_tokens)
-        if config.loss:
-            rows = [tokenize_pair(tokenizer, p, r, fmt) for p, r in pairs[batch]]
-            total, count = _response_loss(net, tokenizer, rows)
-            loss_sum, loss_tokens = loss_sum + total, loss_tokens + count
-        for (prompt, _), reference, text in zip(pairs[batch], references[batch], generated):
-            predicted = extract_answer(text)
-            samples.append({"prompt": prompt, "reference": reference, "generated": text, "predicted": predicted,
-                            "correct": predicted == reference})
+    advance = (lambda n: progress.update(task, advance=n)) if task is not None else (lambda n: None)
+    if engine == "openvino":
+        generated = _generate_continuous(net, tokenizer, prompts, config.max_new_tokens, config.batch_size, advance)
+    else:
+        generated = []
+        for i in range(0, len(pairs), config.batch_size):
+            generated += _generate(net, tokenizer, prompts[i:i + config.batch_size], config.max_new_tokens)
+            advance(len(prompts[i:i + config.batch_size]))
+    loss_sum, loss_tokens = 0.0, 0
+    if config.loss:
         if task is not None:
-            progress.update(task, advance=len(generated))
+            progress.reset(task, total=len(pairs), description=f"loss {model_path.name}")
+        for i in range(0, len(pairs), config.batch_size):
+            rows = [tokenize_pair(tokenizer, p, r, fmt) for p, r in pairs[i:i + config.batch_size]]
+            total, count = _response_loss(scorer, tokenizer, rows)
+            loss_sum, loss_tokens = loss_sum + total, loss_tokens + count
+            advance(len(rows))
+    samples = []
+    for (prompt, _), reference, text in zip(pairs, references, generated):
+        predicted = extract_answer(text)
+        samples.append({"prompt": prompt, "reference": reference, "generated": text, "predicted": predicted,
+                        "correct": predicted == reference})
     if task is not None:
         progress.remove_task(task)
     return EvalReport(
