@@ -52,9 +52,11 @@ class QuickstartPlan:
         if not real_model:
             plan = cls(True, 600, 40, 40, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32, seeds=3)
         elif fast:
-            plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 1e-3, True, (16, 256), 32)
+            plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 1e-3, True, (16, 256),
+                       qa_group_size=32)
         else:  # QA-SparsePEFT at LoRA's lr and group 32: 3e-4 / g64 left it at 14 % (README, real-model section)
-            plan = cls(False, 800, 100, 80, True, 3, 32, True, 2, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256), 32)
+            plan = cls(False, 800, 100, 80, True, 3, 32, True, 2, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
+                       qa_group_size=32)
         return plan if seeds is None else replace(plan, seeds=seeds)
 
 

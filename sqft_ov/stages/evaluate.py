@@ -201,9 +201,10 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
         generated = _generate_continuous(net, tokenizer, prompts, config.max_new_tokens, config.batch_size, advance)
     else:
         generated = []
-        for i in range(0, len(pairs), config.batch_size):
-            generated += _generate(net, tokenizer, prompts[i:i + config.batch_size], config.max_new_tokens)
-            advance(len(prompts[i:i + config.batch_size]))
+        for i in range(0, len(prompts), config.batch_size):
+            batch = prompts[i:i + config.batch_size]
+            generated += _generate(net, tokenizer, batch, config.max_new_tokens)
+            advance(len(batch))
     loss_sum, loss_tokens = 0.0, 0
     if config.loss:
         if task is not None:
