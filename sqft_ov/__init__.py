@@ -5,7 +5,8 @@ returns plain objects or folders (Hugging Face layout, adapter folders, OpenVINO
 
     sparsify_folder(model, out, SparsityConfig(...), calibration)   # or sparsify(nn.Module, config, tokens)
     finetune(model, data, out, FinetuneConfig(...))                 # LoRA / SparsePEFT / QA-SparsePEFT (+ NLS)
-    search(adapter, "hill-climb")                                   # an NLS sub-adapter
+    importance(model, data, out)                                    # EFTNAS: reorder, derive a width space
+    search(adapter, "hill-climb")                                   # an NLS sub-adapter (and widths)
     merge(adapter, out, sub_adapter)                                # at target precision
     export(model, out, ExportConfig(...))                           # OpenVINO IR
     evaluate(ir_or_model, data, EvalConfig(...)); bench([...], BenchConfig(...)); tune(ir, TuneConfig(...))
@@ -32,6 +33,8 @@ _API = {
     "FinetuneResult": "sqft_ov.stages.finetune", "finetune": "sqft_ov.stages.finetune",
     "SearchResult": "sqft_ov.stages.search", "search": "sqft_ov.stages.search",
     "load_adapted": "sqft_ov.adapters.adapted", "load_for_inference": "sqft_ov.adapters.adapted",
+    "ImportanceConfig": "sqft_ov.stages.importance", "ImportanceReport": "sqft_ov.stages.importance",
+    "importance": "sqft_ov.stages.importance", "WidthSpace": "sqft_ov.adapters.elastic",
     # 4 merge
     "MergeReport": "sqft_ov.stages.merge", "merge": "sqft_ov.stages.merge",
     # 5 export (INT4/INT8 compression through NNCF happens here)

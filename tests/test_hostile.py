@@ -195,6 +195,54 @@ def _(tmp, w):
             tmp / "out", ("w_nope", "--target-modules"))
 
 
+@case("finetune-mlp-width-outside-unit-interval")
+def _(tmp, w):
+    return (["finetune", w.sparse, w.data, tmp / "out", "--max-steps", "1", "--mlp-widths", "1.0 1.5"], tmp / "out",
+            ("--mlp-widths 1.5", "(0, 1]"))
+
+
+@case("finetune-mlp-width-larger-than-layer")
+def _(tmp, w):
+    return (["finetune", w.sparse, w.data, tmp / "out", "--max-steps", "1", "--mlp-widths", "1.0 9999"], tmp / "out",
+            ("9999", "larger than the layer"))
+
+
+@case("finetune-head-width-breaks-gqa")
+def _(tmp, w):
+    return (["finetune", w.sparse, w.data, tmp / "out", "--max-steps", "1", "--head-widths", "1.0 0.3"], tmp / "out",
+            ("grouped-query attention", "0.50"))
+
+
+@case("finetune-search-space-for-another-model")
+def _(tmp, w):
+    space = tmp / "space.json"
+    space.write_text(json.dumps({"blocks": [{"mlp": [256, 128], "kv_groups": [2, 1]}] * 5}))
+    return (["finetune", w.sparse, w.data, tmp / "out", "--max-steps", "1", "--search-space", space], tmp / "out",
+            ("5 decoder blocks", "has 2"))
+
+
+@case("finetune-widths-with-qa-sparsepeft")
+def _(tmp, w):
+    return (["finetune", w.sparse, w.data, tmp / "out", "--max-steps", "1", "--method", "qa-sparsepeft",
+             "--mlp-widths", "1.0 0.5"], tmp / "out", ("qa-sparsepeft", "INT4 grid"))
+
+
+@case("importance-keep-out-of-range")
+def _(tmp, w):
+    return ["importance", w.tiny, w.data, tmp / "out", "--keep", "1.5"], tmp / "out", ("--keep",)
+
+
+@case("importance-missing-model")
+def _(tmp, w):
+    return ["importance", tmp / "nope", w.data, tmp / "out"], tmp / "out", ("does not exist",)
+
+
+@case("search-max-size-without-elastic-widths")
+def _(tmp, w):
+    return (["search", w.nls, "--strategy", "max", "--max-size", "0.5", "--save", tmp / "sub.json"], tmp / "sub.json",
+            ("--max-size", "elastic widths"))
+
+
 @case("sparsify-missing-model")
 def _(tmp, w):
     return ["sparsify", tmp / "nope", tmp / "out", "--method", "magnitude"], tmp / "out", ("does not exist",)

@@ -51,8 +51,13 @@ def _snap_to_int4(model, sym: bool, group_size: int) -> None:
 class Adapted:
     """A base model with trainable adapters of one method: the handle search, merge and training use."""
 
-    def __init__(self, model, config: FinetuneConfig):
+    def __init__(self, model, config: FinetuneConfig, space=None):
         self.model, self.config = model, config
+        self.widths = None  # ElasticWidths of a LoNAS / EFTNAS super-network
+        if space is not None:
+            from sqft_ov.adapters.elastic import ElasticWidths
+
+            self.widths = ElasticWidths(model, space)
         self.qa = config.method == "qa-sparsepeft"
         if self.qa:
             from sqft_ov.adapters.qa_lora import lora_quantizers, trainable_tensors
@@ -68,8 +73,9 @@ class Adapted:
         self.adapted_weights = sorted(names)
 
     @classmethod
-    def build(cls, base, config: FinetuneConfig, init_adapters: bool = True) -> "Adapted":
-        """`init_adapters=False`: the caller loads trained tensors next (NNCF's own init costs minutes)."""
+    def build(cls, base, config: FinetuneConfig, init_adapters: bool = True, space=None) -> "Adapted":
+        """`init_adapters=False`: the caller loads trained tensors next (NNCF's own init costs minutes).
+        `space`: a WidthSpace makes the base's widths elastic too."""
         _check_targets(base, config)
         base.requires_grad_(False)
         if config.method == "qa-sparsepeft":
@@ -97,7 +103,7 @@ class Adapted:
         model = get_peft_model(base, peft_config)
         if config.method == "sparsepeft" or config.nls:
             make_elastic(peft_lora_layers(model), masked=config.method == "sparsepeft")
-        return cls(model, config)
+        return cls(model, config, space)
 
     def set_ranks(self, ranks_by_weight: dict[str, int]) -> None:
         if self.qa:
@@ -108,6 +114,9 @@ class Adapted:
             from sqft_ov.adapters.sparse_lora import set_ranks
 
             set_ranks(self.layers, ranks_by_weight)
+
+    def set_widths(self, widths) -> None:
+        self.widths.set(widths)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().contiguous() for n, p in self.params.items()}
@@ -176,24 +185,38 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
                             data_format=SFTFormat(**record["data_format"]), eval_split=record["eval_split"],
                             seed=record["seed"])
     model, tokenizer = load_causal_lm(base, dtype=dtype)
-    adapted = Adapted.build(model, config, init_adapters=False)
+    space = None
+    if record.get("widths"):
+        from sqft_ov.adapters.elastic import WidthSpace
+        from sqft_ov.io.blocks import Shape
+
+        space = WidthSpace.from_dict(record["widths"], Shape.of(model.config), f"{adapter_dir / ADAPTER_CONFIG}")
+    adapted = Adapted.build(model, config, init_adapters=False, space=space)
     adapted.load_state(load_file(adapter_dir / TRAINABLE))
     adapted.model.eval()
     return adapted, tokenizer, record
 
 
 def apply_sub_adapter(adapted: Adapted, record: dict, sub_adapter: str | Path | None) -> list[int] | None:
-    """Activate an NLS sub-adapter (CONFIG.json from search; default: the largest ranks); ranks per block."""
-    from sqft_ov.adapters.nls import blocks_of, expand, load_sub_adapter
+    """Activate a sub-network (CONFIG.json from search; default: the largest ranks and widths).
 
-    if not record["nls"]:
+    Returns the ranks per block (None without NLS); the widths, if elastic, are in `adapted.widths.active`.
+    """
+    from sqft_ov.adapters.nls import blocks_of, expand, load_sub_adapter, load_sub_widths
+
+    if not record["nls"] and not record.get("widths"):
         if sub_adapter is not None:
-            raise SqftError("the adapter was trained without --nls: --sub-adapter does not apply")
+            raise SqftError("the adapter was trained without --nls or elastic widths: --sub-adapter does not apply")
         return None
-    blocks = blocks_of(adapted.adapted_weights)
-    ranks = (load_sub_adapter(sub_adapter, record["rank_space"], len(blocks)) if sub_adapter
-             else [max(record["rank_space"])] * len(blocks))
-    adapted.set_ranks(expand(dict(zip(blocks, ranks)), blocks))
+    ranks = None
+    if record["nls"]:
+        blocks = blocks_of(adapted.adapted_weights)
+        ranks = (load_sub_adapter(sub_adapter, record["rank_space"], len(blocks)) if sub_adapter
+                 else [max(record["rank_space"])] * len(blocks))
+        adapted.set_ranks(expand(dict(zip(blocks, ranks)), blocks))
+    if adapted.widths is not None:
+        space = adapted.widths.space
+        adapted.set_widths(load_sub_widths(sub_adapter, space) if sub_adapter else space.largest())
     return ranks
 
 
@@ -213,13 +236,13 @@ def load_for_inference(model_dir: str | Path, adapter: str | Path | None = None,
         if record["method"] == "qa-sparsepeft" and not allow_qa:
             raise SqftError(f"{adapter} is a qa-sparsepeft adapter: its trained form is NNCF fake quantization, not "
                             "a deployment; merge it (sqft-ov merge) and use the exported IR")
-        if record["method"] != "lora" or record["nls"]:
+        if record["method"] != "lora" or record["nls"] or record.get("widths"):
             torch_dtype = torch.float32 if dtype == "auto" else dtype
             adapted, tokenizer, _ = load_adapted(adapter, base=model_dir, dtype=torch_dtype)
             apply_sub_adapter(adapted, record, sub_adapter)
             return adapted.model, tokenizer
     if sub_adapter is not None:
-        raise SqftError("--sub-adapter needs an NLS adapter written by sqft-ov finetune --nls")
+        raise SqftError("--sub-adapter needs an NLS or elastic-width adapter written by sqft-ov finetune")
     model, tokenizer = load_causal_lm(model_dir, dtype=dtype)
     if adapter is not None:
         from peft import PeftModel

@@ -1,7 +1,8 @@
 """The adapter configuration every method shares: what `finetune` trains and `load_adapted` rebuilds.
 
 One dataclass, as PEFT's `LoraConfig`: the method (lora | sparsepeft | qa-sparsepeft), ranks (fixed, or an
-NLS rank space), target modules, the INT4 grid, and the training hyper-parameters recorded with the adapter.
+NLS rank space), elastic base widths (LoNAS / EFTNAS), target modules, the INT4 grid, and the training
+hyper-parameters recorded with the adapter.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class FinetuneConfig:
     eval_split: float = 0.1
     save_steps: int = 50
     trust_remote_code: bool = False
+    # Elastic base widths (LoNAS / EFTNAS): uniform choices, or a per-block search_space.json (importance's)
+    mlp_widths: tuple[float, ...] = ()
+    head_widths: tuple[float, ...] = ()
+    search_space: str | None = None
 
     def __post_init__(self) -> None:
         from sqft_ov.adapters.nls import check_rank_space  # nls imports transformers: only when checked
@@ -54,6 +59,17 @@ class FinetuneConfig:
             self.rank_space = check_rank_space(tuple(self.rank_space))
         elif self.rank < 1:
             raise SqftError(f"--rank must be positive, got {self.rank}")
+        if self.elastic:
+            from sqft_ov.adapters.elastic import parse_widths
+
+            self.mlp_widths = parse_widths(tuple(self.mlp_widths), "--mlp-widths")
+            self.head_widths = parse_widths(tuple(self.head_widths), "--head-widths")
+            if self.search_space and (self.mlp_widths or self.head_widths):
+                raise SqftError("--search-space already lists every block's widths: drop --mlp-widths / --head-widths")
+            if self.method == "qa-sparsepeft":
+                raise SqftError("elastic widths do not compose with qa-sparsepeft yet: cutting a sub-network would "
+                                "also have to cut the trained INT4 grid's groups; train sparsepeft or lora with "
+                                "widths, merge, then export --weight-format int4")
         if not self.target_modules:
             raise SqftError("--target-modules needs at least one module name")
         limits = {"--lr": (self.lr, self.lr > 0 and math.isfinite(self.lr)), "--batch-size": (self.batch_size,
@@ -65,6 +81,11 @@ class FinetuneConfig:
             if not ok:
                 rule = "in [0, 1)" if flag == "--eval-split" else "-1 or positive" if flag == "--group-size" else "positive"
                 raise SqftError(f"{flag} must be {rule}, got {value}")
+
+    @property
+    def elastic(self) -> bool:
+        """Elastic base widths (a super-network), besides any elastic ranks."""
+        return bool(self.mlp_widths or self.head_widths or self.search_space)
 
     @property
     def max_rank(self) -> int:

@@ -1,4 +1,5 @@
-"""Neural Low-rank adapter Search (NLS): elastic adapter ranks, one per decoder block, sampled every step.
+"""Neural Low-rank adapter Search (NLS): elastic adapter ranks, one per decoder block, sampled every step
+(and, for LoNAS / EFTNAS super-networks, elastic base widths sampled with them).
 
 Training a super-adapter with a random rank per block each optimizer step makes every sub-adapter usable;
 the activated configurations and their losses are recorded so that `sqft_ov.stages.search` can pick one
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,30 +50,53 @@ def expand(ranks: dict[int, int], blocks: dict[int, list[str]]) -> dict[str, int
 
 
 class RankSampler(TrainerCallback):
-    """Samples a rank per block at each optimizer step and records (ranks, loss)."""
+    """Samples a sub-network at each optimizer step (a rank per block; with elastic widths also an MLP width
+    and KV-group count per block) and records (configuration, loss).
+
+    With elastic widths the steps follow the sandwich rule of weight-sharing NAS: every 4th step trains the
+    largest sub-network, the next the smallest, the two others random ones. Ranks alone are sampled at random.
+    """
 
     def __init__(self, blocks: dict[int, list[str]], rank_space: tuple[int, ...], seed: int,
-                 apply: Callable[[dict[str, int]], None]):
+                 apply: Callable[[dict[str, int]], None] | None, space=None, apply_widths=None):
         self.blocks, self.rank_space, self.seed, self.apply = blocks, rank_space, seed, apply
+        self.space, self.apply_widths = space, apply_widths
         self.history: list[dict] = []
         self.current: dict[int, int] = {}
+        self.current_widths: list = []
         self._losses: list[float] = []
 
     def sample(self, step: int) -> dict[int, int]:
         rng = random.Random(f"{self.seed}:{step}")
-        return {b: rng.choice(self.rank_space) for b in self.blocks}
+        if self.space is None:
+            return {b: rng.choice(self.rank_space) for b in self.blocks}
+        from sqft_ov.io.blocks import BlockWidth
+
+        kind = step % 4
+        pick = (lambda choices: choices[0]) if kind == 0 else (lambda choices: choices[-1]) if kind == 1 \
+            else rng.choice
+        space = sorted(self.rank_space, reverse=True)
+        ranks = {b: pick(space) for b in self.blocks}
+        self.current_widths = [BlockWidth(pick(m), pick(k)) for m, k in zip(self.space.mlp, self.space.kv_groups)]
+        return ranks
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.current = self.sample(state.global_step)
-        self.apply(expand(self.current, self.blocks))
+        if self.apply is not None:
+            self.apply(expand(self.current, self.blocks))
+        if self.space is not None:
+            self.apply_widths(self.current_widths)
 
     def record(self, loss: float) -> None:
         self._losses.append(loss)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._losses:
-            self.history.append({"step": state.global_step, "ranks": [self.current[b] for b in self.blocks],
-                                 "loss": sum(self._losses) / len(self._losses)})
+            entry = {"step": state.global_step, "ranks": [self.current[b] for b in self.blocks],
+                     "loss": sum(self._losses) / len(self._losses)}
+            if self.space is not None:
+                entry["widths"] = [{"mlp": w.mlp, "kv_groups": w.kv_groups} for w in self.current_widths]
+            self.history.append(entry)
         self._losses = []
 
     def on_save(self, args, state, control, **kwargs):
@@ -87,26 +111,10 @@ class RankSampler(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         maximal = {b: max(self.rank_space) for b in self.blocks}
-        self.apply(expand(maximal, self.blocks))  # the saved super-adapter is used at full rank by default
-
-
-def most_activated(history: list[dict], rank_space: tuple[int, ...]) -> list[int]:
-    """Per block, the rank sampled most often (ties go to the larger rank)."""
-    if not history:
-        raise SqftError("no NLS history: was the adapter trained with --nls?")
-    width = len(history[0]["ranks"])
-    counts = [Counter(h["ranks"][i] for h in history) for i in range(width)]
-    return [max(rank_space, key=lambda r: (c[r], r)) for c in counts]
-
-
-def min_loss(history: list[dict]) -> list[int]:
-    """The sampled configuration with the lowest mean training loss."""
-    if not history:
-        raise SqftError("no NLS history: was the adapter trained with --nls?")
-    losses: dict[tuple, list[float]] = defaultdict(list)
-    for h in history:
-        losses[tuple(h["ranks"])].append(h["loss"])
-    return list(min(losses, key=lambda k: sum(losses[k]) / len(losses[k])))
+        if self.apply is not None:
+            self.apply(expand(maximal, self.blocks))  # the saved super-adapter is used at full rank by default
+        if self.space is not None:
+            self.apply_widths(self.space.largest())
 
 
 def load_sub_adapter(path: str | Path, rank_space: list[int], blocks: int) -> list[int]:
@@ -121,3 +129,18 @@ def load_sub_adapter(path: str | Path, rank_space: list[int], blocks: int) -> li
     if outside:
         raise SqftError(f"{path}: rank {outside[0]} is outside the adapter's rank space {rank_space}")
     return ranks
+
+
+def load_sub_widths(path: str | Path, space) -> list:
+    """Widths per block from a CONFIG.json, checked against the super-network's search space."""
+    from sqft_ov.io.blocks import BlockWidth
+
+    try:
+        widths = [BlockWidth(int(w["mlp"]), int(w["kv_groups"])) for w in json.loads(Path(path).read_text())["widths"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SqftError(f"cannot read sub-network widths from {path}: expected JSON with 'widths' "
+                        "([{\"mlp\": ..., \"kv_groups\": ...}, ...] per block)") from exc
+    if not space.contains(widths):
+        raise SqftError(f"{path}: its widths are outside the adapter's search space (or for another number of "
+                        "blocks): use a CONFIG.json that search wrote for this adapter")
+    return widths

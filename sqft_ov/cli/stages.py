@@ -1,4 +1,4 @@
-"""Commands of the pipeline's stages: tiny-model, sparsify, export, finetune, search, merge."""
+"""Commands of the pipeline's stages: tiny-model, sparsify, export, finetune, search, merge, importance."""
 
 from __future__ import annotations
 
@@ -120,6 +120,9 @@ def finetune(
     batch_size: int = typer.Option(4, help="Examples per device and step."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
     seed: int = typer.Option(42, help="Seed for data order, NLS sampling and initialisation."),
+    mlp_widths: str = typer.Option("", help="Elastic MLP widths (LoNAS), e.g. --mlp-widths '1.0 0.75 0.5': fractions or channel counts."),
+    head_widths: str = typer.Option("", help="Elastic attention heads, e.g. --head-widths '1.0 0.67': fractions or head counts (whole KV groups)."),
+    search_space: Optional[Path] = typer.Option(None, help="Per-block elastic widths: the search_space.json that sqft-ov importance wrote (EFTNAS)."),
     eval_split: float = typer.Option(0.1, help="Share of the data held out for validation."),
     save_steps: int = typer.Option(50, help="Checkpoint every N steps (for --resume)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint of an interrupted run."),
@@ -137,11 +140,13 @@ def finetune(
         int4=None if int4 is None else ("sym" if int4 else "asym"), group_size=group_size, lora_alpha=lora_alpha,
         data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), epochs=epochs,
         max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed, eval_split=eval_split,
-        save_steps=save_steps, trust_remote_code=trust_remote_code)
+        save_steps=save_steps, trust_remote_code=trust_remote_code, mlp_widths=tuple(mlp_widths.replace(",", " ").split()),
+        head_widths=tuple(head_widths.replace(",", " ").split()), search_space=str(search_space) if search_space else None)
     result = run_finetune(model, data, output, config, resume=resume, overwrite=overwrite,
                           show_progress=sys.stderr.isatty())
     if int(os.environ.get("RANK", "0")) == 0:
-        console.print(tables.finetune_table(result, f"{method}{' + NLS' if nls else ''}"))
+        label = f"{method}{' + NLS' if nls else ''}{' + elastic widths' if config.elastic else ''}"
+        console.print(tables.finetune_table(result, label))
 
 
 @app.command()
@@ -152,22 +157,28 @@ def search(
     budget: int = typer.Option(20, help="Most sub-adapters hill-climb evaluates."),
     save: Path = typer.Option(..., help="Where to write the chosen configuration (CONFIG.json)."),
     base: Optional[Path] = typer.Option(None, help="The base model, if it moved since training."),
+    max_size: Optional[float] = typer.Option(None, help="Elastic widths: the largest share of the full decoder's weights the sub-network may keep (e.g. 0.7)."),
 ) -> None:
-    """Pick one rank per decoder block from an NLS super-adapter."""
+    """Pick a sub-network from a super-network: a rank per block (NLS) and, with elastic widths, an MLP
+    width and number of KV groups per block."""
     from sqft_ov.stages.search import search as run_search
 
-    result = run_search(output, strategy, validation, budget, base)
+    result = run_search(output, strategy, validation, budget, base, max_size=max_size)
     record = json.loads((Path(output) / ADAPTER_CONFIG).read_text())
     result.save(save, record["rank_space"])
     loss = "" if result.validation_loss is None else f", validation loss {result.validation_loss:.4f}"
-    console.print(f"{strategy}: ranks {result.ranks}{loss} ({len(result.evaluated)} evaluated) -> {save}")
+    chosen = [] if result.ranks is None else [f"ranks {result.ranks}"]
+    if result.widths is not None:
+        chosen.append(f"MLP widths {[w.mlp for w in result.widths]}, KV groups {[w.kv_groups for w in result.widths]}"
+                      f" ({result.decoder_share:.0%} of the decoder's weights)")
+    console.print(f"{strategy}: {'; '.join(chosen)}{loss} ({len(result.evaluated)} evaluated) -> {save}")
 
 
 @app.command()
 def merge(
     output: Path = typer.Argument(..., help="Adapter folder written by finetune."),
     merged: Path = typer.Argument(..., help="Folder for the merged model (Hugging Face layout)."),
-    sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search (NLS adapters)."),
+    sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search (NLS / elastic-width adapters; widths cut the model)."),
     base: Optional[Path] = typer.Option(None, help="The base model, if it moved since training."),
     overwrite: bool = typer.Option(False, help="Replace MERGED if it exists."),
 ) -> None:
@@ -181,3 +192,36 @@ def merge(
     console.print(tables.merge_table(report))
 
 
+
+
+@app.command()
+def importance(
+    model: Path = typer.Argument(..., help="Model folder (dense or sparse) or .gguf file."),
+    data: Path = typer.Argument(..., help="Task data (prompt/response) whose loss gradients score the units."),
+    output: Path = typer.Argument(..., help="Folder for the reordered model, search_space.json and importance.json."),
+    keep: float = typer.Option(0.9, help="Share of a block's MLP importance its smallest width keeps (the space's lower boundary)."),
+    keep_heads: float = typer.Option(0.9, help="The same for its KV groups (attention heads)."),
+    choices: int = typer.Option(3, help="MLP widths per block in the derived search space."),
+    multiple: int = typer.Option(32, help="MLP widths are multiples of this."),
+    num_samples: int = typer.Option(64, help="Training examples whose gradients are accumulated."),
+    batch_size: int = typer.Option(8, help="Examples per backward pass."),
+    prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
+    response_field: str = typer.Option("response", help="Field with the response (the loss is on it only)."),
+    chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
+    max_length: int = typer.Option(512, help="Longest tokenized example."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+) -> None:
+    """EFTNAS: score MLP channels and attention heads, reorder them most important first, derive the search space."""
+    from sqft_ov.io.sft_data import SFTFormat
+    from sqft_ov.stages.importance import ImportanceConfig
+    from sqft_ov.stages.importance import importance as run_importance
+
+    config = ImportanceConfig(keep=keep, keep_heads=keep_heads, choices=choices, multiple=multiple,
+                              num_samples=num_samples, batch_size=batch_size,
+                              data_format=SFTFormat(prompt_field, response_field, chat_template, max_length))
+    with err_console.status(f"scoring {model} on {num_samples} examples"):
+        report = run_importance(model, data, output, config, overwrite, trust_remote_code)
+    for i, (mlp, kv) in enumerate(zip(report.space.mlp, report.space.kv_groups)):
+        console.print(f"block {i}: MLP widths {mlp}, KV groups {kv}")
+    console.print(f"reordered model and search_space.json written to {Path(output).absolute()}")

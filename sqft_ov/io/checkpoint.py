@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -121,15 +122,63 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype="aut
     config = load_config(path, trust_remote_code)
     require_safetensors(path)
     require_tokenizer(path)
+    from sqft_ov.io.blocks import WIDTHS_KEY
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code, local_files_only=True)
+        if getattr(config, WIDTHS_KEY, None):
+            model = _load_cut(path, config, dtype, trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True,
+                                                         trust_remote_code=trust_remote_code, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
         raise SqftError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from exc
     check_finite(model.named_parameters(), path)
     model.eval()
     return model, tokenizer
+
+
+def _load_cut(path: Path, config, dtype, trust_remote_code: bool):
+    """A model whose blocks have their own widths (`sqft_layer_widths`): built empty, cut, then filled."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from sqft_ov.io.blocks import WIDTHS_KEY, layer_widths, shrink
+
+    if dtype == "auto":
+        dtype = checkpoint_dtype(path)
+    widths = layer_widths(config)
+    full = copy.copy(config)
+    delattr(full, WIDTHS_KEY)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(full, dtype=dtype, trust_remote_code=trust_remote_code)
+    shrink(model, widths)
+    state = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(file))
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise SqftError(f"the weights in {path} do not fit its {WIDTHS_KEY} ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})")
+    if tied:
+        model.tie_weights()
+    for name, module in model.named_modules():  # rotary tables are computed, not stored: rebuild them on CPU
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, type(module)(config=full))
+    model.config = config
+    return model
+
+
+def checkpoint_dtype(model_dir: str | Path):
+    """The dtype a folder's config.json declares (float32 if none): what a re-saved model keeps."""
+    import torch
+
+    dtype = getattr(load_config(model_dir), "dtype", None) or torch.float32
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).removeprefix("torch."), torch.float32)
 
 
 def safetensors_index(path: str | Path) -> dict[str, Path]:

@@ -2,8 +2,9 @@
 
 base model (the foundation model pretrained here and cached, or `--model`: a Hugging Face folder, a .gguf
 file or `smollm2`) -> Wanda 50 % -> every recipe (LoRA, LoRA merged then INT4 post-training, Shears,
-SparsePEFT, QA-SparsePEFT, with and without NLS) -> merge -> export -> exact match through OpenVINO ->
-decode speed through `bench`. The table mirrors SQFT's: accuracy (mean and min–max over seeds where a row
+SparsePEFT, QA-SparsePEFT, with and without NLS; in the full embedded run also LoNAS and EFTNAS on the dense
+base, each as its searched sub-network and its full-width super-network) -> merge -> export -> exact match
+through OpenVINO -> decode speed and size through `bench`. The table mirrors SQFT's: accuracy (mean and min–max over seeds where a row
 is trained with several), accuracy relative to unmerged LoRA, deployed precision, merged or not, sparsity
 of the deployed weights, decode tokens/s.
 """
@@ -46,11 +47,13 @@ class QuickstartPlan:
     chat_template: bool = False
     calibration: tuple[int, int] = (64, 128)  # Wanda: sequences x tokens
     qa_group_size: int | None = None  # None: the recipe's default (64)
+    nas_rows: bool = False  # LoNAS / EFTNAS super-networks on the dense base (one seed: their own comparison)
 
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
         if not real_model:
-            plan = cls(True, 600, 40, 40, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32, seeds=3)
+            plan = cls(True, 600, 40, 40, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32, seeds=3,
+                                                                          nas_rows=True)
         elif fast:
             plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 1e-3, True, (16, 256),
                        qa_group_size=32)
@@ -104,16 +107,24 @@ class QuickstartResult:
                         "relative_to_lora": mean / ref if ref and mean is not None else None,
                         "precision": first.precision,
                         "merged": {True: "yes", False: "no", None: "-"}[first.merged if first.method != "none" else None],
-                        "sparsity": first.sparsity, "decode_tokens_per_s": self.decode.get(label)})
+                        "sparsity": first.sparsity, "decode_tokens_per_s": self.decode.get(label),
+                        "size_mib": self.size_mib(label)})
         return out
+
+    def size_mib(self, label: str) -> float | None:
+        """The deployed model's size on disk (IR folder, or model folder + adapter), from the bench run."""
+        entry = next((e for e in self.bench.get("models", []) if e.get("label") == label), None)
+        return entry["size_bytes"] / 2**20 if entry and entry.get("size_bytes") else None
 
     def markdown(self) -> str:
         lines = ["| method | accuracy (min–max over seeds) | 95 % interval | vs LoRA | − LoRA, points (paired 95 %) | "
-                 "deployed precision | merged | sparsity | decode tok/s |", "|---|---:|---:|---:|---:|---|---|---:|---:|"]
+                 "deployed precision | merged | sparsity | size MiB | decode tok/s |",
+                 "|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]
         for row in self.table_rows():
             lines.append(f"| {row['method']} | {accuracy_text(row)} | {interval_text(row)} | "
                          f"{percent_text(row['relative_to_lora'])} | {interval_text(row, 'difference_to_lora_ci95')} | "
                          f"{row['precision']} | {row['merged']} | {row['sparsity']:.1%} | "
+                         f"{'-' if row['size_mib'] is None else format(row['size_mib'], '.1f')} | "
                          f"{speed_text(row['decode_tokens_per_s'])} |")
         return "\n".join(lines) + "\n"
 
@@ -176,7 +187,7 @@ def is_seeded(plan: QuickstartPlan, label: str) -> bool:
 
 def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
     """(label, recipe, options) per fine-tuned row, a run per seed for the seeded rows."""
-    from sqft_ov.recipes import lora, qa_sparsepeft, shears, sparsepeft
+    from sqft_ov.recipes import eftnas, lonas, lora, qa_sparsepeft, shears, sparsepeft
 
     lr = {} if plan.lr is None else {"lr": plan.lr}
     qa = ({} if plan.qa_lr is None else {"lr": plan.qa_lr}) | ({} if plan.qa_group_size is None
@@ -185,11 +196,14 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
             ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True, **lr}),
             ("QA-SparsePEFT", qa_sparsepeft.recipe, qa), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
                                                           {"nls": True, **qa})]
+    if plan.nas_rows:
+        runs += [(name, recipe, {**lr, "nas": True}) for name, recipe in (("LoNAS", lonas.recipe),
+                                                                           ("EFTNAS", eftnas.recipe))]
     out = []
     for name, recipe, options in runs:
         if options.get("nls") and not plan.nls_variants:
             continue
-        for k in range(plan.seeds if is_seeded(plan, name) else 1):
+        for k in range(plan.seeds if is_seeded(plan, name) and not options.get("nas") else 1):
             out.append((name, recipe, {**options, "seed": 42 + k}))
     return out
 
@@ -259,7 +273,7 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
             for label, path in ((base_label, base), (WANDA, sparse))]
     stage("sparsify + evaluate the bases", t)
 
-    rows += _recipe_rows(plan, out, sparse, resume, progress, say, stage)
+    rows += _recipe_rows(plan, out, sparse, resume, progress, say, stage, dense=base)
 
     t = time.perf_counter()
     report, decode = _bench(rows, plan, progress)
@@ -271,8 +285,10 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     return result
 
 
-def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, progress, say, stage) -> list[Deployment]:
-    """Every recipe run of the plan on the sparse base; with `resume`, runs that finished are read back."""
+def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, progress, say, stage,
+                 dense: Path | None = None) -> list[Deployment]:
+    """Every recipe run of the plan on the sparse base (LoNAS / EFTNAS: on the dense one, as in their papers);
+    with `resume`, runs that finished are read back."""
     common = dict(model=sparse, data=out / "task", steps=plan.steps, batch_size=plan.batch_size,
                   chat_template=plan.chat_template, overwrite=True, progress=progress)
     rows: list[Deployment] = []
@@ -285,7 +301,9 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, pr
             rows += [Deployment.from_dict(d) for d in json.loads(done.read_text())]
             say(f"recipe {name} (seed {options['seed']}): finished before, kept")
             continue
-        made = recipe(out=out / folder, **common, **options)
+        options = dict(options)
+        model = dense if options.pop("nas", False) else sparse
+        made = recipe(out=out / folder, **{**common, "model": model}, **options)
         for deployment in made:
             deployment.seed = options["seed"]
         write_file_atomic(done, json.dumps([d.to_dict() for d in made], indent=2, default=str))

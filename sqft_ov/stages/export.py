@@ -196,6 +196,74 @@ def _export_on_grid(model_dir: Path, out: Path, grid: dict, grids: dict, config:
             "sym": grid["sym"], "trained_int4_grid": True}
 
 
+def _convert(model_dir: Path, out: Path, config: ExportConfig) -> dict:
+    """optimum-intel's conversion of a folder (a cut sub-network: of the model sqft-ov loads for it)."""
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+
+    from sqft_ov.io.blocks import WIDTHS_KEY
+    from sqft_ov.io.checkpoint import load_config
+
+    if getattr(load_config(model_dir, config.trust_remote_code), WIDTHS_KEY, None):
+        return _export_cut(model_dir, out, config)
+    # The dtype optimum-cli passes for each format (it decides the loading precision: 16-bit checkpoints stay
+    # 16-bit); an explicit OVConfig also stops optimum from silently compressing models of 1e9+ parameters
+    # to INT8 when fp16 was asked for.
+    main_export(str(model_dir), out, task="text-generation-with-past", convert_tokenizer=True,
+                ov_config=OVConfig(dtype=_OPTIMUM_DTYPE[config.weight_format]),
+                trust_remote_code=config.trust_remote_code, local_files_only=True)
+    return {}
+
+
+def _cut_export_config(model, tokenizer):
+    """optimum-intel's export config for the model, with dummy KV caches of each block's own KV head count.
+
+    optimum traces the model with one KV-cache shape for every block (from config.json); a sub-network whose
+    blocks kept different numbers of KV groups needs each block's own (the IR then carries them).
+    """
+    import optimum.exporters.openvino  # noqa: F401  (registers the OpenVINO export configs)
+    from optimum.exporters.tasks import TasksManager
+
+    from sqft_ov.io.blocks import layer_widths
+
+    widths = layer_widths(model.config)
+    constructor = TasksManager.get_exporter_config_constructor(model=model, exporter="openvino",
+                                                               task="text-generation-with-past",
+                                                               library_name="transformers")
+    base = constructor.func
+    pkv = base.DUMMY_PKV_GENERATOR_CLASS
+
+    class PerBlockPastKeyValues(pkv):
+        def generate(self, input_name, framework="pt", int_dtype="int64", float_dtype="fp32"):
+            pairs = super().generate(input_name, framework=framework, int_dtype=int_dtype, float_dtype=float_dtype)
+            return [(k[:, :w.kv_groups].contiguous(), v[:, :w.kv_groups].contiguous())
+                    for (k, v), w in zip(pairs, widths)]
+
+    cut = type(f"Cut{base.__name__}", (base,), {
+        "DUMMY_PKV_GENERATOR_CLASS": PerBlockPastKeyValues,
+        "DUMMY_INPUT_GENERATOR_CLASSES": tuple(PerBlockPastKeyValues if c is pkv else c
+                                               for c in base.DUMMY_INPUT_GENERATOR_CLASSES)})
+    return cut(model.config, int_dtype="int64", float_dtype="fp32", preprocessors=[tokenizer], use_past_in_inputs=True,
+               **constructor.keywords)
+
+
+def _export_cut(model_dir: Path, out: Path, config: ExportConfig) -> dict:
+    """A sub-network with per-block widths (`sqft_layer_widths`): loaded by sqft-ov, converted by optimum-intel."""
+    import torch
+    from optimum.exporters.openvino.convert import export_from_model, export_tokenizer
+    from optimum.intel import OVConfig
+
+    from sqft_ov.io.checkpoint import load_causal_lm
+
+    model, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=torch.float32)
+    export_from_model(model, out, task="text-generation-with-past", preprocessors=[tokenizer],
+                      ov_config=OVConfig(dtype=_OPTIMUM_DTYPE[config.weight_format]),
+                      custom_export_configs={"model": _cut_export_config(model, tokenizer)},
+                      trust_remote_code=config.trust_remote_code)
+    export_tokenizer(tokenizer, out, task="text-generation-with-past")
+    return {"per_block_widths": True}
+
+
 def verify_zeros(ir_dir: Path, model_dir: Path) -> dict[str, dict]:
     """Per weight: zeros in the source, zeros in the dequantized IR, and how many source zeros stayed zero."""
     import torch
@@ -258,8 +326,6 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
            overwrite: bool = False) -> ExportReport:
     """Convert, compress, verify and record; OUTPUT appears only when all of it succeeded."""
     import openvino as ov
-    from optimum.exporters.openvino import main_export
-    from optimum.intel import OVConfig
 
     from sqft_ov import __version__
     from sqft_ov.io.checkpoint import (check_folder_finite, check_model_dir, load_config, require_safetensors,
@@ -295,12 +361,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         if trained is not None:
             settings |= _export_on_grid(model_dir, tmp, *trained, config)
         else:
-            # The dtype optimum-cli passes for each format (it decides the loading precision: 16-bit
-            # checkpoints stay 16-bit); an explicit OVConfig also stops optimum from silently compressing
-            # models of 1e9+ parameters to INT8 when fp16 was asked for.
-            main_export(str(model_dir), tmp, task="text-generation-with-past", convert_tokenizer=True,
-                        ov_config=OVConfig(dtype=_OPTIMUM_DTYPE[config.weight_format]),
-                        trust_remote_code=config.trust_remote_code, local_files_only=True)
+            settings |= _convert(model_dir, tmp, config)
         logging.disable(logging_disabled)
         xml = tmp / "openvino_model.xml"
         if not (tmp / "openvino_tokenizer.xml").is_file():

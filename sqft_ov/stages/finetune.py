@@ -6,6 +6,8 @@
 * `qa-sparsepeft`: NNCF INT4 fake-quantized LoRA with the mask inside the quantizer:
   fake_quant(W + mask * B A), so the merged model is one sparse INT4 model.
 * `nls`: elastic ranks, one per decoder block, sampled every step (see `sqft_ov.adapters.nls`).
+* elastic widths (LoNAS / EFTNAS, `mlp_widths` / `head_widths` / `search_space`): the base's MLP widths and
+  KV groups are sampled with the ranks, so every sub-network of the space is trained (`adapters.elastic`).
 
 Training runs through Hugging Face `Trainer`, so `accelerate launch` runs the same code on several
 processes. OUTPUT is small and self-describing: `sqft_adapter.json` (method, base path and fingerprint,
@@ -151,6 +153,7 @@ def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: in
         "base": str(Path(model_dir).absolute()), "base_fingerprint": model_fingerprint(model_dir),
         "data": str(Path(data).absolute()), "data_format": asdict(config.data_format),
         "eval_split": config.eval_split, "seed": config.seed, "adapted_weights": adapted.adapted_weights,
+        "widths": adapted.widths.space.to_dict() if adapted.widths is not None else None,
         "steps": steps, "world_size": world_size, "eval_loss": eval_loss, "step_seconds": step_seconds,
         "train_loss": train_loss,
     }
@@ -165,6 +168,7 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
     """
     from transformers import TrainingArguments, set_seed
 
+    from sqft_ov.adapters.elastic import SPACE_FILE, resolve_space
     from sqft_ov.adapters.nls import HISTORY, RankSampler, blocks_of
     from sqft_ov.io.checkpoint import load_causal_lm
     from sqft_ov.io.output import atomic_output, check_output
@@ -182,12 +186,15 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_set, eval_set = build_datasets(data, tokenizer, config.data_format, config.eval_split, config.seed)
-    adapted = Adapted.build(base, config)
+    space = resolve_space(config, base.config)
+    adapted = Adapted.build(base, config, space=space)
 
     sampler = None
-    if config.nls:
+    if config.nls or space is not None:
         blocks = blocks_of(adapted.adapted_weights)
-        sampler = RankSampler(blocks, config.rank_space, config.seed, adapted.set_ranks)
+        sampler = RankSampler(blocks, config.rank_space if config.nls else (config.rank,), config.seed,
+                              adapted.set_ranks if config.nls else None, space,
+                              adapted.set_widths if space is not None else None)
     args = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
@@ -225,6 +232,8 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
             tokenizer.save_pretrained(tmp)
             if sampler is not None:
                 (tmp / HISTORY).write_text(json.dumps(sampler.history, indent=2))
+            if space is not None:
+                (tmp / SPACE_FILE).write_text(json.dumps(space.to_dict(), indent=2))
         shutil.rmtree(run_dir, ignore_errors=True)
     return FinetuneResult(output, train_loss, eval_loss, trainer.state.global_step)
 

@@ -7,8 +7,12 @@
   writes exactly these INT4 values instead of re-quantizing.
 * lora: W + (B A) * alpha / r: the update fills the base's zeros; a warning says how much sparsity is lost.
 
-`merge_report.json` records the base zeros kept, the final precision and the largest logit difference
-between the trained (unmerged) model and the merged one on sample inputs.
+With elastic widths (LoNAS / EFTNAS) the chosen sub-network is then cut out: smaller weight matrices, each
+block at its own widths (recorded in config.json as `sqft_layer_widths`; sqft-ov's loader and export read them).
+
+`merge_report.json` records the base zeros kept (counted before the cut), the final precision and the
+largest logit difference between the trained (unmerged) model at the chosen configuration and the merged one
+on sample inputs.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class MergeReport:
     base_zeros: int
     base_zeros_kept: int
     max_logit_diff: float
+    widths: list[dict] | None = None  # per block, when a sub-network was cut out of elastic widths
+    decoder_share: float | None = None  # its decoder linear weights / the full model's
 
     @property
     def zeros_kept_share(self) -> float:
@@ -48,6 +54,7 @@ def _sample_batch(tokenizer, record: dict, n: int = 4) -> dict:
 def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path | None = None,
           overwrite: bool = False, base: str | Path | None = None) -> MergeReport:
     from sqft_ov.adapters.adapted import apply_sub_adapter, load_adapted
+    from sqft_ov.io.checkpoint import checkpoint_dtype
     from sqft_ov.io.grid import write_grid
     from sqft_ov.io.output import atomic_output, check_output, kill_point
 
@@ -83,16 +90,26 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
             model = adapted.model.unload()  # PEFT: the base model with its (now merged) Linear layers
         model.eval()
         base_zeros, kept = _zeros_kept(base_dir, model, names)
+        widths = share = None
+        if adapted.widths is not None:  # LoNAS / EFTNAS: physically cut the chosen sub-network out
+            from sqft_ov.io.blocks import Shape, shrink
+
+            active = adapted.widths.active
+            adapted.widths.remove()
+            shape = Shape.of(model.config)
+            share = adapted.widths.space.decoder_share(active, shape, model.config.hidden_size)
+            shrink(model, active)
+            widths = [asdict(w) for w in active]
         logits = model(**batch).logits
     mask = batch["attention_mask"].bool()
     diff = float((logits - reference).abs()[mask].max())
     precision = "int4 (trained grid)" if grids is not None else "float"
-    report = MergeReport(method, str(output), precision, ranks, base_zeros, kept, diff)
+    report = MergeReport(method, str(output), precision, ranks, base_zeros, kept, diff, widths, share)
     kill_point("merge-merged")
 
     with atomic_output(output, overwrite) as tmp:
         if grids is None:  # float merges keep the base checkpoint's dtype; INT4 grid values need float32
-            model.to(_checkpoint_dtype(base_dir))
+            model.to(checkpoint_dtype(base_dir))
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if grids is not None:
@@ -136,10 +153,3 @@ def _without_hooks(model):
         plain.tie_weights()
     plain.generation_config = model.generation_config
     return plain
-
-
-def _checkpoint_dtype(model_dir: str | Path) -> torch.dtype:
-    from sqft_ov.io.checkpoint import load_config
-
-    dtype = getattr(load_config(model_dir), "dtype", None) or torch.float32
-    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).removeprefix("torch."), torch.float32)

@@ -1,0 +1,67 @@
+"""EFTNAS: the search space and the order of channels derived from first-order weight importance, then a
+super-network trained and searched inside it, and the chosen sub-network cut out.
+
+`importance` scores every MLP channel and KV group (|W * dL/dW| over task batches), reorders them most
+important first and derives each block's space: from the full width down to the smallest width that keeps
+`--keep` of the block's importance (`--choices` MLP widths; heads likewise with `--keep-heads`). Blocks whose
+importance is concentrated get narrow lower bounds, the others stay wide. Training, search, cut, export and
+evaluation are LoNAS's (`recipes/lonas.py`); OUT/search_space.json is the derived space, OUT/ir the
+sub-network's INT4 IR, OUT/full/ir the full-width one.
+
+    sqft-ov run recipes/eftnas.py --model DENSE_MODEL --data TASK [--out eftnas] [--steps 600]
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sqft_ov import FinetuneConfig, ImportanceConfig, SFTFormat, deployed_sparsity, importance
+from sqft_ov.recipe import (
+    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, Seed, Steps, Test,
+    fresh_output, task_files,
+)
+from sqft_ov.recipes.lonas import GroupSize, MaxSize, Model, deploy_super_network
+
+Keep = Annotated[float, typer.Option(help="Share of a block's MLP importance its smallest width keeps.")]
+KeepHeads = Annotated[float, typer.Option(help="Share of a block's attention importance its fewest heads keep.")]
+Choices = Annotated[int, typer.Option(help="MLP widths per block in the derived space.")]
+
+
+def recipe(
+    model: Model,
+    data: Data,
+    out: Out = Path("eftnas"),
+    test: Test = None,
+    keep: Keep = 0.8,
+    keep_heads: KeepHeads = 0.8,
+    choices: Choices = 3,
+    rank_space: RankSpace = "16 12 8",
+    max_size: MaxSize = 0.7,
+    steps: Steps = 600,
+    lr: Lr = 3e-3,
+    batch_size: BatchSize = 16,
+    group_size: GroupSize = 64,
+    chat_template: ChatTemplate = False,
+    seed: Seed = 42,
+    eval_limit: EvalLimit = None,
+    overwrite: Overwrite = False,
+    progress=None,
+) -> list[Deployment]:
+    train, test = task_files(data, test)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
+    prompts = SFTFormat(chat_template=chat_template)
+    scoring = ImportanceConfig(keep=keep, keep_heads=keep_heads, choices=choices, multiple=group_size,
+                               data_format=prompts, seed=seed)
+    ordered = importance(model, train, out / "ordered", scoring).output
+    space = out / "search_space.json"
+    shutil.copy2(ordered / "search_space.json", space)
+    method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
+    config = FinetuneConfig(method=method, nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
+                            search_space=str(space), max_steps=steps, lr=lr, batch_size=batch_size,
+                            eval_split=0.05, data_format=prompts, seed=seed)
+    return deploy_super_network("EFTNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,
+                                progress)

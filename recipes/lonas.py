@@ -1,0 +1,90 @@
+"""LoNAS: elastic adapter ranks and elastic base widths in one weight-sharing super-network, then a smaller
+sub-network cut out of it.
+
+The model's MLP channels and KV groups are first put in importance order (`importance`; the function is
+unchanged), so a width is always "the most important w". Training samples a sub-network per step (largest,
+smallest, random: the sandwich rule) from `--mlp-widths` x `--head-widths` x `--rank-space`; `search`
+hill-climbs on held-out loss within `--max-size` (a share of the decoder's weights); `merge` merges the
+adapters and physically cuts the chosen widths out; the cut model exports to an INT4 IR under OUT/ir.
+On a sparse model the adapters are SparsePEFT's (masked), so the cut model keeps every remaining zero.
+The same super-network at full widths is deployed beside it (OUT/full/ir), the reference for its accuracy
+and speed.
+
+    sqft-ov run recipes/lonas.py --model DENSE_MODEL --data TASK [--out lonas] [--steps 600]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sqft_ov import (
+    EvalConfig, ExportConfig, FinetuneConfig, ImportanceConfig, SFTFormat, deployed_sparsity, evaluate, export,
+    finetune, importance, merge, search,
+)
+from sqft_ov.recipe import (
+    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, Seed, Steps, Test,
+    fresh_output, task_files,
+)
+
+Model = Annotated[Path, typer.Option(help="Model folder (dense, or sparse from sqft-ov sparsify) or .gguf file.")]
+MlpWidths = Annotated[str, typer.Option(help="MLP widths the super-network samples (fractions or channel counts).")]
+HeadWidths = Annotated[str, typer.Option(help="Attention widths (fractions or head counts, whole KV groups).")]
+MaxSize = Annotated[float, typer.Option(help="Largest share of the decoder's weights the chosen sub-network keeps.")]
+GroupSize = Annotated[int, typer.Option(help="INT4 group size of the IRs (must divide every width).")]
+
+
+def deploy_super_network(label: str, model: Path, train: Path, test: Path | None, out: Path, config: FinetuneConfig,
+                         max_size: float, group_size: int, eval_limit: int | None, progress) -> list[Deployment]:
+    """Train the super-network, cut the searched sub-network and the full one, export both INT4, evaluate both."""
+    prompts = config.data_format
+    adapter = finetune(model, train, out / "adapter", config, progress=progress).output
+    deployments = []
+    smallest = search(adapter, "min").decoder_share  # a derived (EFTNAS) space may not reach max_size
+    for name, folder, strategy, limit in ((f"{label} (full widths)", out / "full", "max", None),
+                                          (label, out, "hill-climb", max(max_size, smallest))):
+        folder.mkdir(parents=True, exist_ok=True)
+        chosen = search(adapter, strategy, budget=12, max_size=limit)
+        chosen.save(folder / "sub_network.json", list(config.rank_space))
+        merge(adapter, folder / "merged", folder / "sub_network.json")
+        ir = export(folder / "merged", folder / "ir", ExportConfig(weight_format="int4", group_size=group_size)).output
+        evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts, loss=False),
+                              progress)
+        deployments.append(Deployment(name, config.method, Path(ir), None, None, merged=True,
+                                      precision=f"int4 asym g{group_size}, {chosen.decoder_share:.0%} of decoder",
+                                      sparsity=deployed_sparsity(ir), evaluation=evaluation))
+    return deployments[::-1]  # the sub-network first: it is the recipe's result
+
+
+def recipe(
+    model: Model,
+    data: Data,
+    out: Out = Path("lonas"),
+    test: Test = None,
+    mlp_widths: MlpWidths = "1.0 0.75 0.5",
+    head_widths: HeadWidths = "1.0 0.5",
+    rank_space: RankSpace = "16 12 8",
+    max_size: MaxSize = 0.7,
+    steps: Steps = 600,
+    lr: Lr = 3e-3,
+    batch_size: BatchSize = 16,
+    group_size: GroupSize = 64,
+    chat_template: ChatTemplate = False,
+    seed: Seed = 42,
+    eval_limit: EvalLimit = None,
+    overwrite: Overwrite = False,
+    progress=None,
+) -> list[Deployment]:
+    train, test = task_files(data, test)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
+    prompts = SFTFormat(chat_template=chat_template)
+    ordered = importance(model, train, out / "ordered", ImportanceConfig(data_format=prompts, seed=seed)).output
+    method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
+    config = FinetuneConfig(method=method, nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
+                            mlp_widths=tuple(mlp_widths.split()), head_widths=tuple(head_widths.split()),
+                            max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05, data_format=prompts,
+                            seed=seed)
+    return deploy_super_network("LoNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,
+                                progress)

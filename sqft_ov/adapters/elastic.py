@@ -1,0 +1,185 @@
+"""Elastic base widths (LoNAS / EFTNAS): a per-block search space of MLP widths and KV groups, and the masks
+that make the super-network compute any sub-network of it.
+
+Channels and KV groups are assumed in importance order (`sqft_ov.stages.importance` reorders them), so a
+width w means "the first w": zeroing the inputs of o_proj (per head) and down_proj (per channel) beyond w
+gives exactly the function of the block cut to w (`sqft_ov.io.blocks.shrink`), adapters included, since
+the removed heads and channels feed nothing else. Training therefore needs no sliced copies of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sqft_ov.errors import SqftError
+from sqft_ov.io.blocks import BlockWidth, Shape, decoder_layers, decoder_weights, projections
+
+SPACE_FILE = "search_space.json"
+
+
+def parse_widths(text: str | tuple | list, flag: str) -> tuple[float, ...]:
+    """'1.0 0.75 0.5' -> (1.0, 0.75, 0.5): fractions in (0, 1] or absolute sizes (whole numbers above 1)."""
+    items = text.replace(",", " ").split() if isinstance(text, str) else list(text)
+    try:
+        values = tuple(float(v) for v in items)
+    except ValueError:
+        raise SqftError(f"{flag} takes numbers, e.g. {flag} 1.0 0.75 0.5; got {text!r}") from None
+    for v in values:
+        if not v > 0 or (v > 1 and v != int(v)):
+            raise SqftError(f"{flag} {v:g} is outside (0, 1]: give fractions of the layer, or whole sizes")
+    return values
+
+
+@dataclass
+class WidthSpace:
+    """Per decoder block: the MLP widths and KV-group counts a sub-network may take (largest first)."""
+
+    mlp: list[list[int]]
+    kv_groups: list[list[int]]
+
+    @property
+    def blocks(self) -> int:
+        return len(self.mlp)
+
+    def largest(self) -> list[BlockWidth]:
+        return [BlockWidth(m[0], k[0]) for m, k in zip(self.mlp, self.kv_groups)]
+
+    def smallest(self) -> list[BlockWidth]:
+        return [BlockWidth(m[-1], k[-1]) for m, k in zip(self.mlp, self.kv_groups)]
+
+    def median(self) -> list[BlockWidth]:
+        return [BlockWidth(m[len(m) // 2], k[len(k) // 2]) for m, k in zip(self.mlp, self.kv_groups)]
+
+    def contains(self, widths: list[BlockWidth]) -> bool:
+        return len(widths) == self.blocks and all(
+            w.mlp in m and w.kv_groups in k for w, m, k in zip(widths, self.mlp, self.kv_groups))
+
+    def to_dict(self) -> dict:
+        return {"blocks": [{"mlp": m, "kv_groups": k} for m, k in zip(self.mlp, self.kv_groups)]}
+
+    @classmethod
+    def from_dict(cls, data: dict, shape: Shape, where: str) -> "WidthSpace":
+        """A space read from JSON, checked against the model it is meant for."""
+        try:
+            blocks = data["blocks"]
+            mlp = [sorted({int(v) for v in b["mlp"]}, reverse=True) for b in blocks]
+            kv = [sorted({int(v) for v in b["kv_groups"]}, reverse=True) for b in blocks]
+        except (KeyError, TypeError, ValueError):
+            raise SqftError(f"{where} is not a search space: expected {{\"blocks\": [{{\"mlp\": [...], "
+                            "\"kv_groups\": [...]}, ...]}") from None
+        if len(blocks) != shape.layers:
+            raise SqftError(f"{where} describes {len(blocks)} decoder blocks but the model has {shape.layers}")
+        for i, (m, k) in enumerate(zip(mlp, kv)):
+            if not m or not k:
+                raise SqftError(f"{where}: block {i} has an empty list of widths")
+            if m[0] > shape.intermediate or m[-1] < 1:
+                raise SqftError(f"{where}: block {i} MLP width {m[0] if m[0] > shape.intermediate else m[-1]} does "
+                                f"not fit the model's MLP of {shape.intermediate} channels")
+            if k[0] > shape.kv_heads or k[-1] < 1:
+                raise SqftError(f"{where}: block {i} KV groups {k[0] if k[0] > shape.kv_heads else k[-1]} do not fit "
+                                f"the model's {shape.kv_heads} KV heads")
+        return cls(mlp, kv)
+
+    @classmethod
+    def load(cls, path: str | Path, shape: Shape) -> "WidthSpace":
+        path = Path(path).expanduser()
+        try:
+            data = json.loads(path.read_text())
+        except OSError:
+            raise SqftError(f"search space {path} cannot be read: pass the {SPACE_FILE} that importance wrote") from None
+        except ValueError as exc:
+            raise SqftError(f"search space {path} is not valid JSON ({exc})") from None
+        return cls.from_dict(data, shape, str(path))
+
+    @classmethod
+    def uniform(cls, shape: Shape, mlp_widths: tuple[float, ...], head_widths: tuple[float, ...],
+                multiple: int = 32) -> "WidthSpace":
+        """The same choices in every block, from fractions (MLP rounded to `multiple` channels) or sizes."""
+        mlp = sorted({_mlp_size(v, shape, multiple) for v in mlp_widths or (1.0,)}, reverse=True)
+        kv = sorted({_kv_groups(v, shape) for v in head_widths or (1.0,)}, reverse=True)
+        return cls([mlp] * shape.layers, [kv] * shape.layers)
+
+    def decoder_share(self, widths: list[BlockWidth], shape: Shape, hidden: int) -> float:
+        """Decoder linear weights of a sub-network as a share of the full model's."""
+        return decoder_weights(widths, shape, hidden) / decoder_weights(shape.full(), shape, hidden)
+
+
+def _mlp_size(value: float, shape: Shape, multiple: int) -> int:
+    if value > 1:
+        if value > shape.intermediate:
+            raise SqftError(f"--mlp-widths {value:g} is larger than the layer ({shape.intermediate} channels)")
+        return int(value)
+    size = round(value * shape.intermediate / multiple) * multiple if shape.intermediate % multiple == 0 \
+        else round(value * shape.intermediate)
+    return max(size, min(multiple, shape.intermediate), 1)
+
+
+def _kv_groups(value: float, shape: Shape) -> int:
+    if value > 1:
+        if value > shape.heads:
+            raise SqftError(f"--head-widths {value:g} is larger than the layer ({shape.heads} heads)")
+        if value % shape.group:
+            raise SqftError(f"--head-widths {value:g} heads breaks grouped-query attention: the model has "
+                            f"{shape.group} query heads per KV head, so heads go in multiples of {shape.group}")
+        return int(value) // shape.group
+    groups = round(value * shape.kv_heads)
+    if groups < 1 or abs(value - groups / shape.kv_heads) > 0.01:  # 0.67 stands for 2/3
+        raise SqftError(f"--head-widths {value:g} breaks grouped-query attention: {shape.heads} heads in "
+                        f"{shape.kv_heads} KV groups allow the fractions "
+                        f"{', '.join(f'{k / shape.kv_heads:.2f}' for k in range(shape.kv_heads, 0, -1))}")
+    return groups
+
+
+def resolve_space(config, model_config) -> WidthSpace | None:
+    """The width space a FinetuneConfig asks for, on the model it will train (None: widths fixed)."""
+    shape = Shape.of(model_config)
+    if config.search_space:
+        return WidthSpace.load(config.search_space, shape)
+    if config.mlp_widths or config.head_widths:
+        return WidthSpace.uniform(shape, config.mlp_widths, config.head_widths)
+    return None
+
+
+class ElasticWidths:
+    """Forward pre-hooks on each block's o_proj and down_proj that zero the heads and channels beyond the
+    active widths (a PEFT LoRA wrapper is hooked as a whole, so the adapter sees the same inputs)."""
+
+    def __init__(self, model, space: WidthSpace):
+        self.shape = Shape.of(model.config if hasattr(model, "config") else model.base_model.config)
+        self.space = space
+        self.active: list[BlockWidth] = space.largest()
+        self._masks: list[dict[str, torch.Tensor | None]] = []
+        self._handles = []
+        for i, layer in enumerate(decoder_layers(model)):
+            proj = projections(layer)
+            self._masks.append({"o": None, "down": None})
+            for role in ("o", "down"):
+                self._handles.append(proj[role].register_forward_pre_hook(self._hook(i, role)))
+        self.set(self.active)
+
+    def remove(self) -> None:
+        """Take the hooks off (before the model is cut to the active widths)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook(self, block: int, role: str):
+        def mask_input(module, args):
+            mask = self._masks[block][role]
+            if mask is None:
+                return None
+            return (args[0] * mask.to(args[0].dtype),) + tuple(args[1:])
+
+        return mask_input
+
+    def set(self, widths: list[BlockWidth]) -> None:
+        s = self.shape
+        for masks, w in zip(self._masks, widths):
+            heads = w.kv_groups * s.group
+            masks["o"] = None if heads == s.heads else (torch.arange(s.heads * s.head_dim) < heads * s.head_dim).float()
+            masks["down"] = None if w.mlp == s.intermediate else (torch.arange(s.intermediate) < w.mlp).float()
+        self.active = list(widths)
