@@ -1,7 +1,11 @@
 """LoNAS / EFTNAS sub-networks against their full-width super-networks: accuracy, size and paired decode speed.
 
     python benchmarks/nas.py [--model smollm2|PATH] [--recipes lonas eftnas] [--steps 80] [--train 800]
-                             [--test 100] [--max-size 0.7] [--repeats 8] [--out benchmarks/results/nas-smollm2.json]
+                             [--test 100] [--max-size 0.7] [--head-widths "1.0 0.67"] [--repeats 8]
+                             [--no-chat-template] [--out benchmarks/results/nas-smollm2.json]
+
+On the quickstart's foundation model (a folder under the sqft-ov cache): --model FOLDER --no-chat-template
+--head-widths "1.0 0.5" --steps 600 --lr 3e-3 --batch-size 16 --train 2000 --test 200.
 
 Each recipe trains one super-network on the quickstart's arithmetic task (chat template on for a real model),
 searches a sub-network within --max-size of the decoder's weights, cuts it out, and exports it and the
@@ -24,6 +28,19 @@ from sqft_ov.stages.bench import BenchConfig, BenchModel, bench
 from sqft_ov.stages.bench.machine import machine_context
 
 
+def parameters(folder: Path) -> int:
+    """Parameters stored in a Hugging Face folder (a tied lm_head is stored once)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, framework="pt") as f:
+            total += sum(prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2")
@@ -36,15 +53,15 @@ def main() -> None:
     parser.add_argument("--max-size", type=float, default=0.7)
     parser.add_argument("--head-widths", default="1.0 0.67")
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--no-chat-template", action="store_true", help="A base model without one (the foundation).")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sqft-nas"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/nas-smollm2.json"))
     args = parser.parse_args()
 
     base = resolve_model(args.model)
-    real = args.model != "tiny"
     task = write_task(args.work / "task", args.train, args.test)
     common = dict(model=base, data=task["train"].parent, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                  max_size=args.max_size, chat_template=real, overwrite=True)
+                  max_size=args.max_size, chat_template=not args.no_chat_template, overwrite=True)
     rows, seconds = [], {}
     for name in args.recipes:
         start = time.perf_counter()
@@ -61,6 +78,7 @@ def main() -> None:
     for row, entry in zip(rows, report["models"]):
         chosen = json.loads(((row.model.parent / "sub_network.json")).read_text())
         table.append({"label": row.label, "accuracy": row.accuracy, "decoder_share": chosen["decoder_share"],
+                      "parameters": parameters(row.model.parent / "merged"),
                       "widths": chosen["widths"], "ir": str(row.model), "size_mib": entry.get("size_bytes", 0) / 2**20,
                       "weight_bytes_per_token": entry.get("weight_bytes_per_token"),
                       "decode_tokens_per_s": entry["stats"]["decode_tokens_per_s"]["median"] if entry["ok"] else None,
@@ -71,7 +89,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     for t in table:
-        print(f"{t['label']:24s} acc {t['accuracy']:.1%}  decoder {t['decoder_share']:.0%}  {t['size_mib']:.1f} MiB  "
+        print(f"{t['label']:24s} acc {t['accuracy']:.1%}  decoder {t['decoder_share']:.0%}  "
+              f"{t['parameters'] / 1e6:.1f} M params  {t['size_mib']:.1f} MiB  "
               f"decode {t['decode_tokens_per_s']} tok/s  ratios {t['decode_ratio_vs_baseline']}")
 
 

@@ -120,9 +120,11 @@ def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None
     if max_size is not None and not record.get("widths"):
         raise SqftError("--max-size bounds the base's widths: the adapter was trained without elastic widths")
     n_blocks = len(blocks_of(record["adapted_weights"]))
-    model_config = load_config(base or record["base"])
-    shape, hidden = Shape.of(model_config), model_config.hidden_size
-    widths_space = WidthSpace.from_dict(record["widths"], shape, "the adapter's record") if record.get("widths") else None
+    widths_space = shape = hidden = None
+    if record.get("widths"):  # shares of the decoder need the model's shape (NLS alone needs no model)
+        model_config = load_config(base or record["base"])
+        shape, hidden = Shape.of(model_config), model_config.hidden_size
+        widths_space = WidthSpace.from_dict(record["widths"], shape, "the adapter's record")
     rank_axis = sorted(record["rank_space"], reverse=True)
     space = _Space([rank_axis] * n_blocks if record["nls"] else [], widths_space)
 
