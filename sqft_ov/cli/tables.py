@@ -127,10 +127,11 @@ def quickstart_table(result, title: str) -> Table:
 
     table = Table(title=title)
     for col in ("method", "accuracy", "95 % interval", "vs LoRA", "− LoRA (paired 95 %)", "precision", "merged",
-                "sparsity", "decode tok/s"):
+                "sparsity", "size MiB", "decode tok/s"):
         table.add_column(col, justify="left" if col in ("method", "precision", "merged") else "right")
     for row in result.table_rows():
+        size = "-" if row["size_mib"] is None else f"{row['size_mib']:.1f}"
         table.add_row(row["method"], accuracy_text(row), interval_text(row), percent_text(row["relative_to_lora"]),
                       interval_text(row, "difference_to_lora_ci95"), row["precision"],
-                      row["merged"], f"{row['sparsity']:.1%}", speed_text(row["decode_tokens_per_s"]))
+                      row["merged"], f"{row['sparsity']:.1%}", size, speed_text(row["decode_tokens_per_s"]))
     return table
