@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from sqft_ov.errors import SqftError
-from sqft_ov.io.blocks import BlockWidth, Shape, decoder_layers, decoder_weights, projections
+from sqft_ov.io.blocks import BlockWidth, Shape, decoder_layers, projections
 
 SPACE_FILE = "search_space.json"
 
@@ -103,10 +103,6 @@ class WidthSpace:
         kv = sorted({_kv_groups(v, shape) for v in head_widths or (1.0,)}, reverse=True)
         return cls([mlp] * shape.layers, [kv] * shape.layers)
 
-    def decoder_share(self, widths: list[BlockWidth], shape: Shape, hidden: int) -> float:
-        """Decoder linear weights of a sub-network as a share of the full model's."""
-        return decoder_weights(widths, shape, hidden) / decoder_weights(shape.full(), shape, hidden)
-
 
 def _mlp_size(value: float, shape: Shape, multiple: int) -> int:
     if value > 1:
@@ -149,7 +145,7 @@ class ElasticWidths:
     active widths (a PEFT LoRA wrapper is hooked as a whole, so the adapter sees the same inputs)."""
 
     def __init__(self, model, space: WidthSpace):
-        self.shape = Shape.of(model.config if hasattr(model, "config") else model.base_model.config)
+        self.shape = Shape.of(model.config)
         self.space = space
         self.active: list[BlockWidth] = space.largest()
         self._masks: list[dict[str, torch.Tensor | None]] = []
@@ -172,7 +168,7 @@ class ElasticWidths:
             mask = self._masks[block][role]
             if mask is None:
                 return None
-            return (args[0] * mask.to(args[0].dtype),) + tuple(args[1:])
+            return (args[0] * mask.to(args[0]),) + tuple(args[1:])  # the input's dtype and device
 
         return mask_input
 

@@ -34,6 +34,7 @@ class Shape:
     """What the widths of a model are measured against (from its config)."""
 
     layers: int
+    hidden: int
     intermediate: int
     heads: int
     kv_heads: int
@@ -49,7 +50,7 @@ class Shape:
         heads = config.num_attention_heads
         kv = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return cls(config.num_hidden_layers, config.intermediate_size, heads, kv, head_dim)
+        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size, heads, kv, head_dim)
 
     def full(self) -> list[BlockWidth]:
         return [BlockWidth(self.intermediate, self.kv_heads)] * self.layers
@@ -107,7 +108,7 @@ def row_index(shape: Shape, role: str, channels: torch.Tensor, groups: torch.Ten
     """
     width = width or BlockWidth(shape.intermediate, shape.kv_heads)
     d, g = shape.head_dim, shape.group
-    heads = (groups[:, None] * g + torch.arange(g)).flatten()  # the query heads of each group, in order
+    heads = _heads(shape, groups)
 
     def rows(units: torch.Tensor, size: int, offset: int = 0) -> torch.Tensor:
         return (offset + units[:, None] * size + torch.arange(size)).flatten()
@@ -131,9 +132,13 @@ def input_index(shape: Shape, role: str, channels: torch.Tensor, groups: torch.T
     if role == "down":
         return channels
     if role == "o":
-        heads = (groups[:, None] * shape.group + torch.arange(shape.group)).flatten()
-        return (heads[:, None] * shape.head_dim + torch.arange(shape.head_dim)).flatten()
+        return (_heads(shape, groups)[:, None] * shape.head_dim + torch.arange(shape.head_dim)).flatten()
     return None
+
+
+def _heads(shape: Shape, groups: torch.Tensor) -> torch.Tensor:
+    """The query heads of each KV group, in the groups' order."""
+    return (groups[:, None] * shape.group + torch.arange(shape.group)).flatten()
 
 
 @torch.no_grad()
@@ -193,10 +198,12 @@ def shrink(model, widths: list[BlockWidth]) -> None:
         setattr(config, WIDTHS_KEY, [asdict(w) for w in widths])
 
 
-def decoder_weights(widths: list[BlockWidth], shape: Shape, hidden: int) -> int:
+def decoder_weights(widths: list[BlockWidth], shape: Shape) -> int:
     """Weights of the decoder's linear layers at these widths (what decode reads per token, embeddings aside)."""
-    total = 0
-    for w in widths:
-        heads = w.kv_groups * shape.group
-        total += 3 * hidden * w.mlp + 2 * hidden * heads * shape.head_dim + 2 * hidden * w.kv_groups * shape.head_dim
-    return total
+    per_group = 2 * shape.hidden * shape.head_dim * (shape.group + 1)  # q and o of its heads, its k and v
+    return sum(3 * shape.hidden * w.mlp + per_group * w.kv_groups for w in widths)
+
+
+def decoder_share(widths: list[BlockWidth], shape: Shape) -> float:
+    """Decoder linear weights of a sub-network as a share of the full model's."""
+    return decoder_weights(widths, shape) / decoder_weights(shape.full(), shape)

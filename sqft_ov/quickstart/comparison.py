@@ -23,6 +23,7 @@ from sqft_ov.recipe import Deployment
 RESULTS_JSON, RESULTS_MD = "quickstart.json", "quickstart.md"
 RUN_ROWS = "deployments.json"  # in each recipe run's folder once it finished: what --resume keeps
 FOUNDATION, DENSE, WANDA = "Foundation (dense, no FT)", "Dense (no FT)", "Wanda 50 % (no FT)"
+NAS_ROWS = ("LoNAS", "EFTNAS")  # trained on the dense base, one seed: their comparison is with their own full widths
 REAL_SEEDED = ("LoRA", "QA-SparsePEFT")  # on a real model (~15 min a recipe here) only these are re-trained
 BOOTSTRAP = 2000  # resamples of the test problems for a row's 95 % interval
 
@@ -197,13 +198,12 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
             ("QA-SparsePEFT", qa_sparsepeft.recipe, qa), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
                                                           {"nls": True, **qa})]
     if plan.nas_rows:
-        runs += [(name, recipe, {**lr, "nas": True}) for name, recipe in (("LoNAS", lonas.recipe),
-                                                                           ("EFTNAS", eftnas.recipe))]
+        runs += [("LoNAS", lonas.recipe, lr), ("EFTNAS", eftnas.recipe, lr)]
     out = []
     for name, recipe, options in runs:
         if options.get("nls") and not plan.nls_variants:
             continue
-        for k in range(plan.seeds if is_seeded(plan, name) and not options.get("nas") else 1):
+        for k in range(plan.seeds if is_seeded(plan, name) and name not in NAS_ROWS else 1):
             out.append((name, recipe, {**options, "seed": 42 + k}))
     return out
 
@@ -301,9 +301,7 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, pr
             rows += [Deployment.from_dict(d) for d in json.loads(done.read_text())]
             say(f"recipe {name} (seed {options['seed']}): finished before, kept")
             continue
-        options = dict(options)
-        model = dense if options.pop("nas", False) else sparse
-        made = recipe(out=out / folder, **{**common, "model": model}, **options)
+        made = recipe(out=out / folder, **{**common, "model": dense if name in NAS_ROWS else sparse}, **options)
         for deployment in made:
             deployment.seed = options["seed"]
         write_file_atomic(done, json.dumps([d.to_dict() for d in made], indent=2, default=str))

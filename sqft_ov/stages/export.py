@@ -196,15 +196,14 @@ def _export_on_grid(model_dir: Path, out: Path, grid: dict, grids: dict, config:
             "sym": grid["sym"], "trained_int4_grid": True}
 
 
-def _convert(model_dir: Path, out: Path, config: ExportConfig) -> dict:
+def _convert(model_dir: Path, out: Path, config: ExportConfig, model_config) -> dict:
     """optimum-intel's conversion of a folder (a cut sub-network: of the model sqft-ov loads for it)."""
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 
     from sqft_ov.io.blocks import WIDTHS_KEY
-    from sqft_ov.io.checkpoint import load_config
 
-    if getattr(load_config(model_dir, config.trust_remote_code), WIDTHS_KEY, None):
+    if getattr(model_config, WIDTHS_KEY, None):
         return _export_cut(model_dir, out, config)
     # The dtype optimum-cli passes for each format (it decides the loading precision: 16-bit checkpoints stay
     # 16-bit); an explicit OVConfig also stops optimum from silently compressing models of 1e9+ parameters
@@ -333,7 +332,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
 
     config = config or ExportConfig()
     model_dir = check_model_dir(model_dir)
-    load_config(model_dir, config.trust_remote_code)
+    model_config = load_config(model_dir, config.trust_remote_code)
     require_safetensors(model_dir)
     require_tokenizer(model_dir)
     check_output(output, overwrite, inputs=(model_dir,))
@@ -361,7 +360,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         if trained is not None:
             settings |= _export_on_grid(model_dir, tmp, *trained, config)
         else:
-            settings |= _convert(model_dir, tmp, config)
+            settings |= _convert(model_dir, tmp, config, model_config)
         logging.disable(logging_disabled)
         xml = tmp / "openvino_model.xml"
         if not (tmp / "openvino_tokenizer.xml").is_file():

@@ -75,9 +75,7 @@ def unit_scores(layer, shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:
             mlp += rows[:shape.intermediate] + rows[shape.intermediate:]
         elif role == "down":
             mlp += cols
-        elif role == "q":
-            kv += rows.view(shape.kv_heads, -1).sum(1)
-        elif role in ("k", "v"):
+        elif role in ("q", "k", "v"):  # rows grouped by KV group: its query heads, or its key / value head
             kv += rows.view(shape.kv_heads, -1).sum(1)
         elif role == "qkv":
             kv += rows[:q_size].view(shape.kv_heads, -1).sum(1)

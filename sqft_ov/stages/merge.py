@@ -92,12 +92,11 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
         base_zeros, kept = _zeros_kept(base_dir, model, names)
         widths = share = None
         if adapted.widths is not None:  # LoNAS / EFTNAS: physically cut the chosen sub-network out
-            from sqft_ov.io.blocks import Shape, shrink
+            from sqft_ov.io.blocks import Shape, decoder_share, shrink
 
             active = adapted.widths.active
             adapted.widths.remove()
-            shape = Shape.of(model.config)
-            share = adapted.widths.space.decoder_share(active, shape, model.config.hidden_size)
+            share = decoder_share(active, Shape.of(model.config))
             shrink(model, active)
             widths = [asdict(w) for w in active]
         logits = model(**batch).logits

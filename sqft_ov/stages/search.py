@@ -19,7 +19,7 @@ import torch
 
 from sqft_ov.adapters.elastic import WidthSpace
 from sqft_ov.errors import SqftError
-from sqft_ov.io.blocks import BlockWidth, Shape
+from sqft_ov.io.blocks import BlockWidth, Shape, decoder_share
 
 STRATEGIES = ("max", "median", "min", "most-activated", "min-loss", "hill-climb")
 
@@ -120,17 +120,16 @@ def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None
     if max_size is not None and not record.get("widths"):
         raise SqftError("--max-size bounds the base's widths: the adapter was trained without elastic widths")
     n_blocks = len(blocks_of(record["adapted_weights"]))
-    widths_space = shape = hidden = None
+    widths_space = shape = None
     if record.get("widths"):  # shares of the decoder need the model's shape (NLS alone needs no model)
-        model_config = load_config(base or record["base"])
-        shape, hidden = Shape.of(model_config), model_config.hidden_size
+        shape = Shape.of(load_config(base or record["base"]))
         widths_space = WidthSpace.from_dict(record["widths"], shape, "the adapter's record")
     rank_axis = sorted(record["rank_space"], reverse=True)
     space = _Space([rank_axis] * n_blocks if record["nls"] else [], widths_space)
 
     def share(point: tuple) -> float | None:
         widths = space.split(point)[1]
-        return None if widths is None else widths_space.decoder_share(widths, shape, hidden)
+        return None if widths is None else decoder_share(widths, shape)
 
     def fits(point: tuple) -> bool:
         return max_size is None or share(point) <= max_size + 1e-9
