@@ -11,7 +11,7 @@ elastic ranks and picks a sub-adapter with `search` before merging.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -37,6 +37,8 @@ def recipe(
     group_size: Annotated[int, typer.Option(help="INT4 group size (fixed at training time).")] = 64,
     steps: Steps = 600,
     lr: Lr = 3e-3,
+    range_lr: Annotated[Optional[float], typer.Option(
+        help="Learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr / 10].")] = None,
     batch_size: BatchSize = 16,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
@@ -49,7 +51,7 @@ def recipe(
     prompts = SFTFormat(chat_template=chat_template)
     config = FinetuneConfig(method="qa-sparsepeft", rank=rank, nls=nls,
                             rank_space=tuple(int(r) for r in rank_space.split()), int4="sym" if sym else "asym",
-                            group_size=group_size, max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05,
+                            group_size=group_size, max_steps=steps, lr=lr, range_lr=range_lr, batch_size=batch_size, eval_split=0.05,
                             data_format=prompts, seed=seed)
     finetune(model, train, out / "adapter", config, progress=progress)
     sub_adapter = None

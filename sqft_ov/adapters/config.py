@@ -33,6 +33,9 @@ class FinetuneConfig:
     epochs: float = 1.0
     max_steps: int = -1
     lr: float = 3e-4
+    # qa-sparsepeft: learning rate of the INT4 grid's ranges (None: lr / 10, as NNCF's QAT-with-LoRA example;
+    # 0: the base's grid stays fixed, as in SQFT's QA-SparsePEFT)
+    range_lr: float | None = None
     batch_size: int = 4
     grad_accum: int = 1
     seed: int = 42
@@ -72,6 +75,8 @@ class FinetuneConfig:
                                 "widths, merge, then export --weight-format int4")
         if not self.target_modules:
             raise SqftError("--target-modules needs at least one module name")
+        if self.range_lr is not None and not (self.range_lr >= 0 and math.isfinite(self.range_lr)):
+            raise SqftError(f"--range-lr must be 0 or positive, got {self.range_lr}")
         limits = {"--lr": (self.lr, self.lr > 0 and math.isfinite(self.lr)), "--batch-size": (self.batch_size,
                   self.batch_size >= 1), "--grad-accum": (self.grad_accum, self.grad_accum >= 1),
                   "--save-steps": (self.save_steps, self.save_steps >= 1), "--epochs": (self.epochs, self.epochs > 0),
@@ -86,6 +91,11 @@ class FinetuneConfig:
     def elastic(self) -> bool:
         """Elastic base widths (a super-network), besides any elastic ranks."""
         return bool(self.mlp_widths or self.head_widths or self.search_space)
+
+    @property
+    def grid_lr(self) -> float:
+        """Learning rate of the INT4 ranges (qa-sparsepeft): slower than the adapters', which must cross grid levels."""
+        return self.lr / 10 if self.range_lr is None else self.range_lr
 
     @property
     def max_rank(self) -> int:

@@ -117,6 +117,7 @@ def finetune(
     epochs: float = typer.Option(1.0, help="Training epochs."),
     max_steps: int = typer.Option(-1, help="Stop after this many optimizer steps (overrides --epochs)."),
     lr: float = typer.Option(3e-4, help="Learning rate."),
+    range_lr: Optional[float] = typer.Option(None, help="qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr / 10]."),
     batch_size: int = typer.Option(4, help="Examples per device and step."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
     seed: int = typer.Option(42, help="Seed for data order, NLS sampling and initialisation."),
@@ -139,8 +140,8 @@ def finetune(
         target_modules=tuple(target_modules.replace(",", " ").split()),
         int4=None if int4 is None else ("sym" if int4 else "asym"), group_size=group_size, lora_alpha=lora_alpha,
         data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), epochs=epochs,
-        max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed, eval_split=eval_split,
-        save_steps=save_steps, trust_remote_code=trust_remote_code, mlp_widths=tuple(mlp_widths.replace(",", " ").split()),
+        max_steps=max_steps, lr=lr, range_lr=range_lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed,
+        eval_split=eval_split, save_steps=save_steps, trust_remote_code=trust_remote_code, mlp_widths=tuple(mlp_widths.replace(",", " ").split()),
         head_widths=tuple(head_widths.replace(",", " ").split()), search_space=str(search_space) if search_space else None)
     result = run_finetune(model, data, output, config, resume=resume, overwrite=overwrite,
                           show_progress=sys.stderr.isatty())

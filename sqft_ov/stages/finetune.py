@@ -43,6 +43,16 @@ def _trainer_class():
             super().__init__(*args, **kwargs)
             self.adapted, self.sampler = adapted, sampler
 
+        def create_optimizer(self, model=None):
+            """QA-SparsePEFT: the INT4 ranges in a parameter group of their own, at the config's `grid_lr`."""
+            if self.optimizer is None and self.adapted.qa:
+                grid = [p for n, p in self.adapted.params.items() if not n.endswith(("lora_A", "lora_B"))]
+                adapters = [p for n, p in self.adapted.params.items() if n.endswith(("lora_A", "lora_B"))]
+                optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+                self.optimizer = optimizer_cls([{"params": adapters},
+                                                {"params": grid, "lr": self.adapted.config.grid_lr}], **kwargs)
+            return super().create_optimizer(*([model] if model is not None else []))
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if self.sampler is not None and model.training:
