@@ -23,8 +23,8 @@ from sqft_ov import (
 )
 from sqft_ov.errors import SqftError
 from sqft_ov.recipe import (
-    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, Seed, Steps, Test, fresh_output,
-    task_files,
+    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, Seed, Steps, TARGETS, Targets, Test,
+    fresh_output, task_files,
 )
 
 
@@ -39,6 +39,7 @@ def recipe(
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     steps: Steps = 600,
     lr: Lr = 3e-3,
+    target_modules: Targets = TARGETS,
     batch_size: BatchSize = 16,
     merged: Annotated[bool, typer.Option(help="Also merge, export and evaluate the merged IR.")] = True,
     ptq_int4: Annotated[bool, typer.Option(help="Also compress the merged model to INT4 after training, as "
@@ -56,7 +57,8 @@ def recipe(
     prompts = SFTFormat(chat_template=chat_template)
     scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False)
     config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
-                            batch_size=batch_size, eval_split=0.05, data_format=prompts, seed=seed)
+                            batch_size=batch_size, eval_split=0.05, data_format=prompts, seed=seed,
+                            target_modules=tuple(target_modules.replace(",", " ").split()))
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     base_precision = f"int4 {int4} g{group_size} (snapped)" if int4 else "fp32"
     deployments = [Deployment("LoRA", "lora", Path(model).absolute(), adapter, None, merged=False,

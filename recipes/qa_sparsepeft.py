@@ -21,7 +21,7 @@ from sqft_ov import (
 )
 from sqft_ov.recipe import (
     BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Nls, Out, Overwrite, Rank, RankSpace, Seed,
-    SparseBase, Steps, Test, fresh_output, task_files,
+    SparseBase, Steps, TARGETS, Targets, Test, fresh_output, task_files,
 )
 
 
@@ -37,8 +37,9 @@ def recipe(
     group_size: Annotated[int, typer.Option(help="INT4 group size (fixed at training time).")] = 64,
     steps: Steps = 600,
     lr: Lr = 3e-3,
+    target_modules: Targets = TARGETS,
     range_lr: Annotated[Optional[float], typer.Option(
-        help="Learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr / 10].")] = None,
+        help="Learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr].")] = None,
     batch_size: BatchSize = 16,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
@@ -51,8 +52,9 @@ def recipe(
     prompts = SFTFormat(chat_template=chat_template)
     config = FinetuneConfig(method="qa-sparsepeft", rank=rank, nls=nls,
                             rank_space=tuple(int(r) for r in rank_space.split()), int4="sym" if sym else "asym",
-                            group_size=group_size, max_steps=steps, lr=lr, range_lr=range_lr, batch_size=batch_size, eval_split=0.05,
-                            data_format=prompts, seed=seed)
+                            group_size=group_size, max_steps=steps, lr=lr, range_lr=range_lr, batch_size=batch_size,
+                            eval_split=0.05, data_format=prompts, seed=seed,
+                            target_modules=tuple(target_modules.replace(",", " ").split()))
     finetune(model, train, out / "adapter", config, progress=progress)
     sub_adapter = None
     if nls:

@@ -18,7 +18,7 @@ import typer
 from sqft_ov import EvalConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, finetune, search
 from sqft_ov.recipe import (
     BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, Seed, SparseBase, Steps,
-    Test, fresh_output, task_files,
+    TARGETS, Targets, Test, fresh_output, task_files,
 )
 from sqft_ov.stages.search import STRATEGIES
 
@@ -32,6 +32,7 @@ def recipe(
     strategy: Annotated[str, typer.Option(help=f"Sub-adapter search: {' | '.join(STRATEGIES)}.")] = "hill-climb",
     steps: Steps = 600,
     lr: Lr = 3e-3,
+    target_modules: Targets = TARGETS,
     batch_size: BatchSize = 16,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
@@ -44,7 +45,8 @@ def recipe(
     prompts = SFTFormat(chat_template=chat_template)
     config = FinetuneConfig(method="lora", nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05,
-                            data_format=prompts, seed=seed)
+                            data_format=prompts, seed=seed,
+                            target_modules=tuple(target_modules.replace(",", " ").split()))
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     sub_adapter = out / "sub_adapter.json"
     search(adapter, strategy, budget=12).save(sub_adapter, list(config.rank_space))

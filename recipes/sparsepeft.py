@@ -20,7 +20,7 @@ from sqft_ov import (
 )
 from sqft_ov.recipe import (
     BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Nls, Out, Overwrite, Rank, RankSpace, Seed,
-    SparseBase, Steps, Test, fresh_output, task_files,
+    SparseBase, Steps, TARGETS, Targets, Test, fresh_output, task_files,
 )
 
 
@@ -34,6 +34,7 @@ def recipe(
     rank_space: RankSpace = "16 12 8",
     steps: Steps = 600,
     lr: Lr = 3e-3,
+    target_modules: Targets = TARGETS,
     batch_size: BatchSize = 16,
     weight_format: Annotated[str, typer.Option(help="IR weights: fp16 | int8 | int4.")] = "fp16",
     chat_template: ChatTemplate = False,
@@ -48,7 +49,8 @@ def recipe(
     config = FinetuneConfig(method="sparsepeft", rank=rank, nls=nls,
                             rank_space=tuple(int(r) for r in rank_space.split()), max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05,
-                            data_format=prompts, seed=seed)
+                            data_format=prompts, seed=seed,
+                            target_modules=tuple(target_modules.replace(",", " ").split()))
     finetune(model, train, out / "adapter", config, progress=progress)
     sub_adapter = None
     if nls:

@@ -31,6 +31,9 @@ Rank = Annotated[int, typer.Option(help="LoRA rank (without --nls).")]
 RankSpace = Annotated[str, typer.Option(help="Ranks NLS samples from.")]
 Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
 Lr = Annotated[float, typer.Option(help="Learning rate.")]
+Targets = Annotated[str, typer.Option(help="Linear layers that get adapters, e.g. 'q_proj k_proj v_proj o_proj "
+                                             "gate_proj up_proj down_proj'.")]
+TARGETS = "q_proj k_proj v_proj up_proj down_proj"  # FinetuneConfig's default (SQFT's)
 BatchSize = Annotated[int, typer.Option(help="Examples per step.")]
 ChatTemplate = Annotated[bool, typer.Option(help="Wrap prompts in the tokenizer's chat template (instruct models).")]
 Seed = Annotated[int, typer.Option(help="Seed for adapter initialisation, data order and NLS sampling.")]

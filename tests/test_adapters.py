@@ -252,3 +252,29 @@ def test_untrained_linears_get_no_adapter_noise(trained, sparse_models):
         quantizers = lora_quantizers(model)
         others = [q for n, q in quantizers.items() if n.rsplit(".", 2)[-2] not in record["target_modules"]]
         assert others and all(q.lora_B.abs().sum() == 0 for q in others)
+
+
+def test_qa_grid_learns_at_its_own_rate(trained, sparse_models, sft_data, workdir):
+    """The INT4 ranges train at --range-lr (default --lr); --range-lr 0 keeps the base's grid exactly."""
+    from safetensors.torch import load_file
+
+    from sqft_ov.adapters.adapted import Adapted
+    from sqft_ov.io.checkpoint import load_causal_lm
+
+    frozen = workdir / "adapter-qa-frozen-grid"
+    _train(sparse_models["llama"], sft_data, frozen, method="qa-sparsepeft", rank=8, max_steps=3, range_lr=0.0,
+           **FIELDS)
+    moved = trained("qa-sparsepeft")
+    record = json.loads((moved / "sqft_adapter.json").read_text())
+    assert record["range_lr"] == record["lr"]
+    assert json.loads((frozen / "sqft_adapter.json").read_text())["range_lr"] == 0.0
+    adapted, _, _ = load_adapted(moved)
+    initial = Adapted.build(load_causal_lm(sparse_models["llama"], dtype=torch.float32)[0], adapted.config,
+                            init_adapters=False).state()
+    ranges = [n for n in initial if n.endswith(("input_low", "input_range"))]
+    assert ranges
+    kept, trained_grid = load_file(frozen / "sqft_trainable.safetensors"), load_file(moved / "sqft_trainable.safetensors")
+    assert all(torch.equal(kept[n], initial[n]) for n in ranges)
+    assert not all(torch.equal(trained_grid[n], initial[n]) for n in ranges)
+    with pytest.raises(SqftError, match="--range-lr"):
+        FinetuneConfig(method="qa-sparsepeft", range_lr=-1e-4)

@@ -117,7 +117,7 @@ def finetune(
     epochs: float = typer.Option(1.0, help="Training epochs."),
     max_steps: int = typer.Option(-1, help="Stop after this many optimizer steps (overrides --epochs)."),
     lr: float = typer.Option(3e-4, help="Learning rate."),
-    range_lr: Optional[float] = typer.Option(None, help="qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr / 10]."),
+    range_lr: Optional[float] = typer.Option(None, help="qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr]."),
     batch_size: int = typer.Option(4, help="Examples per device and step."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
     seed: int = typer.Option(42, help="Seed for data order, NLS sampling and initialisation."),

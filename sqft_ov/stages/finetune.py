@@ -164,7 +164,8 @@ def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: in
         "data": str(Path(data).absolute()), "data_format": asdict(config.data_format),
         "eval_split": config.eval_split, "seed": config.seed, "adapted_weights": adapted.adapted_weights,
         "widths": adapted.widths.space.to_dict() if adapted.widths is not None else None,
-        "steps": steps, "world_size": world_size, "eval_loss": eval_loss, "step_seconds": step_seconds,
+        "lr": config.lr, "range_lr": config.grid_lr if adapted.qa else None, "batch_size": config.batch_size,
+        "grad_accum": config.grad_accum, "steps": steps, "world_size": world_size, "eval_loss": eval_loss, "step_seconds": step_seconds,
         "train_loss": train_loss,
     }
 
