@@ -58,7 +58,7 @@ def recipe(
     scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False)
     config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05, data_format=prompts, seed=seed,
-                            target_modules=tuple(target_modules.replace(",", " ").split()))
+                            target_modules=target_modules)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     base_precision = f"int4 {int4} g{group_size} (snapped)" if int4 else "fp32"
     deployments = [Deployment("LoRA", "lora", Path(model).absolute(), adapter, None, merged=False,

@@ -53,8 +53,7 @@ def recipe(
     config = FinetuneConfig(method="qa-sparsepeft", rank=rank, nls=nls,
                             rank_space=tuple(int(r) for r in rank_space.split()), int4="sym" if sym else "asym",
                             group_size=group_size, max_steps=steps, lr=lr, range_lr=range_lr, batch_size=batch_size,
-                            eval_split=0.05, data_format=prompts, seed=seed,
-                            target_modules=tuple(target_modules.replace(",", " ").split()))
+                            eval_split=0.05, data_format=prompts, seed=seed, target_modules=target_modules)
     finetune(model, train, out / "adapter", config, progress=progress)
     sub_adapter = None
     if nls:

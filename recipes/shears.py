@@ -45,8 +45,7 @@ def recipe(
     prompts = SFTFormat(chat_template=chat_template)
     config = FinetuneConfig(method="lora", nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05,
-                            data_format=prompts, seed=seed,
-                            target_modules=tuple(target_modules.replace(",", " ").split()))
+                            data_format=prompts, seed=seed, target_modules=target_modules)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     sub_adapter = out / "sub_adapter.json"
     search(adapter, strategy, budget=12).save(sub_adapter, list(config.rank_space))

@@ -49,8 +49,7 @@ def recipe(
     config = FinetuneConfig(method="sparsepeft", rank=rank, nls=nls,
                             rank_space=tuple(int(r) for r in rank_space.split()), max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05,
-                            data_format=prompts, seed=seed,
-                            target_modules=tuple(target_modules.replace(",", " ").split()))
+                            data_format=prompts, seed=seed, target_modules=target_modules)
     finetune(model, train, out / "adapter", config, progress=progress)
     sub_adapter = None
     if nls:

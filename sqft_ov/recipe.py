@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sqft_ov.adapters.config import DEFAULT_TARGETS
 from sqft_ov.errors import SqftError
 from sqft_ov.stages.evaluate import EvalReport
 
@@ -33,7 +34,7 @@ Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
 Lr = Annotated[float, typer.Option(help="Learning rate.")]
 Targets = Annotated[str, typer.Option(help="Linear layers that get adapters, e.g. 'q_proj k_proj v_proj o_proj "
                                              "gate_proj up_proj down_proj'.")]
-TARGETS = "q_proj k_proj v_proj up_proj down_proj"  # FinetuneConfig's default (SQFT's)
+TARGETS = " ".join(DEFAULT_TARGETS)
 BatchSize = Annotated[int, typer.Option(help="Examples per step.")]
 ChatTemplate = Annotated[bool, typer.Option(help="Wrap prompts in the tokenizer's chat template (instruct models).")]
 Seed = Annotated[int, typer.Option(help="Seed for adapter initialisation, data order and NLS sampling.")]

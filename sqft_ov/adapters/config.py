@@ -25,7 +25,7 @@ class FinetuneConfig:
     rank: int = 16
     nls: bool = False
     rank_space: tuple[int, ...] = (32, 24, 16)
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    target_modules: tuple[str, ...] | str = DEFAULT_TARGETS
     int4: str | None = None  # "sym" | "asym": the INT4 grid (qa-sparsepeft: required; lora: QLoRA-style base)
     group_size: int = 64
     lora_alpha: float | None = None  # default: 2 x the (maximum) rank
@@ -73,6 +73,8 @@ class FinetuneConfig:
                 raise SqftError("elastic widths do not compose with qa-sparsepeft yet: cutting a sub-network would "
                                 "also have to cut the trained INT4 grid's groups; train sparsepeft or lora with "
                                 "widths, merge, then export --weight-format int4")
+        if isinstance(self.target_modules, str):  # as typed on a command line: spaces or commas
+            self.target_modules = tuple(self.target_modules.replace(",", " ").split())
         if not self.target_modules:
             raise SqftError("--target-modules needs at least one module name")
         if self.range_lr is not None and not (self.range_lr >= 0 and math.isfinite(self.range_lr)):

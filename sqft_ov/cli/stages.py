@@ -117,7 +117,8 @@ def finetune(
     epochs: float = typer.Option(1.0, help="Training epochs."),
     max_steps: int = typer.Option(-1, help="Stop after this many optimizer steps (overrides --epochs)."),
     lr: float = typer.Option(3e-4, help="Learning rate."),
-    range_lr: Optional[float] = typer.Option(None, help="qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr]."),
+    range_lr: Optional[float] = typer.Option(
+        None, help="qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr]."),
     batch_size: int = typer.Option(4, help="Examples per device and step."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
     seed: int = typer.Option(42, help="Seed for data order, NLS sampling and initialisation."),
@@ -137,7 +138,7 @@ def finetune(
 
     config = FinetuneConfig(
         method=method, rank=rank, nls=nls, rank_space=parse_ints(rank_space, "--rank-space"),
-        target_modules=tuple(target_modules.replace(",", " ").split()),
+        target_modules=target_modules,
         int4=None if int4 is None else ("sym" if int4 else "asym"), group_size=group_size, lora_alpha=lora_alpha,
         data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), epochs=epochs,
         max_steps=max_steps, lr=lr, range_lr=range_lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed,

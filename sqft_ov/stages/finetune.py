@@ -51,7 +51,7 @@ def _trainer_class():
                 optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
                 self.optimizer = optimizer_cls([{"params": adapters},
                                                 {"params": grid, "lr": self.adapted.config.grid_lr}], **kwargs)
-            return super().create_optimizer(*([model] if model is not None else []))
+            return super().create_optimizer(model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -165,8 +165,8 @@ def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: in
         "eval_split": config.eval_split, "seed": config.seed, "adapted_weights": adapted.adapted_weights,
         "widths": adapted.widths.space.to_dict() if adapted.widths is not None else None,
         "lr": config.lr, "range_lr": config.grid_lr if adapted.qa else None, "batch_size": config.batch_size,
-        "grad_accum": config.grad_accum, "steps": steps, "world_size": world_size, "eval_loss": eval_loss, "step_seconds": step_seconds,
-        "train_loss": train_loss,
+        "grad_accum": config.grad_accum, "steps": steps, "world_size": world_size, "eval_loss": eval_loss,
+        "step_seconds": step_seconds, "train_loss": train_loss,
     }
 
 
