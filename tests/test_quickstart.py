@@ -113,10 +113,10 @@ def _first_divergence_gaps(model_path: Path, pairs: list[tuple[dict, dict]]) -> 
     """For each (IR sample, PyTorch sample) whose texts differ: |log p(PyTorch's token) - log p(IR's token)| at
     the first token where they part, under the PyTorch model; a rounding flip shows as a near-tie."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    from sqft_ov.io.checkpoint import load_causal_lm
+
+    model, tokenizer = load_causal_lm(model_path, dtype=torch.float32)  # as eval loads it
     gaps = []
     for a, b in pairs:
         ids = [tokenizer(s["generated"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
