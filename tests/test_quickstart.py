@@ -282,3 +282,30 @@ def test_seeded_rows_report_mean_and_spread(tmp_path):
     assert all(seeds == [42, 43, 44] for name, seeds in full.items() if "NAS" not in name)
     assert all(seeds == [42] for seeds in seeds_of(QuickstartPlan.make(True)).values())
     assert QuickstartPlan.make(True).seeds == 1 and QuickstartPlan.make(False, real_model=True).chat_template
+
+
+def test_real_model_plan_trains_the_compared_rows_first_and_tables_them_in_order(tmp_path):
+    """A stopped real-model run keeps paired LoRA / QA-SparsePEFT seeds; the table order does not depend on it."""
+    from sqft_ov.quickstart.comparison import (
+        ALL_LINEARS, RUN_ROWS, QuickstartPlan, _recipe_rows, _recipe_runs, run_folder, training_order,
+    )
+    from sqft_ov.recipe import Deployment
+
+    plan = QuickstartPlan.make(False, real_model=True)
+    runs = _recipe_runs(plan)
+    assert all(options["target_modules"] == ALL_LINEARS for name, _, options in runs)  # every linear adapted
+    order = [(name, options["seed"]) for name, _, options in training_order(plan, runs)]
+    assert order[:4] == [("LoRA", 42), ("QA-SparsePEFT", 42), ("LoRA", 43), ("QA-SparsePEFT", 43)]
+    assert sorted(order) == sorted((name, options["seed"]) for name, _, options in runs)
+    assert training_order(QuickstartPlan.make(False), _recipe_runs(QuickstartPlan.make(False))) == \
+        _recipe_runs(QuickstartPlan.make(False))  # the embedded run trains in the table's order
+    assert "target_modules" not in _recipe_runs(QuickstartPlan.make(False))[0][2]  # there: each recipe's default
+
+    for name, _, options in runs:  # every run finished before: --resume reads them back
+        row = Deployment(name, "lora", tmp_path, None, None, True, "int4", 0.5, seed=options["seed"])
+        (tmp_path / run_folder(name, options["seed"])).mkdir()
+        (tmp_path / run_folder(name, options["seed"]) / RUN_ROWS).write_text(json.dumps([row.to_dict()]))
+    said = []
+    rows = _recipe_rows(plan, tmp_path, tmp_path, True, None, said.append, None)
+    assert [(r.label, r.seed) for r in rows] == [(name, options["seed"]) for name, _, options in runs]
+    assert said[0] == "recipe LoRA (seed 42): finished before, kept" and "QA-SparsePEFT (seed 42)" in said[1]

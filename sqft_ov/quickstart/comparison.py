@@ -24,7 +24,8 @@ RESULTS_JSON, RESULTS_MD = "quickstart.json", "quickstart.md"
 RUN_ROWS = "deployments.json"  # in each recipe run's folder once it finished: what --resume keeps
 FOUNDATION, DENSE, WANDA = "Foundation (dense, no FT)", "Dense (no FT)", "Wanda 50 % (no FT)"
 NAS_ROWS = ("LoNAS", "EFTNAS")  # trained on the dense base, one seed: their comparison is with their own full widths
-REAL_SEEDED = ("LoRA", "QA-SparsePEFT")  # on a real model (~15 min a recipe here) only these are re-trained
+REAL_SEEDED = ("LoRA", "QA-SparsePEFT")  # on a real model (~15-35 min a recipe here) only these are re-trained
+ALL_LINEARS = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"  # a Llama block's linears
 BOOTSTRAP = 2000  # resamples of the test problems for a row's 95 % interval
 
 
@@ -48,6 +49,7 @@ class QuickstartPlan:
     chat_template: bool = False
     calibration: tuple[int, int] = (64, 128)  # Wanda: sequences x tokens
     qa_group_size: int | None = None  # None: the recipe's default (64)
+    target_modules: str | None = None  # the linears that get adapters; None: each recipe's default
     nas_rows: bool = False  # LoNAS / EFTNAS super-networks on the dense base (one seed: their own comparison)
 
     @classmethod
@@ -58,9 +60,10 @@ class QuickstartPlan:
         elif fast:
             plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 1e-3, True, (16, 256),
                        qa_group_size=32)
-        else:  # QA-SparsePEFT at LoRA's lr and group 32: 3e-4 / g64 left it at 14 % (README, real-model section)
-            plan = cls(False, 800, 100, 80, True, 3, 32, True, 2, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
-                       qa_group_size=32)
+        else:  # QA-SparsePEFT at LoRA's lr and group 32 (3e-4 / g64 left it at 14 %), adapters on all seven
+            # linears for 160 steps (5 linears x 80 steps left it at 84 % of LoRA): README, real-model section
+            plan = cls(False, 800, 300, 160, True, 3, 32, True, 2, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
+                       qa_group_size=32, target_modules=ALL_LINEARS)
         return plan if seeds is None else replace(plan, seeds=seeds)
 
 
@@ -191,10 +194,11 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
     from sqft_ov.recipes import eftnas, lonas, lora, qa_sparsepeft, shears, sparsepeft
 
     lr = {} if plan.lr is None else {"lr": plan.lr}
-    qa = ({} if plan.qa_lr is None else {"lr": plan.qa_lr}) | ({} if plan.qa_group_size is None
-                                                             else {"group_size": plan.qa_group_size})
-    runs = [("LoRA", lora.recipe, lr), ("Shears", shears.recipe, lr), ("SparsePEFT", sparsepeft.recipe, lr),
-            ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True, **lr}),
+    tuned = lr | ({} if plan.target_modules is None else {"target_modules": plan.target_modules})
+    qa = tuned | ({} if plan.qa_lr is None else {"lr": plan.qa_lr}) | ({} if plan.qa_group_size is None
+                                                                    else {"group_size": plan.qa_group_size})
+    runs = [("LoRA", lora.recipe, tuned), ("Shears", shears.recipe, tuned),
+            ("SparsePEFT", sparsepeft.recipe, tuned), ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True, **tuned}),
             ("QA-SparsePEFT", qa_sparsepeft.recipe, qa), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
                                                           {"nls": True, **qa})]
     if plan.nas_rows:
@@ -206,6 +210,19 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
         for k in range(plan.seeds if is_seeded(plan, name) and name not in NAS_ROWS else 1):
             out.append((name, recipe, {**options, "seed": 42 + k}))
     return out
+
+
+def run_folder(name: str, seed: int) -> str:
+    """A recipe run's folder in OUT: `qa-sparsepeft-nls`, `lora-seed43`."""
+    return name.lower().replace(" + ", "-").replace(" ", "-") + (f"-seed{seed}" if seed != 42 else "")
+
+
+def training_order(plan: QuickstartPlan, runs: list[tuple[str, object, dict]]) -> list[tuple[str, object, dict]]:
+    """The order the runs train in: on a real model the rows the goal compares (LoRA, QA-SparsePEFT) first,
+    seed by seed, so that a run stopped half-way (then `--resume`d) already holds paired comparisons."""
+    if plan.seeded is None:
+        return runs
+    return sorted(runs, key=lambda run: (run[0] not in plan.seeded, run[2]["seed"]))
 
 
 def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overwrite: bool = False,
@@ -291,23 +308,23 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, pr
     with `resume`, runs that finished are read back."""
     common = dict(model=sparse, data=out / "task", steps=plan.steps, batch_size=plan.batch_size,
                   chat_template=plan.chat_template, overwrite=True, progress=progress)
-    rows: list[Deployment] = []
-    for name, recipe, options in _recipe_runs(plan):
+    made_by: dict[tuple[str, int], list[Deployment]] = {}
+    runs = _recipe_runs(plan)
+    for name, recipe, options in training_order(plan, runs):
         t = time.perf_counter()
-        folder = name.lower().replace(" + ", "-").replace(" ", "-") + (f"-seed{options['seed']}"
-                                                                         if options["seed"] != 42 else "")
+        folder = run_folder(name, options["seed"])
         done = out / folder / RUN_ROWS
         if resume and done.is_file():
-            rows += [Deployment.from_dict(d) for d in json.loads(done.read_text())]
+            made_by[name, options["seed"]] = [Deployment.from_dict(d) for d in json.loads(done.read_text())]
             say(f"recipe {name} (seed {options['seed']}): finished before, kept")
             continue
         made = recipe(out=out / folder, **{**common, "model": dense if name in NAS_ROWS else sparse}, **options)
         for deployment in made:
             deployment.seed = options["seed"]
         write_file_atomic(done, json.dumps([d.to_dict() for d in made], indent=2, default=str))
-        rows += made
+        made_by[name, options["seed"]] = made
         stage(f"recipe {name} (seed {options['seed']})", t)
-    return rows
+    return [row for name, _, options in runs for row in made_by[name, options["seed"]]]  # in the table's order
 
 
 def _bench(rows: list[Deployment], plan: QuickstartPlan, progress=None) -> tuple[dict, dict[str, float | None]]:
