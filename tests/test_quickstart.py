@@ -191,6 +191,23 @@ def test_quickstart_resume_keeps_finished_runs(quickstart_run, monkeypatch):
         comparison.quickstart(out, fast=True, resume=True, overwrite=True)
 
 
+def test_quickstart_resume_refuses_another_plan(tmp_path):
+    """Resuming with other options would mix runs trained two ways in one row: one clear error, nothing written."""
+    from sqft_ov.errors import SqftError
+    from sqft_ov.quickstart import comparison
+
+    out = tmp_path / "qs"
+    (out / "task").mkdir(parents=True)
+    recorded = comparison.plan_record(comparison.QuickstartPlan.make(True), None)
+    (out / comparison.PLAN_JSON).write_text(json.dumps(recorded))
+    with pytest.raises(SqftError, match=r"another plan \(.*fast True -> False"):
+        comparison.quickstart(out, fast=False, resume=True)
+    with pytest.raises(SqftError, match=r"model None -> 'smollm2'"):
+        comparison.quickstart(out, fast=True, resume=True, model="smollm2")
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "task"]
+    assert json.loads((out / comparison.PLAN_JSON).read_text()) == recorded
+
+
 def test_eval_bad_input(tmp_path, exported, sparse_models, trained, sft_data):
     no_answers = tmp_path / "plain.jsonl"
     no_answers.write_text(json.dumps({"prompt": "2 + 2 =", "response": "4"}) + "\n")

@@ -22,6 +22,7 @@ from sqft_ov.recipe import Deployment
 
 RESULTS_JSON, RESULTS_MD = "quickstart.json", "quickstart.md"
 RUN_ROWS = "deployments.json"  # in each recipe run's folder once it finished: what --resume keeps
+PLAN_JSON = "plan.json"  # the plan OUT was started with: --resume refuses another
 FOUNDATION, DENSE, WANDA = "Foundation (dense, no FT)", "Dense (no FT)", "Wanda 50 % (no FT)"
 NAS_ROWS = ("LoNAS", "EFTNAS")  # trained on the dense base, one seed: their comparison is with their own full widths
 REAL_SEEDED = ("LoRA", "QA-SparsePEFT")  # on a real model (~15-35 min a recipe here) only these are re-trained
@@ -225,6 +226,27 @@ def training_order(plan: QuickstartPlan, runs: list[tuple[str, object, dict]]) -
     return sorted(runs, key=lambda run: (run[0] not in plan.seeded, run[2]["seed"]))
 
 
+def plan_record(plan: QuickstartPlan, model: str | Path | None) -> dict:
+    """What OUT/plan.json holds: the plan and the model, as JSON reads them back."""
+    if model is not None and Path(model).expanduser().exists():
+        model = Path(model).expanduser().absolute()
+    return json.loads(json.dumps({"model": None if model is None else str(model), **plan.__dict__}))
+
+
+def check_same_plan(out: Path, plan: QuickstartPlan, model: str | Path | None) -> None:
+    """--resume with other options (or after an upgrade that changed the plan) would table runs trained two
+    ways as one row: refuse. A folder from before plan.json existed has nothing to compare with."""
+    path = out / PLAN_JSON
+    if not path.is_file():
+        return
+    before, now = json.loads(path.read_text()), plan_record(plan, model)
+    changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
+               if before.get(k) != now.get(k)]
+    if changed:
+        raise SqftError(f"--resume: {out} was started with another plan ({'; '.join(changed)}): resume with the "
+                        "same options and version, or start again without --resume")
+
+
 def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overwrite: bool = False,
                cache: str | Path | None = None, progress=None, say=print, model: str | Path | None = None,
                seeds: int | None = None, resume: bool = False) -> QuickstartResult:
@@ -249,6 +271,7 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
         out = Path(out).expanduser().absolute()
         if not (out / "task").is_dir():
             raise SqftError(f"--resume: {out} holds no interrupted quickstart (no task/): run without --resume")
+        check_same_plan(out, plan, model)
     else:
         out = check_output(out, overwrite)
     start = time.perf_counter()
@@ -273,6 +296,8 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     if not resume:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+    if not (out / PLAN_JSON).is_file():
+        write_file_atomic(out / PLAN_JSON, json.dumps(plan_record(plan, model), indent=2))
 
     t = time.perf_counter()
     task = write_task(out / "task", plan.train_examples, plan.test_examples)
