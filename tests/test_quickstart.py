@@ -72,8 +72,10 @@ def test_foundation_model_is_cached_by_configuration(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
+    """`sqft-ov quickstart --fast` in the user's cache, as users run it: after the README's install command
+    (which runs the full quickstart) it reuses that foundation model; elsewhere it pretrains the FAST one."""
     out = tmp_path_factory.mktemp("quick") / "qs"
-    result = sqft("quickstart", "--fast", "--out", out, "--cache", out.parent / "cache")
+    result = sqft("quickstart", "--fast", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     return out, result
 
@@ -105,7 +107,7 @@ def test_quickstart_fast_end_to_end(quickstart_run):
     assert deployments["LoRA"]["evaluation"]["engine"] == "pytorch"
     assert (out / "quickstart.md").read_text().startswith("| method | accuracy (min–max over seeds) | 95 % interval |")
     assert "QA-SparsePEFT" in result.stdout and "vs LoRA" in result.stdout
-    again = sqft("quickstart", "--fast", "--out", out, "--cache", out.parent / "cache")
+    again = sqft("quickstart", "--fast", "--out", out)
     assert_one_line_error(again, "already exists", "--overwrite")
 
 
@@ -178,7 +180,7 @@ def test_quickstart_resume_keeps_finished_runs(quickstart_run, monkeypatch):
     (out / "shears" / "deployments.json").unlink()
     monkeypatch.setattr(comparison, "_bench", lambda rows, plan, progress=None: ({"models": []}, {}))
     said: list[str] = []
-    result = comparison.quickstart(out, fast=True, cache=out.parent / "cache", say=said.append, resume=True)
+    result = comparison.quickstart(out, fast=True, say=said.append, resume=True)
     assert "recipe LoRA (seed 42): finished before, kept" in said
     assert any(line.startswith("recipe Shears (seed 42): ") and "kept" not in line for line in said), said
     assert (out / "lora" / "deployments.json").read_bytes() == kept
@@ -206,6 +208,32 @@ def test_quickstart_resume_refuses_another_plan(tmp_path):
         comparison.quickstart(out, fast=True, resume=True, model="smollm2")
     assert sorted(p.name for p in out.iterdir()) == ["plan.json", "task"]
     assert json.loads((out / comparison.PLAN_JSON).read_text()) == recorded
+    # More seeds: each is a run folder of its own, the new ones are trained. Fewer would drop finished runs.
+    comparison.check_same_plan(out, comparison.QuickstartPlan.make(True, seeds=3), None)
+    with pytest.raises(SqftError, match=r"seeds 2 -> 1"):
+        (out / comparison.PLAN_JSON).write_text(json.dumps({**recorded, "seeds": 2}))
+        comparison.check_same_plan(out, comparison.QuickstartPlan.make(True), None)
+
+
+def test_fast_quickstart_takes_the_cached_full_foundation_and_a_resume_keeps_its_own(tmp_path):
+    from sqft_ov.quickstart import comparison, foundation
+    from sqft_ov.quickstart.foundation import FAST, FoundationConfig, cached_foundation
+
+    cache, out = tmp_path / "cache", tmp_path / "qs"
+    assert comparison.foundation_config(False, cache) == FoundationConfig()
+    assert comparison.foundation_config(True, cache) == FAST  # nothing cached: the weaker model, pretrained fast
+    cached_foundation(FoundationConfig(), cache).mkdir(parents=True)
+    (cached_foundation(FoundationConfig(), cache) / foundation.RECORD).write_text("{}")
+    assert comparison.foundation_config(True, cache) == FoundationConfig()  # a better model at no cost
+    out.mkdir()  # a --fast run started before the full model was cached resumes on its own foundation model
+    plan = comparison.QuickstartPlan.make(True)
+    (out / comparison.PLAN_JSON).write_text(json.dumps(comparison.plan_record(plan, None, FAST.key)))
+    assert comparison.foundation_config(True, cache, out) == FAST
+    comparison.check_same_plan(out, plan, None, FAST.key)
+    with pytest.raises(comparison.SqftError, match=f"foundation '{FAST.key}' -> 'other'"):
+        comparison.check_same_plan(out, plan, None, "other")
+    (out / comparison.PLAN_JSON).write_text(json.dumps(comparison.plan_record(plan, None)))  # older plan.json
+    comparison.check_same_plan(out, plan, None, FoundationConfig().key)
 
 
 def test_eval_bad_input(tmp_path, exported, sparse_models, trained, sft_data):

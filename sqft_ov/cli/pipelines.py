@@ -46,7 +46,7 @@ def run(
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("sqft-ov-quickstart"), help="Folder for every model, IR and the results table."),
-    fast: bool = typer.Option(False, help="Smoke test of every stage in a few minutes (weaker models, fewer steps)."),
+    fast: bool = typer.Option(False, help="Smoke test of every stage in a few minutes (the cached foundation model or a weaker one, fewer steps)."),
     model: Optional[str] = typer.Option(None, help="Run on this model instead of the embedded one: a Hugging Face folder, a .gguf file, or smollm2 (fetched once)."),
     seeds: Optional[int] = typer.Option(None, help="Fine-tuning runs (seeds 42, 43, ...) per row; default 3 for every fine-tuned row, 1 with --fast, 2 of LoRA and QA-SparsePEFT with --model."),
     cache: Optional[Path] = typer.Option(None, help="Where the foundation / example models are cached (default: $SQFT_OV_CACHE or ~/.cache/sqft-ov)."),

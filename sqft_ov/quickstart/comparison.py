@@ -226,25 +226,49 @@ def training_order(plan: QuickstartPlan, runs: list[tuple[str, object, dict]]) -
     return sorted(runs, key=lambda run: (run[0] not in plan.seeded, run[2]["seed"]))
 
 
-def plan_record(plan: QuickstartPlan, model: str | Path | None) -> dict:
-    """What OUT/plan.json holds: the plan and the model, as JSON reads them back."""
+def plan_record(plan: QuickstartPlan, model: str | Path | None, foundation: str | None = None) -> dict:
+    """What OUT/plan.json holds: the plan, the model and (embedded runs) the foundation model's key."""
     if model is not None and Path(model).expanduser().exists():
         model = Path(model).expanduser().absolute()
-    return json.loads(json.dumps({"model": None if model is None else str(model), **plan.__dict__}))
+    record = {"model": None if model is None else str(model), **plan.__dict__}
+    if foundation is not None:
+        record["foundation"] = foundation
+    return json.loads(json.dumps(record))
 
 
-def check_same_plan(out: Path, plan: QuickstartPlan, model: str | Path | None) -> None:
+def check_same_plan(out: Path, plan: QuickstartPlan, model: str | Path | None, foundation: str | None = None) -> None:
     """--resume with other options (or after an upgrade that changed the plan) would table runs trained two
-    ways as one row: refuse. A folder from before plan.json existed has nothing to compare with."""
+    ways as one row: refuse. More seeds are fine (each seed is a run of its own: the new ones are trained, the
+    others kept); fewer would drop finished runs. A folder from before plan.json existed (or before it
+    recorded the foundation model) has nothing to compare with."""
     path = out / PLAN_JSON
     if not path.is_file():
         return
-    before, now = json.loads(path.read_text()), plan_record(plan, model)
+    before, now = json.loads(path.read_text()), plan_record(plan, model, foundation)
+    if "foundation" not in before:
+        now.pop("foundation", None)
+    grown = isinstance(before.get("seeds"), int) and now["seeds"] > before["seeds"]
     changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
-               if before.get(k) != now.get(k)]
+               if before.get(k) != now.get(k) and not (k == "seeds" and grown)]
     if changed:
         raise SqftError(f"--resume: {out} was started with another plan ({'; '.join(changed)}): resume with the "
-                        "same options and version, or start again without --resume")
+                        "same options and version (--seeds may grow), or start again without --resume")
+
+
+def foundation_config(fast: bool, cache: str | Path | None = None, out: Path | None = None):
+    """The embedded run's foundation model. `--fast` takes the full run's when a quickstart already cached it
+    (a better model at no cost), else pretrains the weaker FAST one; a resumed run keeps the one it started
+    with (OUT/plan.json)."""
+    from sqft_ov.quickstart.foundation import FAST, FoundationConfig, is_cached
+
+    full = FoundationConfig()
+    if not fast:
+        return full
+    recorded = json.loads((out / PLAN_JSON).read_text()).get("foundation") if out and (out / PLAN_JSON).is_file() \
+        else None
+    if recorded is not None:  # another key (an upgrade changed the configurations): check_same_plan refuses
+        return next((c for c in (full, FAST) if c.key == recorded), FAST)
+    return full if is_cached(full, cache) else FAST
 
 
 def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overwrite: bool = False,
@@ -256,7 +280,7 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     foundation model; prompts then go through its chat template. `seeds`: fine-tuning runs per row (default:
     3 for every fine-tuned row of the full run, 1 with `fast`, 2 of LoRA and QA-SparsePEFT on a real model).
     `resume`: continue an interrupted run in OUT — recipe runs that finished (their deployments.json) are
-    kept, the sparse base too; the rest is trained. The plan (fast, model, seeds) must be the same.
+    kept, the sparse base too; the rest is trained. The plan (fast, model) must be the same; `seeds` may grow.
     """
     import shutil
 
@@ -271,9 +295,11 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
         out = Path(out).expanduser().absolute()
         if not (out / "task").is_dir():
             raise SqftError(f"--resume: {out} holds no interrupted quickstart (no task/): run without --resume")
-        check_same_plan(out, plan, model)
     else:
         out = check_output(out, overwrite)
+    foundation = None if model is not None else foundation_config(fast, cache, out if resume else None)
+    if resume:
+        check_same_plan(out, plan, model, foundation and foundation.key)
     start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -283,9 +309,9 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
 
     t = time.perf_counter()
     if model is None:
-        from sqft_ov.quickstart.foundation import FAST, FoundationConfig, foundation_model
+        from sqft_ov.quickstart.foundation import foundation_model
 
-        base, base_label = foundation_model(FAST if fast else FoundationConfig(), cache, progress), FOUNDATION
+        base, base_label = foundation_model(foundation, cache, progress), FOUNDATION
     else:
         from sqft_ov.io.checkpoint import load_config
         from sqft_ov.io.gguf import resolve_model
@@ -296,8 +322,8 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     if not resume:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-    if not (out / PLAN_JSON).is_file():
-        write_file_atomic(out / PLAN_JSON, json.dumps(plan_record(plan, model), indent=2))
+    write_file_atomic(out / PLAN_JSON, json.dumps(plan_record(plan, model, foundation and foundation.key), indent=2),
+                      overwrite=True)  # a resumed run's: the same plan, or more seeds
 
     t = time.perf_counter()
     task = write_task(out / "task", plan.train_examples, plan.test_examples)

@@ -106,12 +106,21 @@ def pretrain(output: str | Path, config: FoundationConfig, overwrite: bool = Fal
     return Path(output).absolute()
 
 
+def cached_foundation(config: FoundationConfig, cache: str | Path | None = None) -> Path:
+    """Where `config`'s model lives in the cache (whether or not it is there yet: see `is_cached`)."""
+    return Path(cache or cache_dir()).expanduser() / f"foundation-{config.key}"
+
+
+def is_cached(config: FoundationConfig, cache: str | Path | None = None) -> bool:
+    return (cached_foundation(config, cache) / RECORD).is_file()
+
+
 def foundation_model(config: FoundationConfig | None = None, cache: str | Path | None = None,
                      progress=None) -> Path:
     """The cached foundation model for `config`, pretrained first if it is not in the cache yet."""
     config = config or FoundationConfig()
-    path = Path(cache or cache_dir()).expanduser() / f"foundation-{config.key}"
-    if (path / RECORD).is_file():
+    path = cached_foundation(config, cache)
+    if is_cached(config, cache):
         return path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     return pretrain(path, config, overwrite=path.exists(), progress=progress)
