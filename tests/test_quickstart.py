@@ -210,8 +210,8 @@ def test_quickstart_resume_refuses_another_plan(tmp_path):
     assert json.loads((out / comparison.PLAN_JSON).read_text()) == recorded
     # More seeds: each is a run folder of its own, the new ones are trained. Fewer would drop finished runs.
     comparison.check_same_plan(out, comparison.QuickstartPlan.make(True, seeds=3), None)
+    (out / comparison.PLAN_JSON).write_text(json.dumps({**recorded, "seeds": 2}))
     with pytest.raises(SqftError, match=r"seeds 2 -> 1"):
-        (out / comparison.PLAN_JSON).write_text(json.dumps({**recorded, "seeds": 2}))
         comparison.check_same_plan(out, comparison.QuickstartPlan.make(True), None)
 
 

@@ -120,7 +120,7 @@ def foundation_model(config: FoundationConfig | None = None, cache: str | Path |
     """The cached foundation model for `config`, pretrained first if it is not in the cache yet."""
     config = config or FoundationConfig()
     path = cached_foundation(config, cache)
-    if is_cached(config, cache):
+    if (path / RECORD).is_file():
         return path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     return pretrain(path, config, overwrite=path.exists(), progress=progress)
