@@ -151,6 +151,25 @@ def test_resume_ends_with_the_same_adapter(sparse_models, sft_data, tmp_path):
     assert [h["ranks"] for h in history_a] == [h["ranks"] for h in history_b]
 
 
+@pytest.mark.parametrize("method", ["sparsepeft", "qa-sparsepeft"])
+def test_divergence_stops_training_at_the_step(sparse_models, sft_data, tmp_path, method):
+    """A NaN in the weights (here put there after step 2, so no floating-point kernel decides it) stops
+    training at the first non-finite loss, naming the step, and writes no adapter."""
+    from transformers import TrainerCallback
+
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("nan"))
+
+    config = FinetuneConfig(method=method, rank=4, max_steps=5, lr=1e-3, batch_size=4, eval_split=0.0,
+                            save_steps=100, **FIELDS)
+    with pytest.raises(SqftError, match=r"training diverged: the loss is nan at step 3 of 5; lower --lr"):
+        finetune(sparse_models["llama"], sft_data, tmp_path / "a", config, callbacks=[Poison()])
+    assert not (tmp_path / "a").exists()
+
+
 def test_bad_input(sparse_models, tiny_models, sft_data, trained, tmp_path):
     sparse = sparse_models["llama"]
     with pytest.raises(SqftError, match="no field prompt"):

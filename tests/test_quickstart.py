@@ -73,7 +73,7 @@ def test_foundation_model_is_cached_by_configuration(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
     """`sqft-ov quickstart --fast` in the user's cache, as users run it: after the README's install command
-    (which runs the full quickstart) it reuses that foundation model; elsewhere it pretrains the FAST one."""
+    (which runs the full quickstart) it reuses that foundation model; elsewhere it pretrains it first."""
     out = tmp_path_factory.mktemp("quick") / "qs"
     result = sqft("quickstart", "--fast", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
@@ -87,7 +87,13 @@ def test_quickstart_fast_end_to_end(quickstart_run):
     table = {row["method"]: row for row in data["table"]}
     assert set(table) == {"Foundation (dense, no FT)", "Wanda 50 % (no FT)", "LoRA",
                           "LoRA, merged", "LoRA, merged, INT4 PTQ", "Shears", "SparsePEFT", "QA-SparsePEFT"}
-    assert table["LoRA"]["relative_to_lora"] == 1.0
+    # The plan must learn with margin on every CPU (README, "--fast": 45-60 points over the base where measured;
+    # 40 steps once sat on a cliff and scored 0 % on one machine): a margin, not a figure.
+    dense, wanda = table["Foundation (dense, no FT)"]["accuracy"], table["Wanda 50 % (no FT)"]["accuracy"]
+    assert table["LoRA"]["accuracy"] >= dense + 0.3, (table["LoRA"], dense)
+    for method in ("Shears", "SparsePEFT", "QA-SparsePEFT"):
+        assert table[method]["accuracy"] >= wanda + 0.2, (method, table[method], wanda)
+    assert data["reference_problem"] is None and table["LoRA"]["relative_to_lora"] == 1.0
     for method, row in table.items():
         assert 0.0 <= row["accuracy"] <= 1.0
         if "no FT" in method:
@@ -215,25 +221,53 @@ def test_quickstart_resume_refuses_another_plan(tmp_path):
         comparison.check_same_plan(out, comparison.QuickstartPlan.make(True), None)
 
 
-def test_fast_quickstart_takes_the_cached_full_foundation_and_a_resume_keeps_its_own(tmp_path):
-    from sqft_ov.quickstart import comparison, foundation
-    from sqft_ov.quickstart.foundation import FAST, FoundationConfig, cached_foundation
+def test_a_resume_keeps_the_foundation_model_it_started_with(tmp_path):
+    """plan.json records the foundation model's key: a run started on another one (an upgrade changed its
+    configuration, or a release whose --fast used a weaker one) is refused, not tabled on two models."""
+    from sqft_ov.quickstart import comparison
+    from sqft_ov.quickstart.foundation import FoundationConfig
 
-    cache, out = tmp_path / "cache", tmp_path / "qs"
-    assert comparison.foundation_config(False, cache) == FoundationConfig()
-    assert comparison.foundation_config(True, cache) == FAST  # nothing cached: the weaker model, pretrained fast
-    cached_foundation(FoundationConfig(), cache).mkdir(parents=True)
-    (cached_foundation(FoundationConfig(), cache) / foundation.RECORD).write_text("{}")
-    assert comparison.foundation_config(True, cache) == FoundationConfig()  # a better model at no cost
-    out.mkdir()  # a --fast run started before the full model was cached resumes on its own foundation model
+    out = tmp_path / "qs"
+    out.mkdir()
     plan = comparison.QuickstartPlan.make(True)
-    (out / comparison.PLAN_JSON).write_text(json.dumps(comparison.plan_record(plan, None, FAST.key)))
-    assert comparison.foundation_config(True, cache, out) == FAST
-    comparison.check_same_plan(out, plan, None, FAST.key)
-    with pytest.raises(comparison.SqftError, match=f"foundation '{FAST.key}' -> 'other'"):
-        comparison.check_same_plan(out, plan, None, "other")
+    (out / comparison.PLAN_JSON).write_text(json.dumps(comparison.plan_record(plan, None, "older")))
+    with pytest.raises(comparison.SqftError, match=f"foundation 'older' -> '{FoundationConfig().key}'"):
+        comparison.check_same_plan(out, plan, None, FoundationConfig().key)
     (out / comparison.PLAN_JSON).write_text(json.dumps(comparison.plan_record(plan, None)))  # older plan.json
     comparison.check_same_plan(out, plan, None, FoundationConfig().key)
+
+
+def _result(accuracies: dict[str, list[list[bool]]]):
+    """A quickstart result from hand-written per-problem outcomes (no model, no floating-point kernel)."""
+    from sqft_ov.quickstart.comparison import QuickstartPlan, QuickstartResult
+    from sqft_ov.recipe import Deployment
+    from sqft_ov.stages.evaluate import EvalReport
+
+    rows = []
+    for label, seeds in accuracies.items():
+        for k, outcomes in enumerate(seeds):
+            report = EvalReport("m", None, "pytorch", "d", len(outcomes), sum(outcomes), 0, None, 0, 0.0,
+                                samples=[{"correct": c} for c in outcomes])
+            method = "none" if "no FT" in label else "lora"
+            rows.append(Deployment(label, method, Path("m"), None, None, merged=False, precision="fp32",
+                                   sparsity=0.5, evaluation=report, seed=None if method == "none" else 42 + k))
+    return QuickstartResult(Path("out"), QuickstartPlan.make(True), rows, {}, {}, 1.0)
+
+
+def test_quickstart_says_when_the_reference_learned_nothing():
+    """LoRA at or below an untuned base: no ratio divides by it, the table says why, and the run says so."""
+    result = _result({"Foundation (dense, no FT)": [[True] * 2 + [False] * 8],
+                      "Wanda 50 % (no FT)": [[True] + [False] * 9], "LoRA": [[False] * 10],
+                      "QA-SparsePEFT": [[True] + [False] * 9]})
+    problem = result.reference_problem()
+    assert problem.startswith("LoRA, the reference row, scored 0.0%, not above the untuned Foundation (dense, no FT) "
+                              "(20.0%): it learned nothing")
+    rows = result.table_rows()
+    assert all(r["relative_to_lora"] is None and r["difference_to_lora_ci95"] is None for r in rows)
+    assert result.markdown().rstrip().endswith(f"Note: {problem}.")
+    assert result.to_dict()["reference_problem"] == problem
+    tie = _result({"Wanda 50 % (no FT)": [[True] + [False] * 9], "LoRA": [[False] * 9 + [True]]})
+    assert "not above the untuned Wanda 50 % (no FT) (10.0%)" in tie.reference_problem()
 
 
 def test_eval_bad_input(tmp_path, exported, sparse_models, trained, sft_data):

@@ -46,7 +46,7 @@ def run(
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("sqft-ov-quickstart"), help="Folder for every model, IR and the results table."),
-    fast: bool = typer.Option(False, help="Smoke test of every stage in a few minutes (the cached foundation model or a weaker one, fewer steps)."),
+    fast: bool = typer.Option(False, help="Every stage in a few minutes: 200 steps per recipe, no NLS variants, 100 test problems."),
     model: Optional[str] = typer.Option(None, help="Run on this model instead of the embedded one: a Hugging Face folder, a .gguf file, or smollm2 (fetched once)."),
     seeds: Optional[int] = typer.Option(None, help="Fine-tuning runs (seeds 42, 43, ...) per row; default 3 for every fine-tuned row, 1 with --fast, 2 of LoRA and QA-SparsePEFT with --model."),
     cache: Optional[Path] = typer.Option(None, help="Where the foundation / example models are cached (default: $SQFT_OV_CACHE or ~/.cache/sqft-ov)."),
@@ -67,6 +67,8 @@ def quickstart(
     where = "the embedded arithmetic task" if model is None else f"{model}, arithmetic task, chat template"
     title = f"SQFT on {where}" + (" (--fast: smoke test, not the real figures)" if fast else "")
     console.print(tables.quickstart_table(result, title))
+    if result.reference_problem():
+        console.print(f"note: {result.reference_problem()}", highlight=False)
     first = result.rows[0].evaluation
     console.print(f"accuracy: exact match of the final answer on {first.examples} held-out problems of the shifted "
                   f"downstream task; decode: sqft-ov bench, {result.plan.bench_new_tokens} new tokens, median of "

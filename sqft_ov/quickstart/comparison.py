@@ -55,9 +55,9 @@ class QuickstartPlan:
 
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
-        if not real_model:
-            plan = cls(True, 600, 40, 40, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32, seeds=3,
-                                                                          nas_rows=True)
+        if not real_model:  # --fast: 200 steps, where LoRA is past the cliff (README, "--fast")
+            plan = cls(True, 1200, 100, 200, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32,
+                                                                             seeds=3, nas_rows=True)
         elif fast:
             plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 1e-3, True, (16, 256),
                        qa_group_size=32)
@@ -83,6 +83,19 @@ class QuickstartResult:
     def reference(self) -> Deployment:
         return next(r for r in self.rows if r.label == "LoRA")
 
+    def reference_problem(self) -> str | None:
+        """Why ratios to LoRA would mean nothing, or None: LoRA (the reference) must score above every untuned
+        base, or it learned nothing and "x % of LoRA" divides by noise."""
+        groups = self.grouped()
+        lora = _mean([r.accuracy for r in groups.get("LoRA", [])])
+        bases = {label: _mean([r.accuracy for r in runs]) for label, runs in groups.items()
+                 if runs[0].method == "none"}
+        best = max(((a, label) for label, a in bases.items() if a is not None), default=None)
+        if lora is None or best is None or lora > best[0]:
+            return None
+        return (f"LoRA, the reference row, scored {lora:.1%}, not above the untuned {best[1]} ({best[0]:.1%}): it "
+                "learned nothing in this plan, so no ratio to it is shown (train longer, or check the learning rate)")
+
     def grouped(self) -> dict[str, list[Deployment]]:
         groups: dict[str, list[Deployment]] = {}
         for row in self.rows:
@@ -93,8 +106,9 @@ class QuickstartResult:
         import numpy as np
 
         groups = self.grouped()
-        ref = _mean([r.accuracy for r in groups["LoRA"]])
-        ref_draws = bootstrap_means(groups["LoRA"])
+        learned = self.reference_problem() is None
+        ref = _mean([r.accuracy for r in groups["LoRA"]]) if learned else None
+        ref_draws = bootstrap_means(groups["LoRA"]) if learned else None
         out = []
         for label, runs in groups.items():
             accuracies = [r.accuracy for r in runs if r.accuracy is not None]
@@ -131,11 +145,13 @@ class QuickstartResult:
                          f"{row['precision']} | {row['merged']} | {row['sparsity']:.1%} | "
                          f"{'-' if row['size_mib'] is None else format(row['size_mib'], '.1f')} | "
                          f"{speed_text(row['decode_tokens_per_s'])} |")
-        return "\n".join(lines) + "\n"
+        problem = self.reference_problem()
+        return "\n".join(lines + ([f"\nNote: {problem}."] if problem else [])) + "\n"
 
     def to_dict(self) -> dict:
         return {"base": self.base, "plan": self.plan.__dict__, "seconds": self.seconds,
-                "stage_seconds": self.stage_seconds, "table": self.table_rows(),
+                "stage_seconds": self.stage_seconds, "reference_problem": self.reference_problem(),
+                "table": self.table_rows(),
                 "deployments": [r.to_dict() for r in self.rows], "bench": self.bench}
 
 
@@ -255,22 +271,6 @@ def check_same_plan(out: Path, plan: QuickstartPlan, model: str | Path | None, f
                         "same options and version (--seeds may grow), or start again without --resume")
 
 
-def foundation_config(fast: bool, cache: str | Path | None = None, out: Path | None = None):
-    """The embedded run's foundation model. `--fast` takes the full run's when a quickstart already cached it
-    (a better model at no cost), else pretrains the weaker FAST one; a resumed run keeps the one it started
-    with (OUT/plan.json)."""
-    from sqft_ov.quickstart.foundation import FAST, FoundationConfig, is_cached
-
-    full = FoundationConfig()
-    if not fast:
-        return full
-    recorded = json.loads((out / PLAN_JSON).read_text()).get("foundation") if out and (out / PLAN_JSON).is_file() \
-        else None
-    if recorded is not None:  # another key (an upgrade changed the configurations): check_same_plan refuses
-        return next((c for c in (full, FAST) if c.key == recorded), FAST)
-    return full if is_cached(full, cache) else FAST
-
-
 def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overwrite: bool = False,
                cache: str | Path | None = None, progress=None, say=print, model: str | Path | None = None,
                seeds: int | None = None, resume: bool = False) -> QuickstartResult:
@@ -285,19 +285,17 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     import shutil
 
     from sqft_ov.quickstart.arithmetic import pretraining_text, write_task
+    from sqft_ov.quickstart.foundation import FoundationConfig
     from sqft_ov.stages.evaluate import EvalConfig, evaluate
     from sqft_ov.stages.sparsify import SparsityConfig, deployed_sparsity, sparsify_folder
 
     plan = QuickstartPlan.make(fast, real_model=model is not None, seeds=seeds)
     if resume and overwrite:
         raise SqftError("--resume continues the run in OUT and --overwrite replaces it: choose one")
-    if resume:
-        out = Path(out).expanduser().absolute()
-        if not (out / "task").is_dir():
-            raise SqftError(f"--resume: {out} holds no interrupted quickstart (no task/): run without --resume")
-    else:
-        out = check_output(out, overwrite)
-    foundation = None if model is not None else foundation_config(fast, cache, out if resume else None)
+    out = Path(out).expanduser().absolute() if resume else check_output(out, overwrite)
+    if resume and not (out / "task").is_dir():
+        raise SqftError(f"--resume: {out} holds no interrupted quickstart (no task/): run without --resume")
+    foundation = None if model is not None else FoundationConfig()
     if resume:
         check_same_plan(out, plan, model, foundation and foundation.key)
     start = time.perf_counter()
@@ -348,6 +346,8 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     stage("bench", t)
 
     result = QuickstartResult(out, plan, rows, decode, report, time.perf_counter() - start, str(base), stages)
+    if problem := result.reference_problem():
+        say(f"warning: {problem}")
     write_file_atomic(out / RESULTS_JSON, json.dumps(result.to_dict(), indent=2, default=str), overwrite=resume)
     write_file_atomic(out / RESULTS_MD, result.markdown(), overwrite=resume)
     return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqft_ov.errors import SqftError
@@ -22,6 +22,9 @@ RECORD = "sqft_foundation.json"
 
 @dataclass(frozen=True)
 class FoundationConfig:
+    """The one foundation model of both quickstart plans: `--fast` once pretrained a weaker one (250 steps), from
+    which 200 LoRA steps learned nothing (benchmarks/results/fast-plan-weak-foundation.json)."""
+
     layers: int = 4
     hidden: int = 128
     intermediate: int = 256
@@ -43,9 +46,6 @@ class FoundationConfig:
     def documents(self) -> int:
         """One pass over fresh problems: ~48 tokens each, so every step sees new text."""
         return self.steps * self.batch_size * self.seq_len // 40 + 1000
-
-
-FAST = replace(FoundationConfig(), steps=250)  # quickstart --fast: a weak model in a fifth of the time
 
 
 def _packed(tokenizer, texts: list[str], seq_len: int):
@@ -107,12 +107,8 @@ def pretrain(output: str | Path, config: FoundationConfig, overwrite: bool = Fal
 
 
 def cached_foundation(config: FoundationConfig, cache: str | Path | None = None) -> Path:
-    """Where `config`'s model lives in the cache (whether or not it is there yet: see `is_cached`)."""
+    """Where `config`'s model lives in the cache (whether or not it is there yet)."""
     return Path(cache or cache_dir()).expanduser() / f"foundation-{config.key}"
-
-
-def is_cached(config: FoundationConfig, cache: str | Path | None = None) -> bool:
-    return (cached_foundation(config, cache) / RECORD).is_file()
 
 
 def foundation_model(config: FoundationConfig | None = None, cache: str | Path | None = None,

@@ -118,6 +118,31 @@ def _step_timer():
     return StepTimer()
 
 
+def _divergence_guard(adapted: Adapted):
+    import math
+
+    from transformers import TrainerCallback
+
+    class DivergenceGuard(TrainerCallback):
+        """Stops training at the first non-finite loss (logged every step, averaged over processes), naming the
+        step: a diverged run otherwise trains to the end and fails only at merge, on non-finite weights. The
+        trained tensors are checked once more at the end, before anything is written."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise SqftError(f"training diverged: the loss is {loss} at step {state.global_step} of "
+                                f"{state.max_steps}; lower --lr (now {args.learning_rate:g}) or check the data")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            broken = [name for name, tensor in adapted.state().items() if not torch.isfinite(tensor).all()]
+            if broken:
+                raise SqftError(f"training diverged: {len(broken)} trained tensors are not finite after step "
+                                f"{state.global_step} (first: {broken[0]}); lower --lr (now {args.learning_rate:g})")
+
+    return DivergenceGuard()
+
+
 def rich_progress_callback(label: str = "finetune", progress=None):
     """A rich progress bar with the running loss, on the main process only: a task in `progress` if
     given (a caller's live display), else a bar of its own."""
@@ -214,11 +239,11 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
         save_total_limit=2, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
         disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
         eval_strategy="no", prediction_loss_only=True, ddp_find_unused_parameters=False,
-        lr_scheduler_type="linear", warmup_steps=0)
+        lr_scheduler_type="linear", warmup_steps=0, logging_nan_inf_filter=False)  # a NaN loss must show
     from transformers.trainer_callback import PrinterCallback
 
     timer = _step_timer()
-    extra = [timer] + ([sampler] if sampler else [])
+    extra = [timer, _divergence_guard(adapted)] + ([sampler] if sampler else [])
     if show_progress or progress is not None:
         extra.append(rich_progress_callback(f"finetune {output.name}", progress))
     trainer = _trainer_class()(model=adapted.model, args=args, train_dataset=train_set,
