@@ -43,7 +43,7 @@ def main() -> None:
 
     plan = QuickstartPlan.make(fast=True)
     config = replace(FoundationConfig(), steps=args.foundation_steps)
-    work = args.work / f"foundation-{config.key}"
+    work = args.work / args.name  # its own sparse base: another cache or kernel path pretrains another model
     work.mkdir(parents=True, exist_ok=True)
     base = foundation_model(config)
     task = write_task(work / "task", plan.train_examples, args.test)
