@@ -87,7 +87,7 @@ def test_quickstart_fast_end_to_end(quickstart_run):
     table = {row["method"]: row for row in data["table"]}
     assert set(table) == {"Foundation (dense, no FT)", "Wanda 50 % (no FT)", "LoRA",
                           "LoRA, merged", "LoRA, merged, INT4 PTQ", "Shears", "SparsePEFT", "QA-SparsePEFT"}
-    # The plan must learn with margin on every CPU (README, "--fast": 45-60 points over the base where measured;
+    # The plan must learn with margin on every CPU (README, "--fast": 45-56 points over the base where measured;
     # 40 steps once sat on a cliff and scored 0 % on one machine): a margin, not a figure.
     dense, wanda = table["Foundation (dense, no FT)"]["accuracy"], table["Wanda 50 % (no FT)"]["accuracy"]
     assert table["LoRA"]["accuracy"] >= dense + 0.3, (table["LoRA"], dense)
@@ -143,8 +143,8 @@ def test_eval_same_exact_match_through_openvino_and_pytorch(quickstart_run, tmp_
 
     out, _ = quickstart_run
     test = out / "task" / "test.jsonl"
-    ir = evaluate(out / "sparsepeft" / "ir", test, EvalConfig())
-    torch_ = evaluate(out / "sparsepeft" / "merged", test, EvalConfig())
+    ir = evaluate(out / "sparsepeft" / "ir", test, EvalConfig(limit=40))  # of the fast plan's 100
+    torch_ = evaluate(out / "sparsepeft" / "merged", test, EvalConfig(limit=40))
     assert (ir.engine, torch_.engine) == ("openvino", "pytorch")
     assert ir.examples == torch_.examples == 40
     assert abs(ir.response_loss - torch_.response_loss) < 0.05 * torch_.response_loss
@@ -155,7 +155,7 @@ def test_eval_same_exact_match_through_openvino_and_pytorch(quickstart_run, tmp_
     assert len(differ) <= ir.examples // 2, len(differ)
     gaps = _first_divergence_gaps(out / "sparsepeft" / "merged", differ)
     assert all(gap < 0.2 for gap in gaps), list(zip(differ, gaps))
-    few = evaluate(out / "sparsepeft" / "ir", test, EvalConfig(batch_size=3, loss=False))
+    few = evaluate(out / "sparsepeft" / "ir", test, EvalConfig(limit=40, batch_size=3, loss=False))
     assert [s["generated"] for s in few.samples] == [s["generated"] for s in ir.samples]
     assert few.response_loss is None
     # The CLI: table, samples, JSON with every example.
