@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import statistics
 import subprocess
 import time
@@ -170,6 +169,66 @@ def last_level_cache_bytes() -> int:
     return int(size[:-1]) * {"K": 1024, "M": 1 << 20}[size[-1]]
 
 
+def checked_sparse_chain(dll, pruned: list[np.ndarray], bits: int, kind: int, threads: int, x) -> tuple:
+    """The packed chain and its largest relative error against numpy, each layer from its own input (so
+    roundings cannot compound); stops the run if the kernel is wrong."""
+    chain = SparseChain(dll, [SparseLayer(w, bits) for w in pruned], threads, kind)
+    chain(x)
+    error = 0.0
+    for i, layer in enumerate(chain.layers):
+        reference = layer_reference(layer, chain.xs[i], integer=kind == 2)
+        error = max(error, float(np.abs(chain.xs[i + 1] - reference).max() / np.abs(reference).max()))
+        layer.dequantized = None  # checked: free it (a float copy of every weight)
+    if error > 1e-4:
+        raise SystemExit(f"bitmask INT{bits} kind {kind}: the kernel disagrees with numpy (relative error {error:.2e})")
+    return chain, error
+
+
+def time_rounds(variants: dict, x, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Per round, every variant in a rotated order: the median of `calls` calls after one warm call."""
+    names = list(variants)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            variants[name](x)
+            times = []
+            for _ in range(calls):
+                t = time.perf_counter()
+                variants[name](x)
+                times.append(time.perf_counter() - t)
+            seconds[name].append(statistics.median(times))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {1e3 * seconds[n][-1]:.2f} ms" for n in names), flush=True)
+    return seconds
+
+
+def summarize(seconds: dict[str, list[float]], sizes: dict[str, int], errors: dict, weights: int) -> tuple[dict, str]:
+    """Rows of ratios to dense INT4 (round by round), the table, and the go / no-go line."""
+    base = seconds["OpenVINO dense INT4"]
+    rows = {}
+    for name, times in seconds.items():
+        speedups = [b / s for b, s in zip(base, times)]
+        rows[name] = {"ms_median": 1e3 * statistics.median(times), "ms_min": 1e3 * min(times),
+                      "ms_max": 1e3 * max(times), "speedup_vs_dense_int4_median": statistics.median(speedups),
+                      "speedup_min": min(speedups), "speedup_max": max(speedups),
+                      "bits_per_weight": 8 * sizes[name] / weights,
+                      "weight_gb_per_s": sizes[name] / statistics.median(times) / 1e9,
+                      "max_relative_error_vs_numpy": errors.get(name)}
+    print(f"\n{'variant':24s} {'ms/token':>9s} {'min-max':>13s} {'x dense INT4':>13s} {'min-max':>11s} "
+          f"{'bits/w':>7s} {'GB/s':>6s}")
+    for name, row in rows.items():
+        print(f"{name:24s} {row['ms_median']:9.2f} {row['ms_min']:6.2f}-{row['ms_max']:<6.2f} "
+              f"{row['speedup_vs_dense_int4_median']:13.2f} {row['speedup_min']:5.2f}-{row['speedup_max']:<5.2f} "
+              f"{row['bits_per_weight']:7.2f} {row['weight_gb_per_s']:6.1f}")
+    speedup = {n: r["speedup_vs_dense_int4_median"] for n, r in rows.items()}
+    best = max((n for n in rows if n.startswith("bitmask") and not n.endswith(f" {CONTROL:.0%}")), key=speedup.get)
+    control = speedup[best.rsplit(" ", 1)[0] + f" {CONTROL:.0%}"]
+    verdict = (f"{'GO' if speedup[best] >= 1.2 else 'NO-GO'}: the best sparse format, {best}, runs at "
+               f"{speedup[best]:.2f}x dense INT4 (rule: >= 1.2x at <= 70 %); the same kernel on unpruned weights: "
+               f"{control:.2f}x, so sparsity itself buys {speedup[best] / control:.2f}x")
+    print(verdict)
+    return rows, verdict
+
+
 def main() -> None:
     from sqft_ov.stages.bench.machine import machine_context, read_bandwidth
 
@@ -186,27 +245,17 @@ def main() -> None:
     shapes = SHAPES * args.pairs
     dense = [rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[1]) for shape in shapes]
     x = rng.standard_normal(shapes[0][1]).astype(np.float32)
-    weights = len(shapes) * shapes[0][0] * shapes[0][1]
 
     variants, sizes, errors = {}, {}, {}
-    for mode in ("int4", "int8"):
-        variants[f"OpenVINO dense {mode.upper()}"], sizes[f"OpenVINO dense {mode.upper()}"] = dense_chain(
-            [prune_rows(w, 0.5) for w in dense], mode, args.threads)
+    for mode in ("INT4", "INT8"):
+        name = f"OpenVINO dense {mode}"
+        variants[name], sizes[name] = dense_chain([prune_rows(w, 0.5) for w in dense], mode.lower(), args.threads)
     for sparsity in (CONTROL, *SPARSITIES):
         pruned = [prune_rows(w, sparsity) for w in dense]
         for label, (bits, kind) in KINDS.items():
             name = f"bitmask {label} {sparsity:.0%}"
-            chain = SparseChain(dll, [SparseLayer(w, bits) for w in pruned], args.threads, kind)
-            chain(x)
-            errors[name] = 0.0
-            for i, layer in enumerate(chain.layers):  # each layer from its own input: roundings cannot compound
-                reference = layer_reference(layer, chain.xs[i], integer=kind == 2)
-                error = np.abs(chain.xs[i + 1] - reference).max() / np.abs(reference).max()
-                errors[name] = max(errors[name], float(error))
-                layer.dequantized = None  # checked: free it (a float copy of every weight)
-            if errors[name] > 1e-4:
-                raise SystemExit(f"{name}: the kernel disagrees with numpy (relative error {errors[name]:.2e})")
-            variants[name], sizes[name] = chain, chain.nbytes
+            variants[name], errors[name] = checked_sparse_chain(dll, pruned, bits, kind, args.threads, x)
+            sizes[name] = variants[name].nbytes
     cache = last_level_cache_bytes()
     bandwidth = read_bandwidth(1.0, threads=args.threads)  # what the weights could stream at, at most
     print(f"{len(shapes)} layers of {shapes[0][0]}x{shapes[0][1]}, {args.threads} threads; last-level cache "
@@ -215,56 +264,17 @@ def main() -> None:
           f"{max(errors.values()):.1e}; {args.threads}-thread read of 1 GiB: {statistics.median(bandwidth):.1f} GB/s "
           f"(min {min(bandwidth):.1f}, max {max(bandwidth):.1f})", flush=True)
 
-    names = list(variants)
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            run = variants[name]
-            run(x)  # warm
-            times = []
-            for _ in range(args.calls):
-                t = time.perf_counter()
-                run(x)
-                times.append(time.perf_counter() - t)
-            seconds[name].append(statistics.median(times))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {1e3 * seconds[n][-1]:.2f} ms" for n in names),
-              flush=True)
-
-    base = seconds["OpenVINO dense INT4"]
-    rows = {}
-    for name in names:
-        speedups = [b / s for b, s in zip(base, seconds[name])]
-        rows[name] = {"ms_median": 1e3 * statistics.median(seconds[name]), "ms_min": 1e3 * min(seconds[name]),
-                      "ms_max": 1e3 * max(seconds[name]), "speedup_vs_dense_int4_median": statistics.median(speedups),
-                      "speedup_min": min(speedups), "speedup_max": max(speedups),
-                      "bits_per_weight": 8 * sizes[name] / weights,
-                      "weight_gb_per_s": sizes[name] / statistics.median(seconds[name]) / 1e9,
-                      "max_relative_error_vs_numpy": errors.get(name)}
-    print(f"\n{'variant':24s} {'ms/token':>9s} {'min-max':>13s} {'x dense INT4':>13s} {'min-max':>11s} "
-          f"{'bits/w':>7s} {'GB/s':>6s}")
-    for name, row in rows.items():
-        print(f"{name:24s} {row['ms_median']:9.2f} {row['ms_min']:6.2f}-{row['ms_max']:<6.2f} "
-              f"{row['speedup_vs_dense_int4_median']:13.2f} {row['speedup_min']:5.2f}-{row['speedup_max']:<5.2f} "
-              f"{row['bits_per_weight']:7.2f} {row['weight_gb_per_s']:6.1f}")
-    sparse = [n for n in names if n.startswith("bitmask") and not n.endswith(f" {CONTROL:.0%}")]
-    best = max(sparse, key=lambda n: rows[n]["speedup_vs_dense_int4_median"])
-    control = rows[best.rsplit(" ", 1)[0] + f" {CONTROL:.0%}"]["speedup_vs_dense_int4_median"]
-    go = rows[best]["speedup_vs_dense_int4_median"] >= 1.2
-    verdict = (f"{'GO' if go else 'NO-GO'}: the best sparse format, {best}, runs at "
-               f"{rows[best]['speedup_vs_dense_int4_median']:.2f}x dense INT4 (rule: >= 1.2x at <= 70 %); the same "
-               f"kernel on unpruned weights: {control:.2f}x, so sparsity itself buys "
-               f"{rows[best]['speedup_vs_dense_int4_median'] / control:.2f}x")
-    print(verdict)
+    seconds = time_rounds(variants, x, args.rounds, args.calls)
+    rows, verdict = summarize(seconds, sizes, errors, weights=sum(a * b for a, b in shapes))
     machine = machine_context()
-    machine["flags"] = sorted({"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile"}
+    machine["flags"] = sorted({"avx2", "fma", "avx512f", "avx512_vbmi2", "avx512_vnni", "avx_vnni", "amx_tile"}
                               & set(Path("/proc/cpuinfo").read_text().split()))
     result = {"layers": len(shapes), "shapes": shapes, "threads": args.threads, "rounds": args.rounds,
-              "calls_per_round": args.calls, "last_level_cache_bytes": cache, "read_gb_per_s": bandwidth, "variants": rows, "verdict": verdict,
-              "go": go, "machine": machine, "openvino_properties": "CPU plugin defaults, INFERENCE_NUM_THREADS"}
-    cpu = machine["cpu"].lower().replace(" ", "-")
+              "calls_per_round": args.calls, "last_level_cache_bytes": cache, "read_gb_per_s": bandwidth,
+              "variants": rows, "verdict": verdict, "go": verdict.startswith("GO"), "machine": machine,
+              "openvino_properties": "CPU plugin defaults, INFERENCE_NUM_THREADS"}
     shape = "" if args.pairs == 6 else f"-{args.pairs}-pairs"  # --pairs 1: the weights fit in the cache
-    target = ROOT / "benchmarks" / "results" / f"sparse-kernel-{cpu}{shape}.json"
+    target = ROOT / "benchmarks" / "results" / f"sparse-kernel-{machine['cpu'].lower().replace(' ', '-')}{shape}.json"
     target.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {target}")
 
