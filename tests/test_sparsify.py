@@ -37,8 +37,12 @@ def test_exact_sparsity_per_layer_and_dense_parts_untouched(tiny_models, calibra
         out_f, in_f = tensor.shape
         if method == "wanda":  # per output row
             assert (zeros.sum(dim=1) == int(in_f * ratio)).all(), name
-        else:  # NNCF per-layer threshold
-            assert zeros.sum().item() == int((tensor.numel() - 1) * ratio) + 1, name
+        else:  # NNCF's per-layer rule: keep |w| > the k-th smallest |w|, k = int((n - 1) * ratio) + 1
+            magnitudes = before[name].abs().flatten()
+            threshold = magnitudes.kthvalue(int((tensor.numel() - 1) * ratio) + 1).values
+            # A tie at the threshold prunes every tied weight; random init makes ties on some CPUs' kernels only.
+            assert torch.equal(zeros.flatten(), magnitudes <= threshold), name
+            assert zeros.sum().item() >= int((tensor.numel() - 1) * ratio) + 1, name
         assert report.layers[name] == (int(zeros.sum()), tensor.numel())
         kept = ~zeros
         assert torch.equal(tensor[kept], before[name][kept]), "surviving weights must be unchanged"
