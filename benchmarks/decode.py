@@ -55,7 +55,7 @@ def build(work: Path, shape: dict, steps: int, tune_report: Path, tune_minutes: 
         measure(cli("tiny-model", base, *[f"--{k.replace('_', '-')}={v}" for k, v in shape.items()]))
     if not sparse.exists():
         print("sparsify (Wanda 50 %) ...", flush=True)
-        measure(cli("sparsify", base, sparse, "--calibration", calibration, "--num-samples", 16, "--seq-len", 256))
+        measure(cli("sparsify", base, sparse, "--dataset", calibration, "--num-samples", 16, "--seq-len", 256))
     rows = apples_sft_rows(64)
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     models = {"int4-optimum-cli": work / "ir-int4-optimum-cli", "fp16-optimum-cli": work / "ir-fp16-optimum-cli",
@@ -69,7 +69,7 @@ def build(work: Path, shape: dict, steps: int, tune_report: Path, tune_minutes: 
             measure(optimum("-m", sparse, "--task", "text-generation-with-past", *flags, models[name]))
     adapter, merged = work / "adapter-qa-sparsepeft", work / "merged-qa-sparsepeft"
     steps_sqft = (("finetune qa-sparsepeft", adapter, cli("finetune", sparse, data, adapter, "--method", "qa-sparsepeft",
-                                                      "--int4-asym", "--group-size", 128, *train)),
+                                                      "--asym", "--group-size", 128, *train)),
                   ("merge", merged, cli("merge", adapter, merged)),
                   ("export int4 (trained grid)", models["sqft"], cli("export", merged, models["sqft"],
                                                                      "--weight-format", "int4")))

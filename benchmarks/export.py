@@ -76,7 +76,7 @@ def main() -> None:
     target = args.json or ROOT / "benchmarks" / "results" / f"export-{name}.json"
     if args.skip_sparsify:
         results["sparsify"] = json.loads(target.read_text())["sparsify"]
-    for method, extra in (("wanda", ["--calibration", calibration, "--num-samples", 16, "--seq-len", 256]),
+    for method, extra in (("wanda", ["--dataset", calibration, "--num-samples", 16, "--seq-len", 256]),
                           ("magnitude", [])):
         if args.skip_sparsify:
             break

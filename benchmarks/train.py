@@ -29,8 +29,8 @@ METHODS = {
     "lora": ["--method", "lora", "--rank", "16"],
     "sparsepeft": ["--method", "sparsepeft", "--rank", "16"],
     "qa-sparsepeft": ["--method", "qa-sparsepeft", "--rank", "16"],
-    "qa-sparsepeft+nls": ["--method", "qa-sparsepeft", "--nls", "--rank-space", "16", "12", "8"],
-    "sparsepeft+nls": ["--method", "sparsepeft", "--nls", "--rank-space", "16", "12", "8"],
+    "qa-sparsepeft+nls": ["--method", "qa-sparsepeft", "--nls", "--rank-space", "16,12,8"],
+    "sparsepeft+nls": ["--method", "sparsepeft", "--nls", "--rank-space", "16,12,8"],
 }
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     calibration.write_text("\n".join(r["prompt"] + " " + r["response"] for r in rows) + "\n")
     if not sparse.exists():
         measure(cli("tiny-model", base, *[f"--{k.replace('_', '-')}={v}" for k, v in shape.items()], "--overwrite"))
-        measure(cli("sparsify", base, sparse, "--method", "wanda", "--calibration", calibration, "--num-samples", 16,
+        measure(cli("sparsify", base, sparse, "--method", "wanda", "--dataset", calibration, "--num-samples", 16,
                 "--seq-len", 128, "--overwrite"))
 
     common = ["--max-steps", args.steps, "--batch-size", 4, "--max-length", 128, "--eval-split", 0, "--save-steps",

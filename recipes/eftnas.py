@@ -20,9 +20,10 @@ from typing import Annotated
 import typer
 
 from sqft_ov import FinetuneConfig, ImportanceConfig, SFTFormat, deployed_sparsity, importance
+from sqft_ov.adapters.config import GRID_GROUP_SIZE
 from sqft_ov.recipe import (
-    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, Seed, Steps, Test,
-    fresh_output, task_files,
+    BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out,
+    Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
 )
 from sqft_ov.recipes.lonas import GroupSize, MaxSize, Model, deploy_super_network
 
@@ -39,29 +40,31 @@ def recipe(
     keep: Keep = 0.8,
     keep_heads: KeepHeads = 0.8,
     choices: Choices = 3,
-    rank_space: RankSpace = "16 12 8",
+    rank_space: RankSpace = RANK_SPACE,
     max_size: MaxSize = 0.7,
-    steps: Steps = 600,
-    lr: Lr = 3e-3,
-    batch_size: BatchSize = 16,
-    group_size: GroupSize = 64,
+    steps: Steps = STEPS,
+    lr: Lr = LR,
+    batch_size: BatchSize = BATCH_SIZE,
+    group_size: GroupSize = GRID_GROUP_SIZE,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
     eval_limit: EvalLimit = None,
+    metric: Metric = "exact",
     overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
     prompts = SFTFormat(chat_template=chat_template)
+    check_scoring(test or train, prompts, metric)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
     scoring = ImportanceConfig(keep=keep, keep_heads=keep_heads, choices=choices, multiple=group_size,
                                data_format=prompts, seed=seed)
     ordered = importance(model, train, out / "ordered", scoring).output
     space = out / "search_space.json"
     shutil.copy2(ordered / "search_space.json", space)
     method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
-    config = FinetuneConfig(method=method, nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
+    config = FinetuneConfig(method=method, nls=True, rank_space=rank_space,
                             search_space=str(space), max_steps=steps, lr=lr, batch_size=batch_size,
                             eval_split=0.05, data_format=prompts, seed=seed)
     return deploy_super_network("EFTNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,
-                                progress)
+                                progress, metric)

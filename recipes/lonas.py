@@ -24,9 +24,10 @@ from sqft_ov import (
     EvalConfig, ExportConfig, FinetuneConfig, ImportanceConfig, SFTFormat, deployed_sparsity, evaluate, export,
     finetune, importance, merge, search,
 )
+from sqft_ov.adapters.config import GRID_GROUP_SIZE
 from sqft_ov.recipe import (
-    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, Seed, Steps, Test,
-    fresh_output, task_files,
+    BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out,
+    Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
 )
 
 Model = Annotated[Path, typer.Option(help="Model folder (dense, or sparse from sqft-ov sparsify) or .gguf file.")]
@@ -37,7 +38,8 @@ GroupSize = Annotated[int, typer.Option(help="INT4 group size of the IRs (must d
 
 
 def deploy_super_network(label: str, model: Path, train: Path, test: Path | None, out: Path, config: FinetuneConfig,
-                         max_size: float, group_size: int, eval_limit: int | None, progress) -> list[Deployment]:
+                         max_size: float, group_size: int, eval_limit: int | None, progress,
+                         metric: str = "exact") -> list[Deployment]:
     """Train the super-network, cut the searched sub-network and the full one, export both INT4, evaluate both."""
     prompts = config.data_format
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
@@ -50,8 +52,8 @@ def deploy_super_network(label: str, model: Path, train: Path, test: Path | None
         chosen.save(folder / "sub_network.json", list(config.rank_space))
         merge(adapter, folder / "merged", folder / "sub_network.json")
         ir = export(folder / "merged", folder / "ir", ExportConfig(weight_format="int4", group_size=group_size)).output
-        evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts, loss=False),
-                              progress)
+        scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)
+        evaluation = evaluate(ir, test or train, scoring, progress)
         deployments.append(Deployment(name, config.method, Path(ir), None, None, merged=True,
                                       precision=f"int4 asym g{group_size}, {chosen.decoder_share:.0%} of decoder",
                                       sparsity=deployed_sparsity(ir), evaluation=evaluation))
@@ -65,26 +67,28 @@ def recipe(
     test: Test = None,
     mlp_widths: MlpWidths = "1.0 0.75 0.5",
     head_widths: HeadWidths = "1.0 0.5",
-    rank_space: RankSpace = "16 12 8",
+    rank_space: RankSpace = RANK_SPACE,
     max_size: MaxSize = 0.7,
-    steps: Steps = 600,
-    lr: Lr = 3e-3,
-    batch_size: BatchSize = 16,
-    group_size: GroupSize = 64,
+    steps: Steps = STEPS,
+    lr: Lr = LR,
+    batch_size: BatchSize = BATCH_SIZE,
+    group_size: GroupSize = GRID_GROUP_SIZE,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
     eval_limit: EvalLimit = None,
+    metric: Metric = "exact",
     overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
     prompts = SFTFormat(chat_template=chat_template)
+    check_scoring(test or train, prompts, metric)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
     ordered = importance(model, train, out / "ordered", ImportanceConfig(data_format=prompts, seed=seed)).output
     method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
-    config = FinetuneConfig(method=method, nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
+    config = FinetuneConfig(method=method, nls=True, rank_space=rank_space,
                             mlp_widths=tuple(mlp_widths.split()), head_widths=tuple(head_widths.split()),
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05, data_format=prompts,
                             seed=seed)
     return deploy_super_network("LoNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,
-                                progress)
+                                progress, metric)

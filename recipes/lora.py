@@ -4,10 +4,10 @@ Deployed two ways, both evaluated:
 * unmerged: the base as it is plus the adapter beside it (PyTorch), the accuracy SQFT's table compares to;
 * merged: W + B*A exported to an IR. Plain LoRA's update is dense, so merging fills the base's zeros —
   the deployed sparsity this row reports is what SparsePEFT exists to keep.
-`--int4 sym|asym` snaps the frozen base to NNCF's INT4 grid first (the QLoRA-style baseline); the merged
-weights are then re-quantized to INT4 at export, since W + B*A is off the grid.
+`--int4-base` (with `--sym` / `--asym`) snaps the frozen base to NNCF's INT4 grid first (the QLoRA-style
+baseline); the merged weights are then re-quantized to INT4 at export, since W + B*A is off the grid.
 
-    sqft-ov run recipes/lora.py --model SPARSE_BASE --data TASK [--int4 asym] [--out lora]
+    sqft-ov run recipes/lora.py --model SPARSE_BASE --data TASK [--int4-base] [--out lora]
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import typer
 from sqft_ov import (
     EvalConfig, ExportConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, export, finetune, merge,
 )
-from sqft_ov.errors import SqftError
+from sqft_ov.adapters.config import DEFAULT_RANK, GRID_GROUP_SIZE
+from sqft_ov.errors import SqftError, warn_deprecated
 from sqft_ov.recipe import (
-    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, Seed, Steps, TARGETS, Targets, Test,
-    fresh_output, task_files,
+    BATCH_SIZE, LR, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out, Overwrite,
+    Seed, Steps, Sym, Targets, Test, check_scoring, fresh_output, task_files,
 )
+from sqft_ov.stages.export import DEFAULT_GROUP_SIZE
 
 
 def recipe(
@@ -33,29 +35,38 @@ def recipe(
     data: Data,
     out: Out = Path("lora"),
     test: Test = None,
-    int4: Annotated[Optional[str],
-                    typer.Option(help="sym | asym: train on the base snapped to INT4 (QLoRA-style).")] = None,
-    group_size: Annotated[int, typer.Option(help="INT4 group size (with --int4).")] = 64,
-    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    steps: Steps = 600,
-    lr: Lr = 3e-3,
+    int4_base: Annotated[bool, typer.Option("--int4-base", help="Train on the base snapped to NNCF's INT4 grid "
+                                            "(QLoRA-style).")] = False,
+    sym: Sym = False,
+    int4: Annotated[Optional[str], typer.Option(hidden=True)] = None,  # deprecated: sym | asym, now --int4-base --sym
+    group_size: Annotated[int, typer.Option(help="INT4 group size (with --int4-base).")] = GRID_GROUP_SIZE,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = DEFAULT_RANK,
+    steps: Steps = STEPS,
+    lr: Lr = LR,
     target_modules: Targets = TARGETS,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = BATCH_SIZE,
     merged: Annotated[bool, typer.Option(help="Also merge, export and evaluate the merged IR.")] = True,
     ptq_int4: Annotated[bool, typer.Option(help="Also compress the merged model to INT4 after training, as "
-                                                "optimum-cli does (asym, group 128, adjusted where needed).")] = True,
+                                                f"optimum-cli does (asym, group {DEFAULT_GROUP_SIZE}, adjusted where "
+                                                "needed).")] = True,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
     eval_limit: EvalLimit = None,
+    metric: Metric = "exact",
     overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
-    if int4 not in (None, "sym", "asym"):
-        raise SqftError(f"--int4 must be sym or asym, got {int4!r}")
+    if int4 is not None:
+        if int4 not in ("sym", "asym"):
+            raise SqftError(f"--int4 must be sym or asym, got {int4!r}")
+        warn_deprecated(f"--int4 {int4}", f"--int4-base --{int4}")
+        int4_base, sym = True, int4 == "sym"
+    int4 = ("sym" if sym else "asym") if int4_base else None
     train, test = task_files(data, test)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
     prompts = SFTFormat(chat_template=chat_template)
-    scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False)
+    check_scoring(test or train, prompts, metric)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
+    scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)
     config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05, data_format=prompts, seed=seed,
                             target_modules=target_modules)
@@ -77,6 +88,7 @@ def recipe(
             ptq = export(out / "merged", out / "ir-int4",
                          ExportConfig(weight_format="int4", group_size_fallback="adjust")).output
             deployments.append(Deployment("LoRA, merged, INT4 PTQ", "lora", Path(ptq), None, None, merged=True,
-                                          precision="int4 asym g128 (post-training)", sparsity=deployed_sparsity(ptq),
+                                          precision=f"int4 asym g{DEFAULT_GROUP_SIZE} (post-training)",
+                                          sparsity=deployed_sparsity(ptq),
                                           evaluation=evaluate(ptq, test or train, scoring, progress)))
     return deployments

@@ -19,9 +19,11 @@ from sqft_ov import (
     EvalConfig, ExportConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, export, finetune, merge,
     search,
 )
+from sqft_ov.adapters.config import DEFAULT_RANK, GRID_GROUP_SIZE
 from sqft_ov.recipe import (
-    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Nls, Out, Overwrite, Rank, RankSpace, Seed,
-    SparseBase, Steps, TARGETS, Targets, Test, fresh_output, task_files,
+    BATCH_SIZE, LR, RANK_SPACE, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Nls,
+    Out, Overwrite, Rank, RankSpace, Seed, SparseBase, Steps, Sym, Targets, Test, check_scoring, fresh_output,
+    task_files,
 )
 
 
@@ -31,27 +33,29 @@ def recipe(
     out: Out = Path("qa-sparsepeft"),
     test: Test = None,
     nls: Nls = False,
-    rank: Rank = 16,
-    rank_space: RankSpace = "16 12 8",
-    sym: Annotated[bool, typer.Option("--sym/--asym", help="INT4 grid without / with zero points.")] = False,
-    group_size: Annotated[int, typer.Option(help="INT4 group size (fixed at training time).")] = 64,
-    steps: Steps = 600,
-    lr: Lr = 3e-3,
+    rank: Rank = DEFAULT_RANK,
+    rank_space: RankSpace = RANK_SPACE,
+    sym: Sym = False,
+    group_size: Annotated[int, typer.Option(help="INT4 group size (fixed at training time).")] = GRID_GROUP_SIZE,
+    steps: Steps = STEPS,
+    lr: Lr = LR,
     target_modules: Targets = TARGETS,
     range_lr: Annotated[Optional[float], typer.Option(
-        help="Learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr].")] = None,
-    batch_size: BatchSize = 16,
+        show_default="--lr", help="Learning rate of the INT4 grid's ranges; 0 keeps the base's grid.")] = None,
+    batch_size: BatchSize = BATCH_SIZE,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
     eval_limit: EvalLimit = None,
+    metric: Metric = "exact",
     overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
     prompts = SFTFormat(chat_template=chat_template)
+    check_scoring(test or train, prompts, metric)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
     config = FinetuneConfig(method="qa-sparsepeft", rank=rank, nls=nls,
-                            rank_space=tuple(int(r) for r in rank_space.split()), int4="sym" if sym else "asym",
+                            rank_space=rank_space, int4="sym" if sym else "asym",
                             group_size=group_size, max_steps=steps, lr=lr, range_lr=range_lr, batch_size=batch_size,
                             eval_split=0.05, data_format=prompts, seed=seed, target_modules=target_modules)
     finetune(model, train, out / "adapter", config, progress=progress)
@@ -61,7 +65,8 @@ def recipe(
         search(out / "adapter", "hill-climb", budget=12).save(sub_adapter, list(config.rank_space))
     merge(out / "adapter", out / "merged", sub_adapter)
     ir = export(out / "merged", out / "ir", ExportConfig(weight_format="int4")).output  # on the trained grid
-    evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts, loss=False), progress)
+    scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)
+    evaluation = evaluate(ir, test or train, scoring, progress)
     return [Deployment("QA-SparsePEFT" + (" + NLS" if nls else ""), "qa-sparsepeft", Path(ir), None, None,
                        merged=True, precision=f"int4 {'sym' if sym else 'asym'} g{group_size}",
                        sparsity=deployed_sparsity(ir), evaluation=evaluation)]

@@ -17,8 +17,8 @@ import typer
 
 from sqft_ov import EvalConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, finetune, search
 from sqft_ov.recipe import (
-    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Out, Overwrite, RankSpace, Seed, SparseBase, Steps,
-    TARGETS, Targets, Test, fresh_output, task_files,
+    BATCH_SIZE, LR, RANK_SPACE, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out,
+    Overwrite, RankSpace, Seed, SparseBase, Steps, Targets, Test, check_scoring, fresh_output, task_files,
 )
 from sqft_ov.stages.search import STRATEGIES
 
@@ -28,29 +28,31 @@ def recipe(
     data: Data,
     out: Out = Path("shears"),
     test: Test = None,
-    rank_space: RankSpace = "16 12 8",
+    rank_space: RankSpace = RANK_SPACE,
     strategy: Annotated[str, typer.Option(help=f"Sub-adapter search: {' | '.join(STRATEGIES)}.")] = "hill-climb",
-    steps: Steps = 600,
-    lr: Lr = 3e-3,
+    steps: Steps = STEPS,
+    lr: Lr = LR,
     target_modules: Targets = TARGETS,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = BATCH_SIZE,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
     eval_limit: EvalLimit = None,
+    metric: Metric = "exact",
     overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
     prompts = SFTFormat(chat_template=chat_template)
-    config = FinetuneConfig(method="lora", nls=True, rank_space=tuple(int(r) for r in rank_space.split()),
+    check_scoring(test or train, prompts, metric)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
+    config = FinetuneConfig(method="lora", nls=True, rank_space=rank_space,
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05,
                             data_format=prompts, seed=seed, target_modules=target_modules)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     sub_adapter = out / "sub_adapter.json"
     search(adapter, strategy, budget=12).save(sub_adapter, list(config.rank_space))
     scoring = EvalConfig(adapter=adapter, sub_adapter=sub_adapter, limit=eval_limit, data_format=prompts,
-                         loss=False)
+                         loss=False, metric=metric)
     evaluation = evaluate(model, test or train, scoring, progress)
     return [Deployment("Shears", "lora", Path(model).absolute(), adapter, sub_adapter, merged=False,
                        precision="fp32 + adapter", sparsity=deployed_sparsity(model), evaluation=evaluation)]

@@ -18,9 +18,11 @@ from sqft_ov import (
     EvalConfig, ExportConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, export, finetune, merge,
     search,
 )
+from sqft_ov.adapters.config import DEFAULT_RANK
 from sqft_ov.recipe import (
-    BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Nls, Out, Overwrite, Rank, RankSpace, Seed,
-    SparseBase, Steps, TARGETS, Targets, Test, fresh_output, task_files,
+    BATCH_SIZE, LR, RANK_SPACE, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Nls,
+    Out, Overwrite, Rank, RankSpace, Seed, SparseBase, Steps, Targets, Test, check_scoring, fresh_output,
+    task_files,
 )
 
 
@@ -30,24 +32,26 @@ def recipe(
     out: Out = Path("sparsepeft"),
     test: Test = None,
     nls: Nls = False,
-    rank: Rank = 16,
-    rank_space: RankSpace = "16 12 8",
-    steps: Steps = 600,
-    lr: Lr = 3e-3,
+    rank: Rank = DEFAULT_RANK,
+    rank_space: RankSpace = RANK_SPACE,
+    steps: Steps = STEPS,
+    lr: Lr = LR,
     target_modules: Targets = TARGETS,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = BATCH_SIZE,
     weight_format: Annotated[str, typer.Option(help="IR weights: fp16 | int8 | int4.")] = "fp16",
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
     eval_limit: EvalLimit = None,
+    metric: Metric = "exact",
     overwrite: Overwrite = False,
     progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
     prompts = SFTFormat(chat_template=chat_template)
+    check_scoring(test or train, prompts, metric)
+    out = fresh_output(out, overwrite, inputs=(model, data, test))
     config = FinetuneConfig(method="sparsepeft", rank=rank, nls=nls,
-                            rank_space=tuple(int(r) for r in rank_space.split()), max_steps=steps, lr=lr,
+                            rank_space=rank_space, max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05,
                             data_format=prompts, seed=seed, target_modules=target_modules)
     finetune(model, train, out / "adapter", config, progress=progress)
@@ -57,6 +61,7 @@ def recipe(
         search(out / "adapter", "hill-climb", budget=12).save(sub_adapter, list(config.rank_space))
     merge(out / "adapter", out / "merged", sub_adapter)
     ir = export(out / "merged", out / "ir", ExportConfig(weight_format=weight_format)).output
-    evaluation = evaluate(ir, test or train, EvalConfig(limit=eval_limit, data_format=prompts, loss=False), progress)
+    scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)
+    evaluation = evaluate(ir, test or train, scoring, progress)
     return [Deployment("SparsePEFT" + (" + NLS" if nls else ""), "sparsepeft", Path(ir), None, None, merged=True,
                        precision=weight_format, sparsity=deployed_sparsity(ir), evaluation=evaluation)]

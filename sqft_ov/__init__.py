@@ -10,6 +10,7 @@ returns plain objects or folders (Hugging Face layout, adapter folders, OpenVINO
     merge(adapter, out, sub_adapter)                                # at target precision
     export(model, out, ExportConfig(...))                           # OpenVINO IR
     evaluate(ir_or_model, data, EvalConfig(...)); bench([...], BenchConfig(...)); tune(ir, TuneConfig(...))
+    write_ovms_repository(ir, repo, OvmsConfig(name=...))           # serve it with OpenVINO Model Server
 
 Names are imported on first use, so `import sqft_ov` (and the CLI's start) stays light: torch, NNCF and
 OpenVINO load only when a verb that needs them is called.
@@ -44,6 +45,8 @@ _API = {
     "evaluate": "sqft_ov.stages.evaluate",
     "BenchConfig": "sqft_ov.stages.bench", "BenchModel": "sqft_ov.stages.bench", "bench": "sqft_ov.stages.bench",
     "TuneConfig": "sqft_ov.stages.tune", "tune": "sqft_ov.stages.tune",
+    # 7 serve: an OpenVINO Model Server repository for an IR
+    "OvmsConfig": "sqft_ov.stages.ovms", "write_ovms_repository": "sqft_ov.stages.ovms",
     # loading a model as every stage does
     "load_causal_lm": "sqft_ov.io.checkpoint",
 }

@@ -16,29 +16,44 @@ from typing import Annotated, Optional
 
 import typer
 
-from sqft_ov.adapters.config import DEFAULT_TARGETS
+from sqft_ov.adapters.config import DEFAULT_LR, DEFAULT_RANK_SPACE, DEFAULT_TARGETS, FinetuneConfig
 from sqft_ov.errors import SqftError
 from sqft_ov.stages.evaluate import EvalReport
 
 TRAIN_FILE, TEST_FILE = "train.jsonl", "test.jsonl"
 
+# A recipe is a tuned plan (a few hundred steps on small task data), so some of its defaults differ from the
+# finetune stage's (sqft_ov/adapters/config.py) on purpose; the options' help says where. The quickstart's
+# figures were measured with these values.
+RANK_SPACE = (16, 12, 8)
+LR = 3e-3
+STEPS = 600
+BATCH_SIZE = 16
+
 # The options every recipe shares, as `sqft-ov run` shows them (plain defaults when called from Python).
 SparseBase = Annotated[Path, typer.Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")]
 Data = Annotated[Path, typer.Option(help="Training data, or a folder with train.jsonl and test.jsonl.")]
 Out = Annotated[Path, typer.Option(help="Folder for everything the recipe writes.")]
-Test = Annotated[Optional[Path], typer.Option(help="Evaluation data [default: DATA/test.jsonl, else DATA].")]
+Test = Annotated[Optional[Path], typer.Option(show_default="DATA/test.jsonl, else DATA", help="Evaluation data.")]
 Nls = Annotated[bool, typer.Option(help="Elastic ranks, then a sub-adapter chosen by search.")]
 Rank = Annotated[int, typer.Option(help="LoRA rank (without --nls).")]
-RankSpace = Annotated[str, typer.Option(help="Ranks NLS samples from.")]
+RankSpace = Annotated[list[str], typer.Option(metavar="RANKS", help="Ranks NLS samples from: 16,12,8, or the option "
+                                              "repeated (the recipes' plan; finetune's default is "
+                                              f"{','.join(map(str, DEFAULT_RANK_SPACE))}).")]
 Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
-Lr = Annotated[float, typer.Option(help="Learning rate.")]
-Targets = Annotated[str, typer.Option(help="Linear layers that get adapters, e.g. 'q_proj k_proj v_proj o_proj "
-                                             "gate_proj up_proj down_proj'.")]
-TARGETS = " ".join(DEFAULT_TARGETS)
-BatchSize = Annotated[int, typer.Option(help="Examples per step.")]
+Lr = Annotated[float, typer.Option(help=f"Learning rate (the recipes' plan; finetune's default is {DEFAULT_LR:g}).")]
+Targets = Annotated[list[str], typer.Option(metavar="NAMES", help="Linear layers that get adapters (comma-separated or "
+                                                                  "repeated), or all-linear: every linear layer of the "
+                                                                  "decoder blocks, as in PEFT.")]
+TARGETS = DEFAULT_TARGETS
+Sym = Annotated[bool, typer.Option("--sym/--asym", help="INT4 grid without / with zero points.")]
+BatchSize = Annotated[int, typer.Option(help=f"Examples per step (the recipes' plan; finetune's default is "
+                                             f"{FinetuneConfig.batch_size}).")]
 ChatTemplate = Annotated[bool, typer.Option(help="Wrap prompts in the tokenizer's chat template (instruct models).")]
 Seed = Annotated[int, typer.Option(help="Seed for adapter initialisation, data order and NLS sampling.")]
-EvalLimit = Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")]
+EvalLimit = Annotated[Optional[int], typer.Option(show_default="all", help="Evaluate on the first N test examples.")]
+Metric = Annotated[str, typer.Option(help="How the test data scores the deployments: exact | contains | loss (see "
+                                          "sqft-ov eval --metric); checked before training.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
 
 
@@ -66,7 +81,8 @@ class Deployment:
 
         report = None
         if d.get("evaluation"):
-            report = EvalReport(**{k: v for k, v in d["evaluation"].items() if k != "exact_match"})
+            derived = ("exact_match", "perplexity")  # properties to_dict adds
+            report = EvalReport(**{k: v for k, v in d["evaluation"].items() if k not in derived})
         return cls(d["label"], d["method"], Path(d["model"]), Path(d["adapter"]) if d["adapter"] else None,
                    Path(d["sub_adapter"]) if d["sub_adapter"] else None, d["merged"], d["precision"], d["sparsity"],
                    report, d.get("seed"))
@@ -80,20 +96,29 @@ class Deployment:
 
 
 def task_files(data: str | Path, test: str | Path | None = None) -> tuple[Path, Path | None]:
-    """(train, test) from --data / --test: a folder holding train.jsonl (+ test.jsonl), or files."""
+    """(train, test) from --data / --test: a folder holding train.jsonl (+ test.jsonl), files or Hub datasets."""
+    from sqft_ov.io.hub import is_hub_dataset
+
     data = Path(data).expanduser()
     if data.is_dir() and (data / TRAIN_FILE).is_file():
         train = data / TRAIN_FILE
         if test is None and (data / TEST_FILE).is_file():
             test = data / TEST_FILE
-    elif data.exists():
+    elif data.exists() or is_hub_dataset(data):
         train = data
     else:
         raise SqftError(f"data {data} does not exist: pass a training file, or a folder with {TRAIN_FILE} "
                         f"(and {TEST_FILE})")
-    if test is not None and not Path(test).expanduser().is_file():
+    if test is not None and not Path(test).expanduser().is_file() and not is_hub_dataset(test):
         raise SqftError(f"test data {test} does not exist")
     return train, Path(test).expanduser() if test is not None else None
+
+
+def check_scoring(test: str | Path, fmt, metric: str) -> None:
+    """Fail now, not after training, when METRIC cannot score the test data (no response, no assistant turn)."""
+    from sqft_ov.stages.evaluate import eval_pairs
+
+    eval_pairs(test, fmt, metric)
 
 
 def fresh_output(out: str | Path, overwrite: bool, inputs: tuple = ()) -> Path:

@@ -206,7 +206,7 @@ def test_two_process_accelerate_finetune(sparse_models, sft_data, tmp_path):
 
 
 def test_qlora_style_base_is_on_the_int4_grid(sparse_models, sft_data, tmp_path):
-    """lora with --int4-sym: the frozen base weights are NNCF's INT4 values (at most 16 levels a group)."""
+    """lora with --int4-base --sym: the frozen base weights are NNCF's INT4 values (at most 16 levels a group)."""
     out = tmp_path / "qlora"
     _train(sparse_models["llama"], sft_data, out, method="lora", rank=4, int4="sym", group_size=64, max_steps=2,
            **FIELDS)

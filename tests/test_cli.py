@@ -25,7 +25,7 @@ def assert_one_line_error(result, *fragments):
 def test_pipeline_through_the_cli(tmp_path, calibration_txt):
     model, sparse, ir = tmp_path / "m", tmp_path / "s", tmp_path / "ir"
     assert sqft("tiny-model", model, "--arch", "qwen2", "--layers", "1").returncode == 0
-    result = sqft("sparsify", model, sparse, "--method", "wanda", "--calibration", calibration_txt,
+    result = sqft("sparsify", model, sparse, "--method", "wanda", "--dataset", calibration_txt,
                   "--num-samples", "8", "--seq-len", "32")
     assert result.returncode == 0, result.stderr
     assert "50.00%" in result.stdout

@@ -386,12 +386,19 @@ def _(tmp, w):
     return ["tune", ir, "--budget-minutes", "0.1"], ir / "runtime_config.json", ("openvino_model.xml",)
 
 
+@case("ovms-ir-without-tokenizer")
+def _(tmp, w):
+    ir = copy(w.ir, tmp / "ir")
+    (ir / "openvino_tokenizer.xml").unlink()
+    return ["ovms", ir, tmp / "repo"], tmp / "repo", ("openvino_tokenizer.xml", "tokenizer IRs")
+
+
 # --- data ------------------------------------------------------------------------------------------------------
 
 @case("sparsify-calibration-not-parquet")
 def _(tmp, w):
     (tmp / "bad.parquet").write_bytes(b"not a parquet file")
-    return ["sparsify", w.tiny, tmp / "out", "--calibration", tmp / "bad.parquet"], tmp / "out", ("cannot read",)
+    return ["sparsify", w.tiny, tmp / "out", "--dataset", tmp / "bad.parquet"], tmp / "out", ("cannot read",)
 
 
 @case("finetune-data-not-utf8")
@@ -403,7 +410,7 @@ def _(tmp, w):
 @case("sparsify-calibration-not-utf8")
 def _(tmp, w):
     (tmp / "c.txt").write_bytes(b"some text \xff\xfe\xfd more\n" * 20)
-    return (["sparsify", w.tiny, tmp / "out", "--calibration", tmp / "c.txt"], tmp / "out", ("UTF-8",))
+    return (["sparsify", w.tiny, tmp / "out", "--dataset", tmp / "c.txt"], tmp / "out", ("UTF-8",))
 
 
 @case("finetune-data-empty-lines")
@@ -458,13 +465,13 @@ def _(tmp, w):
 
 @case("sparsify-seq-len-zero")
 def _(tmp, w):
-    return (["sparsify", w.tiny, tmp / "out", "--calibration", w.calibration, "--seq-len", "0"], tmp / "out",
+    return (["sparsify", w.tiny, tmp / "out", "--dataset", w.calibration, "--seq-len", "0"], tmp / "out",
             ("--seq-len",))
 
 
 @case("sparsify-num-samples-zero")
 def _(tmp, w):
-    return (["sparsify", w.tiny, tmp / "out", "--calibration", w.calibration, "--num-samples", "0"], tmp / "out",
+    return (["sparsify", w.tiny, tmp / "out", "--dataset", w.calibration, "--num-samples", "0"], tmp / "out",
             ("--num-samples",))
 
 
@@ -480,7 +487,7 @@ def _(tmp, w):
 
 @case("finetune-rank-space-zero")
 def _(tmp, w):
-    return ["finetune", w.sparse, w.data, tmp / "out", "--nls", "--rank-space", "8", "0"], tmp / "out", ("--rank-space",)
+    return ["finetune", w.sparse, w.data, tmp / "out", "--nls", "--rank-space", "8,0"], tmp / "out", ("--rank-space",)
 
 
 @case("finetune-group-size-not-dividing")

@@ -35,7 +35,7 @@ def killed(result: subprocess.CompletedProcess) -> None:
 
 def test_killed_sparsify(tmp_path, tiny_models, calibration_txt):
     out = tmp_path / "sparse"
-    args = ["sparsify", tiny_models["llama"], out, "--calibration", calibration_txt, "--num-samples", "4",
+    args = ["sparsify", tiny_models["llama"], out, "--dataset", calibration_txt, "--num-samples", "4",
             "--seq-len", "32"]
     for point in ("sparsify-block#2", "output-written"):  # mid-Wanda, and with OUTPUT whole in its temporary
         killed(sqft(*args, kill_at=point))

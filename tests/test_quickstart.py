@@ -271,9 +271,10 @@ def test_quickstart_says_when_the_reference_learned_nothing():
 
 
 def test_eval_bad_input(tmp_path, exported, sparse_models, trained, sft_data):
-    no_answers = tmp_path / "plain.jsonl"
-    no_answers.write_text(json.dumps({"prompt": "2 + 2 =", "response": "4"}) + "\n")
-    assert_one_line_error(sqft("eval", exported("llama", "int4"), no_answers), "####")
+    no_reply = tmp_path / "chat.jsonl"  # an answer without `####` is scored as text; a row without one cannot be
+    no_reply.write_text(json.dumps({"messages": [{"role": "user", "content": "2 + 2 ="}]}) + "\n")
+    assert_one_line_error(sqft("eval", exported("llama", "int4"), no_reply), "row 1 has no assistant turn")
+    assert_one_line_error(sqft("eval", exported("llama", "int4"), sft_data, "--metric", "bleu"), "--metric")
     assert_one_line_error(sqft("eval", tmp_path / "missing", sft_data), "does not exist")
     assert_one_line_error(sqft("eval", exported("llama", "int4"), sft_data, "--adapter", trained("lora"),
                                "--prompt-field", "question", "--response-field", "answer"), "OpenVINO IR")
@@ -296,7 +297,7 @@ def test_run_recipe_through_the_cli(tmp_path, sparse_models, workdir):
     task = write_task(tmp_path / "task", 64, 8)
     out = tmp_path / "sp"
     result = sqft("run", RECIPES / "sparsepeft.py", "--model", sparse_models["llama"], "--data", task["train"].parent,
-                  "--out", out, "--nls", "--rank-space", "8", "4", "--steps", "3", "--batch-size", "4")
+                  "--out", out, "--nls", "--rank-space", "8,4", "--steps", "3", "--batch-size", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SparsePEFT + NLS" in result.stdout
     assert (out / "ir" / "openvino_model.xml").is_file() and (out / "sub_adapter.json").is_file()

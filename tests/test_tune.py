@@ -137,8 +137,8 @@ def test_export_grid_exports_every_point_and_times_them(tiny_models, tmp_path):
     import openvino as ov
 
     out = tmp_path / "grid"
-    result = sqft("tune", tiny_models["llama"], "--export-grid", "--out", out, "--groups", "-1", "64", "96",
-                  "--modes", "sym", "--embeddings", "int8", "int4", "--repeats", 2, "--warmup", 0,
+    result = sqft("tune", tiny_models["llama"], "--export-grid", "--out", out, "--groups", "-1,64", "--groups", "96",
+                  "--modes", "sym", "--embeddings", "int8,int4", "--repeats", 2, "--warmup", 0,
                   "--new-tokens", 6, "--prompt-tokens", 8)
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads((out / "export_grid.json").read_text())

@@ -12,9 +12,23 @@ from pathlib import Path
 
 import torch
 
-from sqft_ov.adapters.config import ADAPTER_CONFIG, TRAINABLE, FinetuneConfig
+from sqft_ov.adapters.config import ADAPTER_CONFIG, ALL_LINEAR, TRAINABLE, FinetuneConfig
 from sqft_ov.errors import SqftError
 from sqft_ov.io.sft_data import SFTFormat
+
+
+def resolve_targets(model, config: FinetuneConfig) -> FinetuneConfig:
+    """`all-linear` (as in PEFT): every linear layer of the decoder blocks by its name, so that the adapter's
+    record lists the names it was trained on. The caller's config is left as it is."""
+    if tuple(config.target_modules) != (ALL_LINEAR,):
+        return config
+    import copy
+
+    from sqft_ov.io.checkpoint import decoder_linears
+
+    resolved = copy.copy(config)
+    resolved.target_modules = tuple(dict.fromkeys(n.rsplit(".", 1)[-1] for n in decoder_linears(model)))
+    return resolved
 
 
 def _check_targets(model, config: FinetuneConfig) -> dict[str, torch.nn.Linear]:
@@ -76,6 +90,7 @@ class Adapted:
     def build(cls, base, config: FinetuneConfig, init_adapters: bool = True, space=None) -> "Adapted":
         """`init_adapters=False`: the caller loads trained tensors next (NNCF's own init costs minutes).
         `space`: a WidthSpace makes the base's widths elastic too."""
+        config = resolve_targets(base, config)
         _check_targets(base, config)
         base.requires_grad_(False)
         if config.method == "qa-sparsepeft":
@@ -98,7 +113,7 @@ class Adapted:
 
         if config.method == "lora" and config.int4:
             _snap_to_int4(base, config.int4 == "sym", config.group_size)
-        peft_config = LoraConfig(r=config.max_rank, lora_alpha=config.alpha, lora_dropout=0.0,
+        peft_config = LoraConfig(r=config.max_rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
                                  target_modules=list(config.target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(base, peft_config)
         if config.method == "sparsepeft" or config.nls:

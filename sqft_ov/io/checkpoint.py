@@ -12,7 +12,8 @@ from sqft_ov.errors import SqftError
 def check_model_dir(path: str | Path) -> Path:
     """A folder with a config.json of a causal-LM architecture and safetensors weights.
 
-    A `.gguf` file (or an example model's name) stands for its converted folder: see `sqft_ov.io.gguf`.
+    A `.gguf` file (or an example model's name) stands for its converted folder: see `sqft_ov.io.gguf`; a Hub
+    ID (`org/name`) for its downloaded snapshot: see `sqft_ov.io.hub`.
     """
     from sqft_ov.io.gguf import resolve_model
 
@@ -20,7 +21,8 @@ def check_model_dir(path: str | Path) -> Path:
     if path.is_file():
         raise SqftError(f"{path} is a file, not a model: pass a Hugging Face model folder or a .gguf file")
     if not path.is_dir():
-        raise SqftError(f"model folder {path} does not exist: pass a local folder in Hugging Face layout")
+        raise SqftError(f"model folder {path} does not exist: pass a local folder in Hugging Face layout, a .gguf "
+                        "file or a Hugging Face Hub ID (org/name)")
     if not (path / "config.json").is_file():
         raise SqftError(f"{path} has no config.json: pass a Hugging Face model folder (save_pretrained output)")
     return path
@@ -62,7 +64,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 
 
 def require_tokenizer(path: Path) -> None:
-    """Training, eval and export all need the tokenizer saved with the model (nothing is fetched from a hub)."""
+    """Training, eval and export all need the tokenizer saved with the model (a Hub ID's snapshot holds it)."""
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise SqftError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the tokenizer files "
                         "of the model it came from into it (tokenizer.save_pretrained)")

@@ -1,7 +1,7 @@
 """Local text data for calibration (and later fine-tuning), loaded with `datasets`.
 
-Only local files: `.txt` (one sample per line), `.json`/`.jsonl`, `.csv`, `.parquet`, or a folder saved
-with `Dataset.save_to_disk`. Nothing is fetched from a hub.
+Local files: `.txt` (one sample per line), `.json`/`.jsonl`, `.csv`, `.parquet`, or a folder saved with
+`Dataset.save_to_disk`; or a Hugging Face Hub dataset ID, `org/name[:split]` (see `sqft_ov.io.hub`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,20 @@ _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", "
 
 
 def load_table(path: str | Path):
-    """Load a local data file or saved dataset folder as a `datasets.Dataset`."""
+    """Load a local data file, saved dataset folder or Hub dataset (`org/name[:split]`) as a `datasets.Dataset`."""
     import datasets
 
+    from sqft_ov.io.hub import is_hub_dataset, load_hub_dataset
+
+    if is_hub_dataset(path):  # before Path(), which drops a leading ./
+        table = load_hub_dataset(path)
+        if len(table) == 0:
+            raise SqftError(f"data {path} holds no rows")
+        return table
     path = Path(path).expanduser()
     if not path.exists():
-        raise SqftError(f"data file {path} does not exist: pass a local .txt/.json/.jsonl/.csv/.parquet file")
+        raise SqftError(f"data file {path} does not exist: pass a local .txt/.json/.jsonl/.csv/.parquet file or a "
+                        "Hugging Face Hub dataset ID (org/name[:split])")
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a read error is re-raised below as one line
     try:
@@ -86,6 +94,13 @@ def _check_json_lines(path: Path) -> None:
             if not isinstance(row, dict):
                 raise SqftError(f"data file {path}, line {number} is not a JSON object: each line must be "
                                 "one example such as {\"prompt\": ..., \"response\": ...}")
+
+
+def data_source(path: str | Path) -> str:
+    """How a data argument is recorded in an output: a Hub dataset ID as given, a local path made absolute."""
+    from sqft_ov.io.hub import is_hub_dataset
+
+    return str(path) if is_hub_dataset(path) else str(Path(path).expanduser().absolute())
 
 
 def load_texts(path: str | Path, text_fields: Sequence[str] = ()) -> list[str]:

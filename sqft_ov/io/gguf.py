@@ -222,11 +222,15 @@ def is_gguf(path: str | Path) -> bool:
 
 
 def resolve_model(path: str | Path, cache: str | Path | None = None) -> Path:
-    """A model argument as a Hugging Face folder: a folder as it is, a `.gguf` file converted (once), or the
-    name of an example model (`smollm2`) fetched into the cache when no such path exists."""
+    """A model argument as a Hugging Face folder: a folder as it is, a `.gguf` file converted (once), the
+    name of an example model (`smollm2`) fetched into the cache when no such path exists, or a Hugging Face
+    Hub ID (`org/name[@revision]`) downloaded into the user's Hub cache (see `sqft_ov.io.hub`)."""
     from sqft_ov.io.examples import EXAMPLES, fetch_example
+    from sqft_ov.io.hub import download_model, is_hub_model
 
-    path = Path(path).expanduser()
+    text, path = str(path), Path(path).expanduser()  # the text as given: Path() drops a leading ./
     if not path.exists() and str(path) in EXAMPLES:
         path = fetch_example(str(path), cache)
+    elif is_hub_model(text):
+        path = download_model(text)
     return gguf_folder(path, cache) if is_gguf(path) else path

@@ -1,10 +1,11 @@
 """Running an exported IR folder: its runtime configuration, device checks and loaders that apply both.
 
 OpenVINO keeps per-model runtime options in the IR's `rt_info["runtime_options"]`, but its CPU plugin
-honours only a fixed set of them (KV-cache precision and dynamic-quantization group size, as of 2026.4);
-`CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE` and most tuning properties are not read from there. So the folder
-also carries `runtime_config.json`, and `open_llm_pipeline` / `open_ov_model` pass those properties
-explicitly, the same way a user passes `ov_config=` to OVModelForCausalLM or `**properties` to genai.
+honours only a fixed set of them (`RT_INFO_PROPERTIES`, checked against 2026.4.1 by compiling an IR and
+reading each property back); `CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`, the precision hint, threads and
+streams are not read from there. So the folder also carries `runtime_config.json` (every property set),
+`open_llm_pipeline` / `open_ov_model` pass it explicitly, and `loader_arguments` spells out what a plain
+loader must be given.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import json
 from pathlib import Path
 
 from sqft_ov.errors import SqftError
-from sqft_ov.io.ir import save_over
 
 RUNTIME_CONFIG = "runtime_config.json"
 SPARSE_RATE = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
 # Options of genai's LLMPipeline itself, not of the device: OVModelForCausalLM and compile_model refuse them.
 PIPELINE_PROPERTIES: dict[str, tuple[str, ...]] = {"ATTENTION_BACKEND": ("PA", "SDPA")}
+# What the CPU plugin reads from rt_info runtime_options when compile_model is given no value for it.
+RT_INFO_PROPERTIES = ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION",
+                      "KEY_CACHE_GROUP_SIZE", "VALUE_CACHE_GROUP_SIZE", "DYNAMIC_QUANTIZATION_GROUP_SIZE")
 
 
 def cpu_flags() -> set[str]:
@@ -54,23 +57,64 @@ def read_runtime_config(ir_dir: str | Path) -> dict[str, str]:
 
 
 def write_runtime_config(ir_dir: str | Path, properties: dict[str, str]) -> None:
-    """Record properties in runtime_config.json and, device properties, in the IR's rt_info runtime_options.
+    """Record properties in runtime_config.json, and those the plugin reads itself in the IR's rt_info.
 
-    The CPU plugin reads a few of those itself (KV-cache precisions and group sizes, dynamic quantization
-    group size), so a plain `OVModelForCausalLM.from_pretrained(dir)` or `LLMPipeline(dir)` gets them too.
+    With them in rt_info, a plain `OVModelForCausalLM.from_pretrained(dir)`, `LLMPipeline(dir, "CPU")` or
+    OpenVINO Model Server gets them too; the rest need the arguments `loader_arguments` prints.
     """
-    import openvino as ov
-
     from sqft_ov.io.output import write_file_atomic
 
     ir_dir = Path(ir_dir)
     merged = {**read_runtime_config(ir_dir), **{k: str(v) for k, v in properties.items()}}
-    xml = ir_dir / "openvino_model.xml"
-    model = ov.Core().read_model(xml)
-    for key, value in device_properties(merged).items():
-        model.set_rt_info(value, ["runtime_options", key])
-    save_over(model, xml)
+    write_rt_info_options(ir_dir / "openvino_model.xml", {k: v for k, v in merged.items() if k in RT_INFO_PROPERTIES},
+                          drop=[k for k in merged if k not in RT_INFO_PROPERTIES])
     write_file_atomic(ir_dir / RUNTIME_CONFIG, json.dumps(merged, indent=2) + "\n", overwrite=True)
+
+
+def write_rt_info_options(xml: Path, options: dict[str, str], drop: tuple[str, ...] | list[str] = ()) -> None:
+    """Set `options` (and remove `drop`) in the IR's rt_info runtime_options, editing the XML only.
+
+    The weights do not change, so the .bin is left alone and the XML is replaced in one rename: a killed
+    run leaves the old IR or the new one, never a graph beside weights of another.
+    """
+    import xml.etree.ElementTree as ET
+
+    from sqft_ov.io.output import write_file_atomic
+
+    tree = ET.parse(xml)
+    rt_info = tree.getroot().find("rt_info")
+    if rt_info is None:
+        rt_info = ET.SubElement(tree.getroot(), "rt_info")
+    section = rt_info.find("runtime_options")
+    if section is None:
+        if not options:
+            return
+        if len(rt_info):
+            rt_info[-1].tail = "\n\t\t"
+        section = ET.SubElement(rt_info, "runtime_options")
+        section.tail = "\n\t"
+    for key in [*options, *drop]:
+        for old in section.findall(key):
+            section.remove(old)
+    for key, value in options.items():
+        ET.SubElement(section, key, value=str(value))
+    section.text = "\n\t\t\t" if len(section) else None  # OpenVINO's own layout: a tab per level
+    for child in section:
+        child.tail = "\n\t\t\t" if child is not section[-1] else "\n\t\t"
+    write_file_atomic(xml, ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True), overwrite=True)
+
+
+def loader_arguments(properties: dict[str, str], device: str = "CPU",
+                     from_ir: tuple[str, ...] | list[str] = RT_INFO_PROPERTIES) -> list[str]:
+    """The exact arguments plain loaders need for the properties OpenVINO does not read from the IR (`from_ir`)."""
+    explicit = {k: v for k, v in properties.items() if k not in from_ir}
+    if not explicit:
+        return []
+    lines = [f'openvino_genai.LLMPipeline(ir, "{device}", **{json.dumps(explicit)})']
+    if device_properties(explicit):
+        lines.append(f'OVModelForCausalLM.from_pretrained(ir, device="{device}", '
+                     f'ov_config={json.dumps(device_properties(explicit))})')
+    return lines
 
 
 def device_properties(properties: dict[str, str]) -> dict[str, str]:

@@ -1,7 +1,10 @@
 """Supervised fine-tuning data: prompt/response pairs, tokenized with the loss on response tokens only.
 
-Local JSON/JSONL/CSV/parquet files or a saved `datasets` folder (see `sqft_ov.io.data.load_table`). A prompt
-is used as it is, or wrapped in the tokenizer's chat template as a user turn (`chat_template=True`).
+Local JSON/JSONL/CSV/parquet files, a saved `datasets` folder or a Hub dataset `org/name[:split]` (see
+`sqft_ov.io.data.load_table`). Two row shapes, told apart by their fields: prompt/response (`SFTFormat`'s
+field names), or chat rows `{"messages": [{"role": ..., "content": ...}, ...]}`. A plain prompt is used as
+it is, or wrapped in the tokenizer's chat template as a user turn (`chat_template=True`); a chat row's
+prompt is the template applied to every turn before its last assistant turn, and that turn is the response.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from sqft_ov.errors import SqftError
 from sqft_ov.io.data import load_table
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
+MESSAGES = "messages"  # the field of chat rows
+Prompt = str | list[dict]  # a plain prompt, or the chat turns before the response
 
 
 @dataclass(frozen=True)
@@ -24,38 +29,74 @@ class SFTFormat:
     max_length: int = 512
 
 
-def load_pairs(path: str | Path, fmt: SFTFormat) -> list[tuple[str, str]]:
+def load_pairs(path: str | Path, fmt: SFTFormat) -> list[tuple[Prompt, str]]:
+    """(prompt, response) of every row with a non-empty response: prompt/response rows, else chat rows."""
     table = load_table(path)
     columns = list(table.column_names)
     missing = [f for f in (fmt.prompt_field, fmt.response_field) if f not in columns]
-    if missing:
+    if missing and MESSAGES in columns:
+        pairs = [chat_pair(row[MESSAGES], f"data {path}, row {i}") for i, row in enumerate(table, 1)]
+    elif missing:
         raise SqftError(f"data {path} has no field {', '.join(missing)}: its fields are {', '.join(columns)} "
-                        "(choose with --prompt-field / --response-field)")
-    pairs = [(str(row[fmt.prompt_field]), str(row[fmt.response_field])) for row in table
-             if row[fmt.prompt_field] is not None and row[fmt.response_field] is not None]
+                        "(choose with --prompt-field / --response-field, or give chat rows "
+                        '{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]})')
+    else:
+        pairs = [(str(row[fmt.prompt_field]), str(row[fmt.response_field])) for row in table
+                 if row[fmt.prompt_field] is not None and row[fmt.response_field] is not None]
     pairs = [(p, r) for p, r in pairs if r.strip()]
     if not pairs:
-        raise SqftError(f"data {path} has no example with a non-empty {fmt.response_field!r}")
+        field = "assistant turn" if missing else repr(fmt.response_field)
+        raise SqftError(f"data {path} has no example with a non-empty {field}")
     return pairs
 
 
-def render_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
-    if not chat_template:
+def chat_pair(turns, where: str) -> tuple[list[dict], str]:
+    """(turns before the last assistant turn, its content) of one chat row; any other shape is refused here,
+    before a model loads, since a row without an answer can be neither learned nor scored."""
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
+        raise SqftError(f"{where}: {MESSAGES!r} must be a non-empty list of {{\"role\", \"content\"}} turns")
+    turns = [{k: v for k, v in t.items() if v is not None} for t in turns]  # datasets fills absent keys with None
+    roles = [t.get("role") for t in turns]
+    if "assistant" not in roles:
+        raise SqftError(f"{where} has no assistant turn (roles: {', '.join(map(str, roles))}): the last assistant "
+                        "turn is the response that is learned and scored")
+    last = len(roles) - 1 - roles[::-1].index("assistant")
+    if last != len(turns) - 1:
+        raise SqftError(f"{where} has turns after its last assistant turn: end each chat row with the assistant "
+                        "turn to learn and score")
+    if not isinstance(turns[last].get("content"), str):
+        raise SqftError(f"{where}: the last assistant turn has no text 'content'")
+    return turns[:last], turns[last]["content"]
+
+
+def render_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> str:
+    """The prompt as the model reads it: plain, or through the tokenizer's chat template (chat rows always)."""
+    if isinstance(prompt, str) and not chat_template:
         return prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise SqftError("--chat-template was given but the tokenizer has no chat template")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+        name = getattr(tokenizer, "name_or_path", "") or "the model"
+        raise SqftError(f"--chat-template was given but the tokenizer of {name} has no chat template"
+                        if isinstance(prompt, str) else
+                        f"chat rows ({MESSAGES!r}) need a tokenizer with a chat template and {name}'s has none: "
+                        "give prompt/response rows instead")
+    turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
 
-def tokenize_pair(tokenizer, prompt: str, response: str, fmt: SFTFormat) -> dict[str, list[int]]:
+def prompt_ids(tokenizer, prompt: Prompt, fmt: SFTFormat) -> list[int]:
+    """Token ids of the rendered prompt; a chat template writes its own special tokens."""
+    templated = fmt.chat_template or not isinstance(prompt, str)
+    return tokenizer(render_prompt(tokenizer, prompt, fmt.chat_template), add_special_tokens=not templated)["input_ids"]
+
+
+def tokenize_pair(tokenizer, prompt: Prompt, response: str, fmt: SFTFormat) -> dict[str, list[int]]:
     """input_ids = prompt + response + eos; labels mask the prompt so only the response is learned."""
-    prompt_ids = tokenizer(render_prompt(tokenizer, prompt, fmt.chat_template), add_special_tokens=not fmt.chat_template)["input_ids"]
+    head = prompt_ids(tokenizer, prompt, fmt)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
-    ids = (prompt_ids + response_ids)[: fmt.max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[: fmt.max_length]
+    ids = (head + response_ids)[: fmt.max_length]
+    labels = ([IGNORE_INDEX] * len(head) + response_ids)[: fmt.max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
@@ -104,9 +145,12 @@ _FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 def extract_answer(text: str) -> str | None:
     """The number after the last `####` (GSM8K style), normalised: commas dropped, `7.0` -> `7`; else None."""
     found = _FINAL.findall(text)
-    if not found:
-        return None
-    number = found[-1].replace(",", "")
+    return normalize_number(found[-1]) if found else None
+
+
+def normalize_number(number: str) -> str:
+    """`1,234` -> `1234`, `7.0` -> `7`: the form answers are compared in."""
+    number = number.replace(",", "")
     if "." in number:
         number = number.rstrip("0").rstrip(".") or "0"
     return str(int(number)) if re.fullmatch(r"-?\d+", number) else number

@@ -1,12 +1,13 @@
-"""Stage 6b: accuracy of a deployed model — exact match of the final answer and response-token loss.
+"""Stage 6b: accuracy of a deployed model — a metric on its greedy generations, and response-token loss.
 
-The same data format as fine-tuning (prompt / response fields). The reference answer is the number after
-the last `####` of the response (GSM8K style; `sqft_ov.io.sft_data.extract_answer`), the prediction the
-same number in the greedy generation. An OpenVINO IR generates through openvino_genai's continuous
-batching (the folder's runtime configuration, as deployed) and scores the loss through optimum-intel's
-OVModelForCausalLM; a Hugging Face folder runs in PyTorch with an optional adapter (PEFT, or any sqft-ov
-finetune output), in left-padded batches. Both paths feed the same token ids and decode the same way, so
-their figures differ only by what the runtime computes.
+The same data as fine-tuning (prompt / response fields, or chat `messages` rows). `metric` (see
+`sqft_ov.stages.metrics`) says how a generation is scored: `exact` compares the number after the last `####`
+where the reference has one (GSM8K style; `sqft_ov.io.sft_data.extract_answer`), else the normalised text;
+`contains` looks for the reference inside the generation; `loss` generates nothing. An OpenVINO IR
+generates through openvino_genai's continuous batching (the folder's runtime configuration, as deployed)
+and scores the loss through optimum-intel's OVModelForCausalLM; a Hugging Face folder runs in PyTorch with
+an optional adapter (PEFT, or any sqft-ov finetune output), in left-padded batches. Both paths feed the
+same token ids and decode the same way, so their figures differ only by what the runtime computes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 from sqft_ov.errors import SqftError
 from sqft_ov.io.gguf import resolve_model
 from sqft_ov.io.ir import IR_FILE
-from sqft_ov.io.sft_data import IGNORE_INDEX, SFTFormat, extract_answer, load_pairs, render_prompt, tokenize_pair
+from sqft_ov.io.sft_data import IGNORE_INDEX, Prompt, SFTFormat, load_pairs, prompt_ids, tokenize_pair
+from sqft_ov.stages.metrics import DEFAULT_METRIC, check_metric, score
 
 
 @dataclass
@@ -33,9 +35,12 @@ class EvalConfig:
     device: str = "CPU"  # IR models
     properties: dict[str, str] = field(default_factory=dict)  # OpenVINO properties on top of runtime_config.json
     torch_dtype: str = "float32"  # PyTorch models: float32 | bfloat16 | float16 | auto
-    loss: bool = True
+    loss: bool = True  # also the response loss beside a generation metric (the loss metric always computes it)
+    metric: str = DEFAULT_METRIC  # exact | contains | loss (sqft_ov.stages.metrics)
+    stop: tuple[str, ...] = ()  # text answers end at the first of these (and at EOS)
 
     def __post_init__(self) -> None:
+        check_metric(self.metric)
         if self.limit is not None and self.limit < 1:
             raise SqftError(f"--limit must be at least 1, got {self.limit}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -50,23 +55,33 @@ class EvalReport:
     data: str
     examples: int
     correct: int
-    no_answer: int  # generations without a `####` number
+    no_answer: int  # generations without a `####` number, among references that have one
     response_loss: float | None  # mean cross-entropy per response token (teacher-forced)
     response_tokens: int
     seconds: float  # all of it, loading and compiling the model included
     samples: list[dict] = field(default_factory=list)
     load_seconds: float = 0.0  # loading (and, for an IR, compiling) the model: a one-off cost per process
+    metric: str = DEFAULT_METRIC  # what `correct` counts: exact | contains | loss (no generation, no score)
+    numeric: int | None = None  # references scored on their final `####` number; the rest on normalised text
 
     @property
-    def exact_match(self) -> float:
+    def exact_match(self) -> float | None:
+        """Share of examples `metric` counts correct (None for the loss metric); the name predates metrics."""
+        if self.metric == "loss":
+            return None
         return self.correct / self.examples if self.examples else 0.0
 
+    @property
+    def perplexity(self) -> float | None:
+        return math.exp(self.response_loss) if self.response_loss is not None else None
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "exact_match": self.exact_match}
+        return {**asdict(self), "exact_match": self.exact_match, "perplexity": self.perplexity}
 
 
 def _load(model_path: Path, config: EvalConfig):
-    """(generator, tokenizer, engine): genai's batch pipeline for an IR, the PyTorch model otherwise."""
+    """(generator, tokenizer, engine): genai's batch pipeline for an IR (None for the loss metric), the PyTorch
+    model otherwise."""
     if (model_path / IR_FILE).is_file():
         if config.adapter is not None:
             raise SqftError(f"{model_path} is an OpenVINO IR: adapters apply to Hugging Face folders (merge and "
@@ -79,7 +94,7 @@ def _load(model_path: Path, config: EvalConfig):
 
         check_ir_files(model_path)
         require_tokenizer(model_path)
-        pipe = open_batch_pipeline(model_path, config.device, config.properties)
+        pipe = open_batch_pipeline(model_path, config.device, config.properties) if config.metric != "loss" else None
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         return pipe, tokenizer, "openvino"
     import torch
@@ -93,14 +108,11 @@ def _load(model_path: Path, config: EvalConfig):
     return model, tokenizer, "pytorch"
 
 
-def _references(pairs: list[tuple[str, str]], data: Path, fmt: SFTFormat) -> list[str]:
-    answers = [extract_answer(response) for _, response in pairs]
-    missing = sum(a is None for a in answers)
-    if missing:
-        example = next(r for (_, r), a in zip(pairs, answers) if a is None)
-        raise SqftError(f"{missing} of {len(pairs)} responses in {data} ({fmt.response_field!r}) have no final "
-                        f"answer after '####' (e.g. {example[-60:]!r}): exact match needs GSM8K-style answers")
-    return answers
+def eval_pairs(data: str | Path, fmt: SFTFormat, metric: str, limit: int | None = None) -> list[tuple[Prompt, str]]:
+    """The examples METRIC scores: every row with a response (a chat row's last assistant turn). Recipes call
+    it before training, so data that cannot be scored fails in seconds, not after the run."""
+    check_metric(metric)
+    return load_pairs(data, fmt)[:limit]
 
 
 def _pad(rows: list[list[int]], pad: int, left: bool):
@@ -171,7 +183,7 @@ def _response_loss(model, tokenizer, rows: list[dict]) -> tuple[float, int]:
 
 
 def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = None, progress=None) -> EvalReport:
-    """Exact match and response loss of MODEL (IR or Hugging Face folder [+ adapter]) on DATA."""
+    """The metric's score and the response loss of MODEL (IR or Hugging Face folder [+ adapter]) on DATA."""
     config = config or EvalConfig()
     model_path, data = Path(model).expanduser(), Path(data)
     if not (model_path / IR_FILE).is_file():
@@ -180,12 +192,12 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
     if not model_path.is_dir():
         raise SqftError(f"model folder {model_path} does not exist")
     fmt = config.data_format
-    pairs = load_pairs(data, fmt)[: config.limit]
-    references = _references(pairs, data, fmt)
+    pairs = eval_pairs(data, fmt, config.metric, config.limit)
+    generate, with_loss = config.metric != "loss", config.loss or config.metric == "loss"
     start = time.perf_counter()
     net, tokenizer, engine = _load(model_path, config)
     scorer = net
-    if engine == "openvino" and config.loss:  # genai returns no logits: the loss pass runs in optimum-intel
+    if engine == "openvino" and with_loss:  # genai returns no logits: the loss pass runs in optimum-intel
         from sqft_ov.io.runtime import open_ov_model
 
         scorer = open_ov_model(model_path, config.device, config.properties)
@@ -193,20 +205,19 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
     load_seconds = time.perf_counter() - start
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    prompts = [tokenizer(render_prompt(tokenizer, p, fmt.chat_template),
-                         add_special_tokens=not fmt.chat_template)["input_ids"][-fmt.max_length:] for p, _ in pairs]
+    prompts = [prompt_ids(tokenizer, p, fmt)[-fmt.max_length:] for p, _ in pairs]
     task = progress.add_task(f"eval {model_path.name}", total=len(pairs)) if progress is not None else None
     advance = (lambda n: progress.update(task, advance=n)) if task is not None else (lambda n: None)
-    if engine == "openvino":
+    generated: list[str] = []
+    if generate and engine == "openvino":
         generated = _generate_continuous(net, tokenizer, prompts, config.max_new_tokens, config.batch_size, advance)
-    else:
-        generated = []
+    elif generate:
         for i in range(0, len(prompts), config.batch_size):
             batch = prompts[i:i + config.batch_size]
             generated += _generate(net, tokenizer, batch, config.max_new_tokens)
             advance(len(batch))
     loss_sum, loss_tokens = 0.0, 0
-    if config.loss:
+    if with_loss:
         if task is not None:
             progress.reset(task, total=len(pairs), description=f"loss {model_path.name}")
         for i in range(0, len(pairs), config.batch_size):
@@ -214,16 +225,19 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
             total, count = _response_loss(scorer, tokenizer, rows)
             loss_sum, loss_tokens = loss_sum + total, loss_tokens + count
             advance(len(rows))
-    samples = []
-    for (prompt, _), reference, text in zip(pairs, references, generated):
-        predicted = extract_answer(text)
-        samples.append({"prompt": prompt, "reference": reference, "generated": text, "predicted": predicted,
-                        "correct": predicted == reference})
+    stops = (*config.stop, *([tokenizer.eos_token] if tokenizer.eos_token else []))
+    samples, numeric = [], 0
+    for (prompt, response), text in zip(pairs, generated):
+        scored = score(config.metric, response, text, stops)
+        numeric += scored.numeric
+        samples.append({"prompt": prompt, "reference": scored.reference, "generated": text,
+                        "predicted": scored.predicted, "correct": scored.correct})
     if task is not None:
         progress.remove_task(task)
     return EvalReport(
         model=str(model_path), adapter=str(config.adapter) if config.adapter else None, engine=engine,
-        data=str(data.absolute()), examples=len(samples), correct=sum(s["correct"] for s in samples),
+        data=str(data.absolute()), examples=len(pairs), correct=sum(s["correct"] for s in samples),
         no_answer=sum(s["predicted"] is None for s in samples),
-        response_loss=loss_sum / loss_tokens if loss_tokens else (None if not config.loss else math.nan),
-        response_tokens=loss_tokens, seconds=time.perf_counter() - start, samples=samples, load_seconds=load_seconds)
+        response_loss=loss_sum / loss_tokens if loss_tokens else (None if not with_loss else math.nan),
+        response_tokens=loss_tokens, seconds=time.perf_counter() - start, samples=samples, load_seconds=load_seconds,
+        metric=config.metric, numeric=numeric if generate else None)

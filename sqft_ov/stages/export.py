@@ -24,6 +24,7 @@ from sqft_ov.io.output import atomic_output, check_output, kill_point
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4", "int8-w8a8")
 FALLBACKS = ("error", "adjust", "ignore")
+DEFAULT_GROUP_SIZE = 128  # INT4 post-training, as optimum-cli and NNCF (a merged QA-SparsePEFT keeps its trained grid)
 PROVENANCE = "sqft_export.json"
 _OPTIMUM_DTYPE = {"fp16": "fp16", "int8": "int8", "int4": "int4", "int8-w8a8": "int8"}
 
@@ -32,7 +33,7 @@ _OPTIMUM_DTYPE = {"fp16": "fp16", "int8": "int8", "int4": "int4", "int8-w8a8": "
 class ExportConfig:
     weight_format: str = "int4"
     sym: bool | None = None  # default: asymmetric (or the trained grid's, for a merged QA-SparsePEFT folder)
-    group_size: int | None = None  # INT4 only; -1 means per output channel; default 128 (or the trained grid's)
+    group_size: int | None = None  # INT4; -1: per output channel; None: DEFAULT_GROUP_SIZE or the trained grid's
     group_size_fallback: str = "error"
     all_layers: bool = False  # INT4 also for embeddings and lm_head (NNCF keeps them INT8 by default)
     calibration: str | None = None  # int8-w8a8 only
@@ -51,7 +52,7 @@ class ExportConfig:
         if self.group_size is not None and (self.group_size == 0 or self.group_size < -1):
             raise SqftError(f"--group-size must be positive or -1 (per channel), got {self.group_size}")
         if self.weight_format == "int8-w8a8" and not self.calibration:
-            raise SqftError("--weight-format int8-w8a8 quantizes activations statically: pass --calibration FILE")
+            raise SqftError("--weight-format int8-w8a8 quantizes activations statically: pass --dataset FILE")
         if self.all_layers and self.weight_format != "int4":
             raise SqftError("--all-layers applies to --weight-format int4 only")
         if self.sparse_rate is not None and not 0 < self.sparse_rate <= 1:
@@ -85,7 +86,7 @@ def _check_group_size(model_dir: Path, config: ExportConfig) -> None:
     """Fail before the (long) conversion when INT4 groups cannot tile a layer and no fallback is allowed."""
     from safetensors import safe_open
 
-    group_size = config.group_size or 128
+    group_size = config.group_size or DEFAULT_GROUP_SIZE
     if config.weight_format != "int4" or group_size == -1 or config.group_size_fallback != "error":
         return
     for file in sorted(model_dir.glob("*.safetensors")):
@@ -109,9 +110,8 @@ def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | 
         mode, group = (nncf.CompressWeightsMode.INT8_SYM if config.sym else nncf.CompressWeightsMode.INT8_ASYM), -1
     else:
         mode = nncf.CompressWeightsMode.INT4_SYM if config.sym else nncf.CompressWeightsMode.INT4_ASYM
-        group = config.group_size or 128
-    params = nncf.AdvancedCompressionParameters(
-        group_size_fallback_mode=nncf.GroupSizeFallbackMode(config.group_size_fallback))
+        group = config.group_size or DEFAULT_GROUP_SIZE
+    params = nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode(config.group_size_fallback))
     model = ov.Core().read_model(xml)
     try:
         extra = {"all_layers": True} if config.all_layers else {}  # NNCF's INT8 modes refuse the option itself
@@ -291,10 +291,11 @@ def verify_zeros(ir_dir: Path, model_dir: Path) -> dict[str, dict]:
 
 
 def _sparse_decompression(ir_dir: Path, config: ExportConfig) -> dict:
-    from sqft_ov.io.runtime import SPARSE_RATE, cpu_has_amx, write_runtime_config
+    from sqft_ov.io.runtime import SPARSE_RATE, cpu_has_amx, loader_arguments, read_runtime_config, write_runtime_config
 
     if config.sparse_rate is None:
         return {}
+    # Kept in runtime_config.json only: the CPU plugin does not read this property from the IR's rt_info.
     write_runtime_config(ir_dir, {SPARSE_RATE: str(config.sparse_rate)})
     amx = cpu_has_amx()
     reasons = []
@@ -303,7 +304,8 @@ def _sparse_decompression(ir_dir: Path, config: ExportConfig) -> dict:
     if not amx:
         reasons.append("this CPU has no AMX")
     return {"property": SPARSE_RATE, "rate": config.sparse_rate, "cpu_has_amx": amx,
-            "can_engage_here": not reasons, "why_not": "; ".join(reasons)}
+            "can_engage_here": not reasons, "why_not": "; ".join(reasons),
+            "pass_to_loaders": loader_arguments(read_runtime_config(ir_dir))}
 
 
 def _check_compiles(ir_dir: Path, device: str) -> dict:
@@ -342,13 +344,14 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
 
         check_device(config.device)
     from sqft_ov.io.grid import read_grid
+    from sqft_ov.io.hub import is_hub_dataset
 
     trained = read_grid(model_dir)
     if trained is not None:
         _check_grid(trained[0], config)
     else:
         _check_group_size(model_dir, config)
-    if config.calibration and not Path(config.calibration).expanduser().exists():
+    if config.calibration and not (Path(config.calibration).expanduser().exists() or is_hub_dataset(config.calibration)):
         raise SqftError(f"calibration file {config.calibration} does not exist")
 
     start = time.perf_counter()

@@ -178,15 +178,17 @@ def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: in
     """`sqft_adapter.json`: everything `load_adapted` needs to rebuild the model, and how it was trained."""
     from sqft_ov import __version__
     from sqft_ov.io.checkpoint import model_fingerprint
+    from sqft_ov.io.data import data_source
 
     return {
         "sqft_ov_version": __version__, "method": config.method, "nls": config.nls,
         "rank": config.max_rank, "rank_space": list(config.rank_space) if config.nls else [config.rank],
-        "lora_alpha": config.alpha, "target_modules": list(config.target_modules),
+        "lora_alpha": config.alpha, "lora_dropout": config.lora_dropout,
+        "target_modules": list(adapted.config.target_modules),  # all-linear: the names it resolved to
         "quantization": ({"bits": 4, "sym": config.int4 == "sym", "group_size": config.group_size}
                          if config.int4 else None),
         "base": str(Path(model_dir).absolute()), "base_fingerprint": model_fingerprint(model_dir),
-        "data": str(Path(data).absolute()), "data_format": asdict(config.data_format),
+        "data": data_source(data), "data_format": asdict(config.data_format),
         "eval_split": config.eval_split, "seed": config.seed, "adapted_weights": adapted.adapted_weights,
         "widths": adapted.widths.space.to_dict() if adapted.widths is not None else None,
         "lr": config.lr, "range_lr": config.grid_lr if adapted.qa else None, "batch_size": config.batch_size,
@@ -206,11 +208,12 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
 
     from sqft_ov.adapters.elastic import SPACE_FILE, resolve_space
     from sqft_ov.adapters.nls import HISTORY, RankSampler, blocks_of
-    from sqft_ov.io.checkpoint import load_causal_lm
+    from sqft_ov.io.checkpoint import check_model_dir, load_causal_lm
     from sqft_ov.io.output import atomic_output, check_output
     from sqft_ov.io.sft_data import ResponseCollator, build_datasets
 
     output = check_output(output, overwrite, inputs=(model_dir, data))
+    model_dir = check_model_dir(model_dir)  # a Hub ID or .gguf: the local folder the record names as base
     run_dir = _run_dir(output)
     checkpoint = _latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:

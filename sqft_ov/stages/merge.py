@@ -44,21 +44,22 @@ class MergeReport:
 
 
 def _sample_batch(tokenizer, record: dict, n: int = 4) -> dict:
-    from sqft_ov.io.sft_data import SFTFormat, load_pairs
+    from sqft_ov.io.sft_data import SFTFormat, load_pairs, render_prompt
 
     pairs = load_pairs(record["data"], SFTFormat(**record["data_format"]))[:n]
-    texts = [p + " " + r for p, r in pairs]
+    texts = [render_prompt(tokenizer, p, False) + " " + r for p, r in pairs]  # chat rows: their template
     return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)
 
 
 def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path | None = None,
           overwrite: bool = False, base: str | Path | None = None) -> MergeReport:
     from sqft_ov.adapters.adapted import apply_sub_adapter, load_adapted
-    from sqft_ov.io.checkpoint import checkpoint_dtype
+    from sqft_ov.io.checkpoint import check_model_dir, checkpoint_dtype
     from sqft_ov.io.grid import write_grid
     from sqft_ov.io.output import atomic_output, check_output, kill_point
 
     output = check_output(output, overwrite, inputs=(adapter_dir, base, sub_adapter))
+    base = check_model_dir(base) if base is not None else None  # --base as a Hub ID or .gguf: its local folder
     adapted, tokenizer, record = load_adapted(adapter_dir, base)
     method = record["method"]
     ranks = apply_sub_adapter(adapted, record, sub_adapter)

@@ -230,7 +230,7 @@ def sparsify(model: nn.Module, config: SparsityConfig, calibration: list[torch.T
     linears = decoder_linears(model)
     if config.method == "wanda":
         if not calibration:
-            raise SqftError("Wanda needs calibration data: pass --calibration FILE, or use --method magnitude")
+            raise SqftError("Wanda needs calibration data: pass --dataset FILE, or use --method magnitude")
         _wanda(model, linears, calibration, config, progress)
     elif config.nm is not None:
         for layer in linears.values():
@@ -249,13 +249,14 @@ def sparsify_folder(model_dir: str | Path, output: str | Path, config: SparsityC
                     num_samples: int = 128, seq_len: int = 512, overwrite: bool = False,
                     trust_remote_code: bool = False, progress=None) -> SparsityReport:
     """Folder in, folder out: load, sparsify, and write model + tokenizer + sparsity.json atomically."""
-    from sqft_ov.io.checkpoint import load_causal_lm
-    from sqft_ov.io.data import load_texts, token_chunks
+    from sqft_ov.io.checkpoint import check_model_dir, load_causal_lm
+    from sqft_ov.io.data import data_source, load_texts, token_chunks
     from sqft_ov.io.output import atomic_output, check_output
 
     check_output(output, overwrite, inputs=(model_dir, calibration))
     if config.method == "wanda" and calibration is None:
-        raise SqftError("Wanda needs calibration data: pass --calibration FILE, or use --method magnitude")
+        raise SqftError("Wanda needs calibration data: pass --dataset FILE, or use --method magnitude")
+    model_dir = check_model_dir(model_dir)  # a Hub ID or .gguf: its local folder, fetched or converted once
     texts = load_texts(calibration, text_fields) if calibration is not None else None
     model, tokenizer = load_causal_lm(model_dir, trust_remote_code)
     samples = token_chunks(tokenizer, texts, num_samples, seq_len) if texts else None
@@ -263,8 +264,8 @@ def sparsify_folder(model_dir: str | Path, output: str | Path, config: SparsityC
     with atomic_output(output, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        data = report.to_dict() | {"source": str(Path(model_dir).absolute()),
-                                   "calibration": str(Path(calibration).absolute()) if calibration else None,
+        data = report.to_dict() | {"source": str(model_dir),
+                                   "calibration": data_source(calibration) if calibration else None,
                                    "calibration_samples": len(samples) if samples else 0}
         (tmp / "sparsity.json").write_text(json.dumps(data, indent=2))
     return report

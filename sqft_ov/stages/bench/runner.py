@@ -37,12 +37,16 @@ class BenchModel:
     properties: dict[str, str] = field(default_factory=dict)  # this model's OpenVINO / genai properties (IR only)
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path).expanduser().absolute()
+        from sqft_ov.io.hub import download_model, is_hub_model
+
+        name = Path(self.path).name
+        hub = is_hub_model(self.path)  # a Hub ID runs from its downloaded snapshot, labelled by its name
+        self.path = download_model(self.path) if hub else Path(self.path).expanduser().absolute()
         self.adapter = Path(self.adapter).expanduser().absolute() if self.adapter else None
         self.sub_adapter = Path(self.sub_adapter).expanduser().absolute() if self.sub_adapter else None
         self.properties = {k: str(v) for k, v in self.properties.items()}
         if self.label is None:
-            self.label = self.path.name + (f"+{self.adapter.name}" if self.adapter else "")
+            self.label = (name if hub else self.path.name) + (f"+{self.adapter.name}" if self.adapter else "")
 
 
 @dataclass
@@ -89,8 +93,7 @@ class _Worker:
                 "runs": config.warmup + config.repeats}
         self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "sqft_ov.stages.bench.worker", json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
 
     def ask(self, command: dict | None = None) -> dict:
         if command is not None:

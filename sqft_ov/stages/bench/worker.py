@@ -300,7 +300,6 @@ def main() -> None:
     def reply(message: dict) -> None:
         reply_stream.write(json.dumps(message) + "\n")
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     spec = json.loads(sys.argv[1])
     try:

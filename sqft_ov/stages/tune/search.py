@@ -308,14 +308,14 @@ def _profiles(xml: Path, current_device: dict[str, str], best: dict, config: Tun
 def apply(ir_dir: str | Path, setting: dict[str, str], device: str = "CPU") -> dict:
     """Write `setting` into the folder's runtime configuration (runtime_config.json and the IR's rt_info).
 
-    Returns the folder's configuration and which of its properties a plain loader (no properties passed)
-    already runs with, read back from a compiled model: the rest need `ov_config=` / `**properties` from
-    runtime_config.json, which sqft-ov's own loaders pass.
+    Returns the folder's configuration, which of its properties a plain loader (no properties passed)
+    already runs with, read back from a compiled model, and the exact loader arguments the rest need
+    (sqft-ov's own loaders pass them from runtime_config.json).
     """
     import openvino as ov
 
     from sqft_ov.io.ir import IR_FILE
-    from sqft_ov.io.runtime import read_runtime_config, write_runtime_config
+    from sqft_ov.io.runtime import loader_arguments, read_runtime_config, write_runtime_config
     from sqft_ov.stages.tune.space import read_back
 
     ir_dir = check_ir(ir_dir)
@@ -325,5 +325,6 @@ def apply(ir_dir: str | Path, setting: dict[str, str], device: str = "CPU") -> d
     written = read_runtime_config(ir_dir)
     device_part, _ = split(written)
     plain = read_back(ov.Core().compile_model(ir_dir / IR_FILE, device), device_part)
-    return {"runtime_config": written,
-            "plain_loaders_apply": {k: same_value(k, v, plain.get(k, "?")) for k, v in device_part.items()}}
+    applied = {k: same_value(k, v, plain.get(k, "?")) for k, v in device_part.items()}
+    return {"runtime_config": written, "plain_loaders_apply": applied,
+            "pass_to_loaders": loader_arguments(written, device, from_ir=[k for k, ok in applied.items() if ok])}
