@@ -37,7 +37,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # we draw our own progress with rich
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # HF_HUB_DISABLE_PROGRESS_BARS stays the user's: a hub ID's download (gigabytes) shows huggingface_hub's bar.
     for name in ("torchao", "torch.utils._pytree", "nncf", "optimum", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.disable(logging.INFO)  # NNCF resets its logger to INFO when imported, after the line above
