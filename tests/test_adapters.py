@@ -35,14 +35,16 @@ def test_loss_falls_and_output_is_self_describing(trained, method, nls):
         assert record["quantization"] == {"bits": 4, "sym": False, "group_size": 64}
 
 
-@pytest.mark.parametrize("method", ["lora", "sparsepeft"])
-def test_peft_loads_the_adapter(trained, sparse_models, method):
+def test_peft_loads_a_lora_adapter_and_refuses_a_sparsepeft_one(trained, sparse_models):
+    """sparsepeft: plain PEFT would merge the update unmasked, so it must refuse (tests/test_plain_peft.py)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(sparse_models["llama"])
-    model = PeftModel.from_pretrained(base, trained(method))
+    model = PeftModel.from_pretrained(base, trained("lora"))
     assert model.peft_config["default"].r == 8
+    with pytest.raises(KeyError, match="SparsePEFT adapter.*sqft-ov merge"):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sparse_models["llama"]), trained("sparsepeft"))
 
 
 @pytest.mark.parametrize("method,nls", [("sparsepeft", False), ("sparsepeft", True), ("qa-sparsepeft", False),

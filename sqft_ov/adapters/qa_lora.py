@@ -5,8 +5,9 @@ every linear weight whose forward is `fake_quant(W + B @ A)` with learnable rang
 mask: merged, B @ A fills the base's zeros. Here each INT4 LoRA quantizer's class is swapped for a
 subclass whose `quantize()` computes `fake_quant(W + mask * (B @ A))`, the mask being the base weight's
 non-zero pattern (a non-persistent buffer re-derived from the weights, never saved). `nncf.strip` calls
-`quantize()` too, so merge and export keep the zeros. `check_nncf_internals()` fails loudly if the pinned
-NNCF changes what this relies on.
+`quantize()` too, so merge and export keep the zeros. It also holds the one other NNCF internal sqft-ov uses,
+the magnitude-pruning masks `sparsify` edits (`keep_dense_except`). `check_nncf_internals()` fails loudly if the
+pinned NNCF changes what either relies on; no other module imports below NNCF's public facade.
 """
 
 from __future__ import annotations
@@ -50,9 +51,39 @@ def check_nncf_internals() -> None:
     source = inspect.getsource(quantize_functions.asymmetric_quantize_lora)
     if "input_ + B @ A" not in source.replace("(", "").replace(")", ""):
         problems.append("asymmetric_quantize_lora no longer computes fake_quant(W + B @ A)")
+    problems += _pruning_problems()
     if problems:
         raise SqftError("QA-SparsePEFT relies on NNCF internals that changed: " + "; ".join(problems)
                         + f". Install nncf=={_TESTED_NNCF}.* (pinned in pyproject.toml).")
+
+
+def _pruning_problems() -> list[str]:
+    """What `keep_dense_except` relies on: `get_pruned_modules` and masks with a boolean `binary_mask` buffer."""
+    try:
+        from nncf.torch.function_hook.pruning.magnitude import algo, modules
+    except ImportError:
+        return ["nncf.torch.function_hook.pruning.magnitude.algo"]
+    problems = [] if callable(getattr(algo, "get_pruned_modules", None)) else ["magnitude.algo.get_pruned_modules"]
+    mask_class = getattr(modules, "UnstructuredPruningMask", None)
+    mask = getattr(mask_class((1,)), "binary_mask", None) if mask_class is not None else None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        problems.append("magnitude.modules.UnstructuredPruningMask.binary_mask")
+    return problems
+
+
+def keep_dense_except(pruned, wanted: set[str]) -> None:
+    """Before `nncf.strip`: keep every weight NNCF's magnitude pruning proposed dense except `wanted` (NNCF also
+    proposes embeddings and lm_head, which SQFT never prunes), by setting their masks to all-true."""
+    from nncf.torch.function_hook.pruning.magnitude.algo import get_pruned_modules
+
+    check_nncf_internals()
+    masks = get_pruned_modules(pruned)
+    missing = wanted - set(masks)
+    if missing:
+        raise SqftError(f"NNCF did not offer {len(missing)} linear weights for pruning (e.g. {sorted(missing)[0]})")
+    for name, hook in masks.items():
+        if name not in wanted:
+            hook.binary_mask.fill_(True)
 
 
 def _masked_asymmetric(input_, input_shape, A, B, mask, input_low_, input_range_, level_low, level_high,

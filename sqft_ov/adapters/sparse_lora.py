@@ -4,12 +4,17 @@ SparsePEFT multiplies the LoRA update by the base weight's non-zero mask, in tra
     y = x W^T + x (M * (B A))^T * alpha / r
 so the merged weight W + M * (B A) * alpha / r is exactly as sparse as W. NLS makes the rank elastic:
 only the first r rows of A and columns of B are active, r chosen per layer (see `sqft_ov.adapters.nls`).
-The adapter weights stay PEFT's own (`lora_A` / `lora_B`), so the saved adapter is a standard PEFT folder.
+The adapter weights stay PEFT's own (`lora_A` / `lora_B`), but a SparsePEFT folder is not a plain PEFT one:
+PEFT can only be told about a masked layer in code (a LoRA variant or custom module is not written to
+adapter_config.json), so plain `PeftModel.from_pretrained(...).merge_and_unload()` would add the unmasked update
+and refill the base's zeros. `refuse_plain_peft` makes PEFT stop instead, naming `sqft-ov merge`.
 """
 
 from __future__ import annotations
 
+import json
 import types
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -68,3 +73,24 @@ def merged_weight(layer: nn.Module, rank: int | None, masked: bool) -> torch.Ten
     if masked:
         delta = delta * (base != 0)
     return (base.float() + delta).to(base.dtype)
+
+
+PEFT_CONFIG = "adapter_config.json"
+REFUSAL = ("this is a SparsePEFT adapter: its update must be masked by the base's sparsity; merge it with "
+           "`sqft-ov merge ADAPTER MERGED` (or sqft_ov.merge) instead of loading it with plain PEFT")
+
+
+def refuse_plain_peft(folder: Path) -> None:
+    """Make plain PEFT (and transformers' `load_adapter`) refuse a SparsePEFT folder with `REFUSAL`.
+
+    PEFT looks the config's `peft_type` up before anything else and echoes an unknown one in its KeyError, so
+    the message becomes the type; PEFT's own type stays beside it (`sqft_peft_type`). sqft-ov never reads this
+    file for sparsepeft (it rebuilds from sqft_adapter.json), and older folders, still typed LORA, load as before.
+    """
+    file = folder / PEFT_CONFIG
+    config = json.loads(file.read_text())
+    config["sqft_peft_type"], config["peft_type"] = config["peft_type"], REFUSAL
+    file.write_text(json.dumps(config, indent=2))
+    card = folder / "README.md"  # PEFT's model card: tell a reader on the Hub too
+    note = f"**SparsePEFT adapter (sqft-ov)**: {REFUSAL}.\n\n"
+    card.write_text(note + (card.read_text() if card.is_file() else ""))

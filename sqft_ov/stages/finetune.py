@@ -11,8 +11,9 @@
 
 Training runs through Hugging Face `Trainer`, so `accelerate launch` runs the same code on several
 processes. OUTPUT is small and self-describing: `sqft_adapter.json` (method, base path and fingerprint,
-quantization, ranks, data), the trainable tensors in safetensors (a standard PEFT adapter for lora and
-sparsepeft), the loss log and, with NLS, the sampled configurations and their losses.
+quantization, ranks, data), the trainable tensors in safetensors (for lora also a standard PEFT adapter; for
+sparsepeft PEFT's files too, typed so that plain PEFT refuses them and points to `sqft-ov merge`, since it
+would merge the update unmasked), the loss log and, with NLS, the sampled configurations and their losses.
 """
 
 from __future__ import annotations
@@ -197,6 +198,18 @@ def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: in
     }
 
 
+def _write_peft(adapted: Adapted, folder: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors (PEFT's): a standard LoRA folder for lora; for sparsepeft
+    typed so that plain PEFT refuses it, since it would merge the update unmasked and refill the zeros."""
+    if adapted.qa:
+        return
+    adapted.model.save_pretrained(folder)
+    if adapted.config.method == "sparsepeft":
+        from sqft_ov.adapters.sparse_lora import refuse_plain_peft
+
+        refuse_plain_peft(folder)
+
+
 def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config: FinetuneConfig,
              resume: bool = False, overwrite: bool = False, show_progress: bool = False,
              callbacks: list | None = None, progress=None) -> FinetuneResult:
@@ -266,8 +279,7 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(record, indent=2))
             (tmp / "loss_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
             save_file(adapted.state(), tmp / TRAINABLE)
-            if not adapted.qa:
-                adapted.model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors (PEFT)
+            _write_peft(adapted, tmp)
             tokenizer.save_pretrained(tmp)
             if sampler is not None:
                 (tmp / HISTORY).write_text(json.dumps(sampler.history, indent=2))

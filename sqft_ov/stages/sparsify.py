@@ -205,18 +205,12 @@ def _wanda(model: nn.Module, linears: dict[str, nn.Linear], samples: list[torch.
 
 def _nncf_magnitude(model: nn.Module, linears: dict[str, nn.Linear], ratio: float) -> nn.Module:
     import nncf
-    from nncf.torch.function_hook.pruning.magnitude.algo import get_pruned_modules
+
+    from sqft_ov.adapters.qa_lora import keep_dense_except  # the module that owns NNCF internals
 
     example = {"input_ids": torch.ones(1, 8, dtype=torch.long)}
     pruned = nncf.prune(model, nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_LOCAL, ratio=ratio, examples_inputs=example)
-    wanted = {f"{name}.weight" for name in linears}
-    masks = get_pruned_modules(pruned)
-    missing = wanted - set(masks)
-    if missing:
-        raise SqftError(f"NNCF did not offer {len(missing)} linear weights for pruning (e.g. {sorted(missing)[0]})")
-    for name, hook in masks.items():  # NNCF also proposes embeddings and lm_head: keep those dense
-        if name not in wanted:
-            hook.binary_mask.fill_(True)
+    keep_dense_except(pruned, {f"{name}.weight" for name in linears})
     return nncf.strip(pruned, do_copy=False, strip_format=nncf.StripFormat.IN_PLACE)
 
 
