@@ -21,6 +21,7 @@ import typer
 
 from sqft_ov import FinetuneConfig, ImportanceConfig, SFTFormat, deployed_sparsity, importance
 from sqft_ov.adapters.config import GRID_GROUP_SIZE
+from sqft_ov.adapters.elastic import width_multiple
 from sqft_ov.recipe import (
     BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out,
     Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
@@ -57,7 +58,8 @@ def recipe(
     prompts = SFTFormat(chat_template=chat_template)
     check_scoring(test or train, prompts, metric)
     out = fresh_output(out, overwrite, inputs=(model, data, test))
-    scoring = ImportanceConfig(keep=keep, keep_heads=keep_heads, choices=choices, multiple=group_size,
+    # Derived widths are whole INT4 groups (and SIMD tiles of 32): the cut sub-network exports with group_size.
+    scoring = ImportanceConfig(keep=keep, keep_heads=keep_heads, choices=choices, multiple=width_multiple(group_size),
                                data_format=prompts, seed=seed)
     ordered = importance(model, train, out / "ordered", scoring).output
     space = out / "search_space.json"

@@ -25,6 +25,10 @@ from sqft_ov import (
     finetune, importance, merge, search,
 )
 from sqft_ov.adapters.config import GRID_GROUP_SIZE
+from sqft_ov.adapters.elastic import check_space_fits, fit_mlp_widths, parse_widths, resolve_space
+from sqft_ov.io.blocks import Shape
+from sqft_ov.io.checkpoint import load_config
+from sqft_ov.stages.export_groups import grouped_input_sizes, plan_group_sizes
 from sqft_ov.recipe import (
     BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out,
     Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
@@ -34,7 +38,8 @@ Model = Annotated[Path, typer.Option(help="Model folder (dense, or sparse from s
 MlpWidths = Annotated[str, typer.Option(help="MLP widths the super-network samples (fractions or channel counts).")]
 HeadWidths = Annotated[str, typer.Option(help="Attention widths (fractions or head counts, whole KV groups).")]
 MaxSize = Annotated[float, typer.Option(help="Largest share of the decoder's weights the chosen sub-network keeps.")]
-GroupSize = Annotated[int, typer.Option(help="INT4 group size of the IRs (must divide every width).")]
+GroupSize = Annotated[int, typer.Option(help="INT4 group size of the IRs (MLP width fractions round to multiples "
+                                             "of it and of 32; checked before training).")]
 
 
 def deploy_super_network(label: str, model: Path, train: Path, test: Path | None, out: Path, config: FinetuneConfig,
@@ -42,6 +47,10 @@ def deploy_super_network(label: str, model: Path, train: Path, test: Path | None
                          metric: str = "exact") -> list[Deployment]:
     """Train the super-network, cut the searched sub-network and the full one, export both INT4, evaluate both."""
     prompts = config.data_format
+    model_config = load_config(model)
+    # Every layer of every sub-network must be whole INT4 groups: a misfit fails here, not at export after training.
+    plan_group_sizes(grouped_input_sizes(model, False), group_size, "error", explicit=True)
+    check_space_fits(resolve_space(config, model_config), Shape.of(model_config), group_size)
     adapter = finetune(model, train, out / "adapter", config, progress=progress).output
     deployments = []
     smallest = search(adapter, "min").decoder_share  # a derived (EFTNAS) space may not reach max_size
@@ -86,8 +95,9 @@ def recipe(
     out = fresh_output(out, overwrite, inputs=(model, data, test))
     ordered = importance(model, train, out / "ordered", ImportanceConfig(data_format=prompts, seed=seed)).output
     method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
+    channels = fit_mlp_widths(Shape.of(load_config(ordered)), parse_widths(mlp_widths, "--mlp-widths"), group_size)
     config = FinetuneConfig(method=method, nls=True, rank_space=rank_space,
-                            mlp_widths=tuple(mlp_widths.split()), head_widths=tuple(head_widths.split()),
+                            mlp_widths=channels, head_widths=tuple(head_widths.split()),
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05, data_format=prompts,
                             seed=seed)
     return deploy_super_network("LoNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,

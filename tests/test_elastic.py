@@ -245,3 +245,44 @@ def test_eftnas_recipe_writes_a_smaller_ir_under_out(tmp_path, tiny_models):
     assert decoder_elements(out / "ir") < decoder_elements(out / "full" / "ir")
     chosen = json.loads((out / "sub_network.json").read_text())
     assert chosen["decoder_share"] < 1 and len(chosen["widths"]) == 2
+
+
+def test_mlp_widths_round_to_whole_int4_groups():
+    """LoNAS fractions become channel counts the recipe's --group-size divides (and 32, SIMD tiles)."""
+    from sqft_ov.adapters.elastic import fit_mlp_widths, width_multiple
+    from sqft_ov.errors import SqftError
+    from sqft_ov.io.blocks import Shape
+
+    assert (width_multiple(64), width_multiple(128), width_multiple(48), width_multiple(-1)) == (64, 128, 96, 32)
+    shape = Shape(layers=2, hidden=128, intermediate=384, heads=4, kv_heads=2, head_dim=32)
+    assert fit_mlp_widths(shape, (1.0, 0.75, 0.5), 64) == (384, 256, 192)  # 0.75 * 384 = 288: not whole groups
+    assert fit_mlp_widths(shape, (1.0, 0.75, 0.5), 32) == (384, 288, 192)
+    assert fit_mlp_widths(shape, (1.0, 0.5), 128) == (384, 256)
+    with pytest.raises(SqftError, match="MLP width 288 .* not a multiple of --group-size 64"):
+        fit_mlp_widths(shape, (1.0, 288), 64)  # an explicit channel count is taken as given
+    small = Shape(layers=2, hidden=64, intermediate=96, heads=2, kv_heads=2, head_dim=32)
+    with pytest.raises(SqftError, match="MLP width 96 .* of 96 channels.* --group-size 64"):
+        fit_mlp_widths(small, (1.0, 0.5), 64)  # the MLP is narrower than two groups: no width fits
+
+
+@pytest.mark.slow
+def test_lonas_recipe_widths_fit_the_group_size_through_export(tmp_path):
+    """Qwen2 with intermediate 384 and --group-size 64: 0.75 must not become 288 channels (failed at export)."""
+    from test_quickstart import RECIPES, sqft
+
+    from sqft_ov.quickstart.arithmetic import write_task
+    from sqft_ov.quickstart.tiny import TinyModelConfig, build_tiny_model
+
+    model = build_tiny_model(tmp_path / "qwen2", TinyModelConfig(arch="qwen2", hidden=128, intermediate=384))
+    task = write_task(tmp_path / "task", 64, 8)
+    out = tmp_path / "lonas"
+    args = ["--model", model, "--data", task["train"].parent, "--steps", "4", "--batch-size", "4",
+            "--rank-space", "8 4", "--group-size", "64"]
+    result = sqft("run", RECIPES / "lonas.py", *args, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "ir" / "openvino_model.xml").is_file() and (out / "full" / "ir" / "openvino_model.xml").is_file()
+    record = json.loads((out / "adapter" / "sqft_adapter.json").read_text())
+    assert all(w % 64 == 0 for block in record["widths"]["blocks"] for w in block["mlp"])
+    result = sqft("run", RECIPES / "lonas.py", *args, "--out", tmp_path / "bad", "--mlp-widths", "1.0 288")
+    assert result.returncode != 0 and "not a multiple of --group-size 64" in result.stderr
+    assert not (tmp_path / "bad" / "adapter").exists()  # refused before training

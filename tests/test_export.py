@@ -130,6 +130,25 @@ def test_group_size_that_does_not_divide(sparse_models, tmp_path):
     assert report.zeros_kept == report.source_zeros
 
 
+def test_default_group_size_adjusts_layers_it_does_not_divide(tmp_path):
+    """Hidden 192 (as SmolLM2-135M's 576): the default group 128 falls back to 64 there, and says so."""
+    from sqft_ov.quickstart.tiny import TinyModelConfig, build_tiny_model
+
+    model = build_tiny_model(tmp_path / "h192", TinyModelConfig(hidden=192, intermediate=384, heads=4, kv_heads=2))
+    report = export(model, tmp_path / "ir", ExportConfig(weight_format="int4"))
+    adjusted = report.settings["group_size_exceptions"]
+    assert report.settings["group_size"] == 128 and report.settings["group_size_fallback"] == "adjust"
+    assert set(adjusted.values()) == {64} and len(adjusted) == 12  # q, k, v, o, gate, up per block; not down
+    assert not any("down_proj" in name for name in adjusted)
+    assert report.settings["group_sizes"] == ("group size 128, adjusted to 64 on 12 layers whose input size 192 "
+                                              "it does not divide")
+    record = json.loads((tmp_path / "ir" / "sqft_export.json").read_text())
+    assert record["settings"]["group_size_exceptions"] == adjusted
+    with pytest.raises(SqftError, match="^--group-size 128 does not divide .*--group-size-fallback adjust"):
+        export(model, tmp_path / "g128", ExportConfig(weight_format="int4", group_size=128))
+    assert not (tmp_path / "g128").exists()
+
+
 def test_bad_input_writes_nothing(tiny_models, sparse_models, exported, tmp_path):
     from transformers import BertConfig
 

@@ -10,6 +10,7 @@ the removed heads and channels feed nothing else. Training therefore needs no sl
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,36 @@ def resolve_space(config, model_config) -> WidthSpace | None:
     if config.mlp_widths or config.head_widths:
         return WidthSpace.uniform(shape, config.mlp_widths, config.head_widths)
     return None
+
+
+def width_multiple(group_size: int) -> int:
+    """Channel counts that INT4 groups of `group_size` tile and SIMD tiles of 32 keep whole (-1: per channel)."""
+    return 32 if group_size == -1 else math.lcm(32, group_size)
+
+
+def fit_mlp_widths(shape: Shape, widths: tuple[float, ...], group_size: int) -> tuple[int, ...]:
+    """MLP widths as channel counts an INT4 export with `group_size` can tile: fractions rounded to
+    width_multiple(group_size) channels (a cut down_proj's input is its width)."""
+    sizes = tuple(sorted({_mlp_size(v, shape, width_multiple(group_size)) for v in widths or (1.0,)}, reverse=True))
+    check_space_fits(WidthSpace([list(sizes)] * shape.layers, [[shape.kv_heads]] * shape.layers), shape, group_size)
+    return sizes
+
+
+def check_space_fits(space: WidthSpace, shape: Shape, group_size: int) -> None:
+    """Fail before training when a sub-network's cut layer would not be a whole number of INT4 groups."""
+    if group_size == -1:
+        return
+    for i, (mlp, kv) in enumerate(zip(space.mlp, space.kv_groups)):
+        for width in mlp:
+            if width % group_size:
+                raise SqftError(f"MLP width {width} (block {i}, of {shape.intermediate} channels) is not a multiple "
+                                f"of --group-size {group_size}, so its INT4 export would fail: give widths in "
+                                f"multiples of {width_multiple(group_size)} channels, or a smaller --group-size")
+        for groups in kv:
+            size = groups * shape.group * shape.head_dim
+            if size % group_size:
+                raise SqftError(f"{groups} KV groups (block {i}) leave o_proj an input of {size}, not a multiple of "
+                                f"--group-size {group_size}: choose other --head-widths or a smaller --group-size")
 
 
 class ElasticWidths:

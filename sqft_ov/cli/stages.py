@@ -85,7 +85,9 @@ def export(
                                        help="Symmetric (no zero point) or asymmetric INT weights."),
     group_size: Optional[int] = typer.Option(None, show_default=f"{DEFAULT_GROUP_SIZE}, or a merged model's trained grid",
                                              help="INT4 group size along the input dimension; -1 per channel."),
-    group_size_fallback: str = typer.Option(ExportConfig.group_size_fallback, help="error | adjust | ignore: for layers the group size does not divide."),
+    group_size_fallback: str = typer.Option(ExportConfig.group_size_fallback, help=(
+        "auto | error | adjust | ignore: for layers the group size does not divide. auto: adjust (NNCF: the largest "
+        "power of two dividing the layer, at least 32, else INT8) when --group-size is not given, error when it is.")),
     all_layers: bool = typer.Option(False, help="INT4 also for the embeddings and lm_head (default: INT8, as NNCF and optimum-cli)."),
     dataset: Optional[Path] = typer.Option(None, show_default="none (needed by int8-w8a8)",
                                            help="Calibration text for int8-w8a8 static quantization."),

@@ -37,6 +37,8 @@ def export_table(report) -> Table:
     table.add_column("field")
     table.add_column("value")
     for key, value in report.settings.items():
+        if key == "group_size_exceptions":  # per layer: too long for a table, summarised in group_sizes
+            value = f"{len(value)} layers (per layer in sqft_export.json)" if value else "none"
         table.add_row(key, str(value))
     storages = sorted({w["storage"] for w in report.weights.values()})
     table.add_row("weight storage", ", ".join(storages))

@@ -21,9 +21,10 @@ from pathlib import Path
 from sqft_ov.errors import SqftError
 from sqft_ov.io.ir import save_over
 from sqft_ov.io.output import atomic_output, check_output, kill_point
+from sqft_ov.stages.export_groups import (FALLBACKS, describe_plan, grouped_input_sizes, plan_group_sizes,
+                                          resolve_fallback)
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4", "int8-w8a8")
-FALLBACKS = ("error", "adjust", "ignore")
 DEFAULT_GROUP_SIZE = 128  # INT4 post-training, as optimum-cli and NNCF (a merged QA-SparsePEFT keeps its trained grid)
 PROVENANCE = "sqft_export.json"
 _OPTIMUM_DTYPE = {"fp16": "fp16", "int8": "int8", "int4": "int4", "int8-w8a8": "int8"}
@@ -34,7 +35,7 @@ class ExportConfig:
     weight_format: str = "int4"
     sym: bool | None = None  # default: asymmetric (or the trained grid's, for a merged QA-SparsePEFT folder)
     group_size: int | None = None  # INT4; -1: per output channel; None: DEFAULT_GROUP_SIZE or the trained grid's
-    group_size_fallback: str = "error"
+    group_size_fallback: str = "auto"  # adjust for the default group size, error for an explicit one
     all_layers: bool = False  # INT4 also for embeddings and lm_head (NNCF keeps them INT8 by default)
     calibration: str | None = None  # int8-w8a8 only
     text_fields: tuple[str, ...] = ()
@@ -82,23 +83,17 @@ class ExportReport:
         return sum(w["ir_zeros"] for w in self.weights.values()) / max(1, sum(w["numel"] for w in self.weights.values()))
 
 
-def _check_group_size(model_dir: Path, config: ExportConfig) -> None:
-    """Fail before the (long) conversion when INT4 groups cannot tile a layer and no fallback is allowed."""
-    from safetensors import safe_open
-
+def _plan_groups(model_dir: Path, config: ExportConfig) -> dict:
+    """Fail before the (long) conversion when INT4 groups cannot tile a layer and no fallback applies;
+    otherwise the settings saying which layers get which group size."""
+    if config.weight_format != "int4":
+        return {}
     group_size = config.group_size or DEFAULT_GROUP_SIZE
-    if config.weight_format != "int4" or group_size == -1 or config.group_size_fallback != "error":
-        return
-    for file in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                shape = f.get_slice(name).get_shape()
-                # NNCF keeps embeddings and lm_head in INT8 (per channel): only the decoder linears are grouped.
-                backup = "embed" in name or "lm_head" in name
-                if len(shape) == 2 and name.endswith(".weight") and (config.all_layers or not backup) \
-                        and shape[1] % group_size:
-                    raise SqftError(f"--group-size {group_size} does not divide {name} (input size {shape[1]}):"
-                                    " choose a divisor, or pass --group-size-fallback adjust|ignore")
+    fallback = resolve_fallback(config.group_size_fallback, config.group_size is not None)
+    sizes = grouped_input_sizes(model_dir, config.all_layers)
+    plan = plan_group_sizes(sizes, group_size, fallback, config.group_size is not None)
+    return {"group_size_fallback": fallback, "group_sizes": describe_plan(plan, sizes, group_size),
+            "group_size_exceptions": plan}
 
 
 def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | None = None) -> dict:
@@ -111,7 +106,8 @@ def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | 
     else:
         mode = nncf.CompressWeightsMode.INT4_SYM if config.sym else nncf.CompressWeightsMode.INT4_ASYM
         group = config.group_size or DEFAULT_GROUP_SIZE
-    params = nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode(config.group_size_fallback))
+    fallback = resolve_fallback(config.group_size_fallback, config.group_size is not None)
+    params = nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode(fallback))
     model = ov.Core().read_model(xml)
     try:
         extra = {"all_layers": True} if config.all_layers else {}  # NNCF's INT8 modes refuse the option itself
@@ -347,10 +343,11 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     from sqft_ov.io.hub import is_hub_dataset
 
     trained = read_grid(model_dir)
+    groups = {}
     if trained is not None:
         _check_grid(trained[0], config)
     else:
-        _check_group_size(model_dir, config)
+        groups = _plan_groups(model_dir, config)
     if config.calibration and not (Path(config.calibration).expanduser().exists() or is_hub_dataset(config.calibration)):
         raise SqftError(f"calibration file {config.calibration} does not exist")
 
@@ -373,9 +370,9 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         kill_point("export-converted")
         mark = time.perf_counter()
         if trained is None and config.weight_format in ("int4", "int8"):
-            settings |= {"sym": bool(config.sym), "group_size_fallback": config.group_size_fallback}
+            settings |= {"sym": bool(config.sym)}
             provenance = {"sqft_ov_version": __version__, "source": str(model_dir)}
-            settings |= compress_ir(xml, config, provenance)
+            settings |= compress_ir(xml, config, provenance) | groups
         elif config.weight_format == "int8-w8a8":
             settings |= _quantize_w8a8(tmp, model_dir, config)
         phases["compress"] = time.perf_counter() - mark
