@@ -47,16 +47,9 @@ def _default(param: click.Parameter) -> str:
 
 def _name(param: click.Parameter, ctx: click.Context) -> str:
     if isinstance(param, click.Option):
-        names = " / ".join(param.opts + param.secondary_opts)
-        metavar = "" if param.is_flag else f" {param.make_metavar(ctx)}" if _takes_ctx(param) else ""
-        return f"`{names}{metavar}`"
-    return f"`{param.make_metavar(ctx)}`" if _takes_ctx(param) else f"`{param.human_readable_name}`"
-
-
-def _takes_ctx(param: click.Parameter) -> bool:
-    import inspect
-
-    return "ctx" in inspect.signature(param.make_metavar).parameters
+        metavar = "" if param.is_flag else f" {param.make_metavar(ctx)}"
+        return f"`{' / '.join(param.opts + param.secondary_opts)}{metavar}`"
+    return f"`{param.make_metavar(ctx)}`"
 
 
 def command_markdown(name: str, command: click.Command, prog: str = "sqft-ov", level: str = "##") -> str:
