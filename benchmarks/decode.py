@@ -122,7 +122,7 @@ def main() -> None:
     measure(command)
     report = json.loads(bench_json.read_text())
 
-    from sqft_ov.stages.bench.stats import paired_ratios, summarize
+    from sqft_ov.measure.bench.stats import paired_ratios, summarize
 
     entries = dict(zip(order, report["models"]))
     sqft = entries["sqft"]

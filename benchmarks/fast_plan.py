@@ -29,7 +29,7 @@ def main() -> None:
     from sqft_ov.quickstart.arithmetic import pretraining_text, write_task
     from sqft_ov.quickstart.comparison import QuickstartPlan
     from sqft_ov.quickstart.foundation import FoundationConfig, foundation_model
-    from sqft_ov.stages.bench.machine import machine_context
+    from sqft_ov.measure.bench.machine import machine_context
     from sqft_ov.stages.sparsify import SparsityConfig, sparsify_folder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -24,8 +24,8 @@ from pathlib import Path
 from sqft_ov.io.gguf import resolve_model
 from sqft_ov.quickstart.arithmetic import write_task
 from sqft_ov.recipes import eftnas, lonas
-from sqft_ov.stages.bench import BenchConfig, BenchModel, bench
-from sqft_ov.stages.bench.machine import machine_context
+from sqft_ov.measure.bench import BenchConfig, BenchModel, bench
+from sqft_ov.measure.bench.machine import machine_context
 
 
 def parameters(folder: Path) -> int:
@@ -75,7 +75,7 @@ def main() -> None:
     report = bench(models, BenchConfig(prompt_tokens=32, new_tokens=64, repeats=args.repeats, warmup=1,
                                        baseline=baseline, bandwidth_gib=0))
     table = []
-    for row, entry in zip(rows, report["models"]):
+    for row, entry in zip(rows, report.models):
         chosen = json.loads(((row.model.parent / "sub_network.json")).read_text())
         table.append({"label": row.label, "accuracy": row.accuracy, "decoder_share": chosen["decoder_share"],
                       "parameters": parameters(row.model.parent / "merged"),
@@ -85,7 +85,7 @@ def main() -> None:
                       "decode_ratio_vs_baseline": entry.get("ratios")})
     result = {"model": str(base), "machine": machine_context(), "settings": vars(args) | {"work": str(args.work),
                                                                                         "out": str(args.out)},
-              "recipe_seconds": seconds, "baseline": report["baseline"], "table": table, "bench": report}
+              "recipe_seconds": seconds, "baseline": report.baseline, "table": table, "bench": report.to_dict()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     for t in table:

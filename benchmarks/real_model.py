@@ -33,7 +33,7 @@ from sqft_ov.io.checkpoint import load_causal_lm
 from sqft_ov.io.data import token_chunks
 from sqft_ov.io.gguf import resolve_model
 from sqft_ov.quickstart.arithmetic import pretraining_text, write_task
-from sqft_ov.stages.bench.machine import machine_context
+from sqft_ov.measure.bench.machine import machine_context
 from sqft_ov.stages.sparsify import WANDA_BATCH, _batches
 
 

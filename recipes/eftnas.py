@@ -17,20 +17,19 @@ import shutil
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from sqft_ov import FinetuneConfig, ImportanceConfig, SFTFormat, deployed_sparsity, importance
 from sqft_ov.adapters.config import GRID_GROUP_SIZE
 from sqft_ov.adapters.elastic import width_multiple
 from sqft_ov.recipe import (
-    BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out,
+    Bf16, GradientCheckpointing, TrainDevice, memory_options,
+    BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Option, Out,
     Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
 )
 from sqft_ov.recipes.lonas import GroupSize, MaxSize, Model, deploy_super_network
 
-Keep = Annotated[float, typer.Option(help="Share of a block's MLP importance its smallest width keeps.")]
-KeepHeads = Annotated[float, typer.Option(help="Share of a block's attention importance its fewest heads keep.")]
-Choices = Annotated[int, typer.Option(help="MLP widths per block in the derived space.")]
+Keep = Annotated[float, Option(help="Share of a block's MLP importance its smallest width keeps.")]
+KeepHeads = Annotated[float, Option(help="Share of a block's attention importance its fewest heads keep.")]
+Choices = Annotated[int, Option(help="MLP widths per block in the derived space.")]
 
 
 def recipe(
@@ -49,10 +48,13 @@ def recipe(
     group_size: GroupSize = GRID_GROUP_SIZE,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
+    bf16: Bf16 = False,
+    gradient_checkpointing: GradientCheckpointing = False,
+    device: TrainDevice = "auto",
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
-    progress=None,
+    on_progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
     prompts = SFTFormat(chat_template=chat_template)
@@ -65,8 +67,8 @@ def recipe(
     space = out / "search_space.json"
     shutil.copy2(ordered / "search_space.json", space)
     method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
-    config = FinetuneConfig(method=method, nls=True, rank_space=rank_space,
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method=method, nls=True, rank_space=rank_space,
                             search_space=str(space), max_steps=steps, lr=lr, batch_size=batch_size,
                             eval_split=0.05, data_format=prompts, seed=seed)
     return deploy_super_network("EFTNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,
-                                progress, metric)
+                                on_progress, metric)

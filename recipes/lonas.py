@@ -18,8 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from sqft_ov import (
     EvalConfig, ExportConfig, FinetuneConfig, ImportanceConfig, SFTFormat, deployed_sparsity, evaluate, export,
     finetune, importance, merge, search,
@@ -30,20 +28,21 @@ from sqft_ov.io.blocks import Shape
 from sqft_ov.io.checkpoint import load_config
 from sqft_ov.stages.export_groups import grouped_input_sizes, plan_group_sizes
 from sqft_ov.recipe import (
-    BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out,
+    Bf16, GradientCheckpointing, TrainDevice, memory_options,
+    BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Option, Out,
     Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
 )
 
-Model = Annotated[Path, typer.Option(help="Model folder (dense, or sparse from sqft-ov sparsify) or .gguf file.")]
-MlpWidths = Annotated[str, typer.Option(help="MLP widths the super-network samples (fractions or channel counts).")]
-HeadWidths = Annotated[str, typer.Option(help="Attention widths (fractions or head counts, whole KV groups).")]
-MaxSize = Annotated[float, typer.Option(help="Largest share of the decoder's weights the chosen sub-network keeps.")]
-GroupSize = Annotated[int, typer.Option(help="INT4 group size of the IRs (MLP width fractions round to multiples "
-                                             "of it and of 32; checked before training).")]
+Model = Annotated[Path, Option(help="Model folder (dense, or sparse from sqft-ov sparsify) or .gguf file.")]
+MlpWidths = Annotated[str, Option(help="MLP widths the super-network samples (fractions or channel counts).")]
+HeadWidths = Annotated[str, Option(help="Attention widths (fractions or head counts, whole KV groups).")]
+MaxSize = Annotated[float, Option(help="Largest share of the decoder's weights the chosen sub-network keeps.")]
+GroupSize = Annotated[int, Option(help="INT4 group size of the IRs (MLP width fractions round to multiples "
+                                       "of it and of 32; checked before training).")]
 
 
 def deploy_super_network(label: str, model: Path, train: Path, test: Path | None, out: Path, config: FinetuneConfig,
-                         max_size: float, group_size: int, eval_limit: int | None, progress,
+                         max_size: float, group_size: int, eval_limit: int | None, on_progress,
                          metric: str = "exact") -> list[Deployment]:
     """Train the super-network, cut the searched sub-network and the full one, export both INT4, evaluate both."""
     prompts = config.data_format
@@ -51,7 +50,7 @@ def deploy_super_network(label: str, model: Path, train: Path, test: Path | None
     # Every layer of every sub-network must be whole INT4 groups: a misfit fails here, not at export after training.
     plan_group_sizes(grouped_input_sizes(model, False), group_size, "error", explicit=True)
     check_space_fits(resolve_space(config, model_config), Shape.of(model_config), group_size)
-    adapter = finetune(model, train, out / "adapter", config, progress=progress).output
+    adapter = finetune(model, train, out / "adapter", config, on_progress=on_progress).output
     deployments = []
     smallest = search(adapter, "min").decoder_share  # a derived (EFTNAS) space may not reach max_size
     for name, folder, strategy, limit in ((f"{label} (full widths)", out / "full", "max", None),
@@ -62,7 +61,7 @@ def deploy_super_network(label: str, model: Path, train: Path, test: Path | None
         merge(adapter, folder / "merged", folder / "sub_network.json")
         ir = export(folder / "merged", folder / "ir", ExportConfig(weight_format="int4", group_size=group_size)).output
         scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)
-        evaluation = evaluate(ir, test or train, scoring, progress)
+        evaluation = evaluate(ir, test or train, scoring, on_progress)
         deployments.append(Deployment(name, config.method, Path(ir), None, None, merged=True,
                                       precision=f"int4 asym g{group_size}, {chosen.decoder_share:.0%} of decoder",
                                       sparsity=deployed_sparsity(ir), evaluation=evaluation))
@@ -84,10 +83,13 @@ def recipe(
     group_size: GroupSize = GRID_GROUP_SIZE,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
+    bf16: Bf16 = False,
+    gradient_checkpointing: GradientCheckpointing = False,
+    device: TrainDevice = "auto",
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
-    progress=None,
+    on_progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
     prompts = SFTFormat(chat_template=chat_template)
@@ -96,9 +98,9 @@ def recipe(
     ordered = importance(model, train, out / "ordered", ImportanceConfig(data_format=prompts, seed=seed)).output
     method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
     channels = fit_mlp_widths(Shape.of(load_config(ordered)), parse_widths(mlp_widths, "--mlp-widths"), group_size)
-    config = FinetuneConfig(method=method, nls=True, rank_space=rank_space,
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method=method, nls=True, rank_space=rank_space,
                             mlp_widths=channels, head_widths=tuple(head_widths.split()),
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05, data_format=prompts,
                             seed=seed)
     return deploy_super_network("LoNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,
-                                progress, metric)
+                                on_progress, metric)

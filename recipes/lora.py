@@ -16,49 +16,51 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
-
 from sqft_ov import (
     EvalConfig, ExportConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, export, finetune, merge,
 )
 from sqft_ov.adapters.config import DEFAULT_RANK, GRID_GROUP_SIZE
-from sqft_ov.errors import SqftError, warn_deprecated
+from sqft_ov.errors import ConfigError, warn_deprecated
 from sqft_ov.recipe import (
-    BATCH_SIZE, LR, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Out, Overwrite,
-    Seed, Steps, Sym, Targets, Test, check_scoring, fresh_output, task_files,
+    Bf16, GradientCheckpointing, TrainDevice, memory_options,
+    BATCH_SIZE, LR, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Option, Out,
+    Overwrite, Seed, Steps, Sym, Targets, Test, check_scoring, fresh_output, task_files,
 )
 from sqft_ov.stages.export import DEFAULT_GROUP_SIZE
 
 
 def recipe(
-    model: Annotated[Path, typer.Option(help="Base model folder (e.g. the output of sqft-ov sparsify).")],
+    model: Annotated[Path, Option(help="Base model folder (e.g. the output of sqft-ov sparsify).")],
     data: Data,
     out: Out = Path("lora"),
     test: Test = None,
-    int4_base: Annotated[bool, typer.Option("--int4-base", help="Train on the base snapped to NNCF's INT4 grid "
-                                            "(QLoRA-style).")] = False,
+    int4_base: Annotated[bool, Option("--int4-base", help="Train on the base snapped to NNCF's INT4 grid "
+                                      "(QLoRA-style).")] = False,
     sym: Sym = False,
-    int4: Annotated[Optional[str], typer.Option(hidden=True)] = None,  # deprecated: sym | asym, now --int4-base --sym
-    group_size: Annotated[int, typer.Option(help="INT4 group size (with --int4-base).")] = GRID_GROUP_SIZE,
-    rank: Annotated[int, typer.Option(help="LoRA rank.")] = DEFAULT_RANK,
+    int4: Annotated[Optional[str], Option(hidden=True)] = None,  # deprecated: sym | asym, now --int4-base --sym
+    group_size: Annotated[int, Option(help="INT4 group size (with --int4-base).")] = GRID_GROUP_SIZE,
+    rank: Annotated[int, Option(help="LoRA rank.")] = DEFAULT_RANK,
     steps: Steps = STEPS,
     lr: Lr = LR,
     target_modules: Targets = TARGETS,
     batch_size: BatchSize = BATCH_SIZE,
-    merged: Annotated[bool, typer.Option(help="Also merge, export and evaluate the merged IR.")] = True,
-    ptq_int4: Annotated[bool, typer.Option(help="Also compress the merged model to INT4 after training, as "
-                                                f"optimum-cli does (asym, group {DEFAULT_GROUP_SIZE}, adjusted where "
-                                                "needed).")] = True,
+    merged: Annotated[bool, Option(help="Also merge, export and evaluate the merged IR.")] = True,
+    ptq_int4: Annotated[bool, Option(help="Also compress the merged model to INT4 after training, as "
+                                          f"optimum-cli does (asym, group {DEFAULT_GROUP_SIZE}, adjusted where "
+                                          "needed).")] = True,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
+    bf16: Bf16 = False,
+    gradient_checkpointing: GradientCheckpointing = False,
+    device: TrainDevice = "auto",
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
-    progress=None,
+    on_progress=None,
 ) -> list[Deployment]:
     if int4 is not None:
         if int4 not in ("sym", "asym"):
-            raise SqftError(f"--int4 must be sym or asym, got {int4!r}")
+            raise ConfigError(f"--int4 must be sym or asym, got {int4!r}")
         warn_deprecated(f"--int4 {int4}", f"--int4-base --{int4}")
         int4_base, sym = True, int4 == "sym"
     int4 = ("sym" if sym else "asym") if int4_base else None
@@ -67,14 +69,15 @@ def recipe(
     check_scoring(test or train, prompts, metric)
     out = fresh_output(out, overwrite, inputs=(model, data, test))
     scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)
-    config = FinetuneConfig(method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05, data_format=prompts, seed=seed,
                             target_modules=target_modules)
-    adapter = finetune(model, train, out / "adapter", config, progress=progress).output
+    adapter = finetune(model, train, out / "adapter", config, on_progress=on_progress).output
     base_precision = f"int4 {int4} g{group_size} (snapped)" if int4 else "fp32"
     deployments = [Deployment("LoRA", "lora", Path(model).absolute(), adapter, None, merged=False,
                               precision=f"{base_precision} + adapter", sparsity=deployed_sparsity(model),
-                              evaluation=evaluate(model, test or train, replace(scoring, adapter=adapter), progress))]
+                              evaluation=evaluate(model, test or train, replace(scoring, adapter=adapter),
+                                                  on_progress))]
     if merged:
         merge(adapter, out / "merged")
         fmt = ExportConfig(weight_format="int4", sym=int4 == "sym", group_size=group_size) if int4 else \
@@ -83,12 +86,12 @@ def recipe(
         deployments.append(Deployment("LoRA, merged", "lora", Path(ir), None, None, merged=True,
                                       precision=f"int4 {int4} g{group_size} (re-quantized)" if int4 else "fp16",
                                       sparsity=deployed_sparsity(ir), evaluation=evaluate(ir, test or train, scoring,
-                                                                                           progress)))
+                                                                                           on_progress)))
         if ptq_int4 and not int4:  # what practitioners deploy today: merge, then post-training INT4
             ptq = export(out / "merged", out / "ir-int4",
                          ExportConfig(weight_format="int4", group_size_fallback="adjust")).output
             deployments.append(Deployment("LoRA, merged, INT4 PTQ", "lora", Path(ptq), None, None, merged=True,
                                           precision=f"int4 asym g{DEFAULT_GROUP_SIZE} (post-training)",
                                           sparsity=deployed_sparsity(ptq),
-                                          evaluation=evaluate(ptq, test or train, scoring, progress)))
+                                          evaluation=evaluate(ptq, test or train, scoring, on_progress)))
     return deployments

@@ -12,16 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from sqft_ov import (
     EvalConfig, ExportConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, export, finetune, merge,
     search,
 )
 from sqft_ov.adapters.config import DEFAULT_RANK
 from sqft_ov.recipe import (
+    Bf16, GradientCheckpointing, TrainDevice, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Nls,
-    Out, Overwrite, Rank, RankSpace, Seed, SparseBase, Steps, Targets, Test, check_scoring, fresh_output,
+    Option, Out, Overwrite, Rank, RankSpace, Seed, SparseBase, Steps, Targets, Test, check_scoring, fresh_output,
     task_files,
 )
 
@@ -38,23 +37,26 @@ def recipe(
     lr: Lr = LR,
     target_modules: Targets = TARGETS,
     batch_size: BatchSize = BATCH_SIZE,
-    weight_format: Annotated[str, typer.Option(help="IR weights: fp16 | int8 | int4.")] = "fp16",
+    weight_format: Annotated[str, Option(help="IR weights: fp16 | int8 | int4.")] = "fp16",
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
+    bf16: Bf16 = False,
+    gradient_checkpointing: GradientCheckpointing = False,
+    device: TrainDevice = "auto",
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
-    progress=None,
+    on_progress=None,
 ) -> list[Deployment]:
     train, test = task_files(data, test)
     prompts = SFTFormat(chat_template=chat_template)
     check_scoring(test or train, prompts, metric)
     out = fresh_output(out, overwrite, inputs=(model, data, test))
-    config = FinetuneConfig(method="sparsepeft", rank=rank, nls=nls,
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method="sparsepeft", rank=rank, nls=nls,
                             rank_space=rank_space, max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05,
                             data_format=prompts, seed=seed, target_modules=target_modules)
-    finetune(model, train, out / "adapter", config, progress=progress)
+    finetune(model, train, out / "adapter", config, on_progress=on_progress)
     sub_adapter = None
     if nls:
         sub_adapter = out / "sub_adapter.json"
@@ -62,6 +64,6 @@ def recipe(
     merge(out / "adapter", out / "merged", sub_adapter)
     ir = export(out / "merged", out / "ir", ExportConfig(weight_format=weight_format)).output
     scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)
-    evaluation = evaluate(ir, test or train, scoring, progress)
+    evaluation = evaluate(ir, test or train, scoring, on_progress)
     return [Deployment("SparsePEFT" + (" + NLS" if nls else ""), "sparsepeft", Path(ir), None, None, merged=True,
                        precision=weight_format, sparsity=deployed_sparsity(ir), evaluation=evaluation)]

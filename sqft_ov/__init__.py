@@ -12,6 +12,10 @@ returns plain objects or folders (Hugging Face layout, adapter folders, OpenVINO
     evaluate(ir_or_model, data, EvalConfig(...)); bench([...], BenchConfig(...)); tune(ir, TuneConfig(...))
     write_ovms_repository(ir, repo, OvmsConfig(name=...))           # serve it with OpenVINO Model Server
 
+Results are dataclasses (`EvalReport`, `BenchResult`, `TuneResult`, ... with `to_dict()` for JSON); long
+verbs take `on_progress(done, total, label)`; errors are `SqftError` or one of its subclasses (`ConfigError`,
+`ModelFolderError`, `AdapterMismatchError`, `NncfInternalsChanged`, `ExportIntegrityError`).
+
 Names are imported on first use, so `import sqft_ov` (and the CLI's start) stays light: torch, NNCF and
 OpenVINO load only when a verb that needs them is called.
 """
@@ -24,7 +28,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "SqftError": "sqft_ov.errors",
+    "SqftError": "sqft_ov.errors", "ConfigError": "sqft_ov.errors", "ModelFolderError": "sqft_ov.errors",
+    "AdapterMismatchError": "sqft_ov.errors", "NncfInternalsChanged": "sqft_ov.errors",
+    "ExportIntegrityError": "sqft_ov.errors",
     # 1 sparsify
     "SparsityConfig": "sqft_ov.stages.sparsify", "SparsityReport": "sqft_ov.stages.sparsify",
     "sparsify": "sqft_ov.stages.sparsify", "sparsify_folder": "sqft_ov.stages.sparsify",
@@ -43,8 +49,10 @@ _API = {
     # 6 measure
     "EvalConfig": "sqft_ov.stages.evaluate", "EvalReport": "sqft_ov.stages.evaluate",
     "evaluate": "sqft_ov.stages.evaluate",
-    "BenchConfig": "sqft_ov.stages.bench", "BenchModel": "sqft_ov.stages.bench", "bench": "sqft_ov.stages.bench",
-    "TuneConfig": "sqft_ov.stages.tune", "tune": "sqft_ov.stages.tune",
+    "BenchConfig": "sqft_ov.measure.bench", "BenchModel": "sqft_ov.measure.bench", "bench": "sqft_ov.measure.bench",
+    "BenchResult": "sqft_ov.measure.bench",
+    "TuneConfig": "sqft_ov.measure.tune", "TuneResult": "sqft_ov.measure.tune", "tune": "sqft_ov.measure.tune",
+    "ExportGridResult": "sqft_ov.measure.tune",
     # 7 serve: an OpenVINO Model Server repository for an IR
     "OvmsConfig": "sqft_ov.stages.ovms", "write_ovms_repository": "sqft_ov.stages.ovms",
     # loading a model as every stage does

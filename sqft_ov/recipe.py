@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
-
 from sqft_ov.adapters.config import DEFAULT_LR, DEFAULT_RANK_SPACE, DEFAULT_TARGETS, FinetuneConfig
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError
 from sqft_ov.stages.evaluate import EvalReport
 
 TRAIN_FILE, TEST_FILE = "train.jsonl", "test.jsonl"
@@ -30,31 +28,58 @@ LR = 3e-3
 STEPS = 600
 BATCH_SIZE = 16
 
+
+class Option:
+    """How `sqft-ov run` shows a recipe parameter: `Annotated[int, Option(help="...")]` in a recipe's signature.
+
+    Plain data, so recipes stay plain Python (no CLI library): the CLI turns each one into a typer option
+    (`sqft_ov.cli.pipelines`). `flags` name the option where its name is not the parameter's (`"--sym/--asym"`);
+    a parameter without one is still an option, without help.
+    """
+
+    def __init__(self, *flags: str, help: str | None = None, metavar: str | None = None,  # noqa: A002
+                 show_default: bool | str = True, hidden: bool = False):
+        self.flags, self.help, self.metavar, self.show_default, self.hidden = flags, help, metavar, show_default, hidden
+
+    def __repr__(self) -> str:
+        return f"Option({', '.join(map(repr, self.flags))}{', ' if self.flags else ''}help={self.help!r})"
+
+
 # The options every recipe shares, as `sqft-ov run` shows them (plain defaults when called from Python).
-SparseBase = Annotated[Path, typer.Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")]
-Data = Annotated[Path, typer.Option(help="Training data, or a folder with train.jsonl and test.jsonl.")]
-Out = Annotated[Path, typer.Option(help="Folder for everything the recipe writes.")]
-Test = Annotated[Optional[Path], typer.Option(show_default="DATA/test.jsonl, else DATA", help="Evaluation data.")]
-Nls = Annotated[bool, typer.Option(help="Elastic ranks, then a sub-adapter chosen by search.")]
-Rank = Annotated[int, typer.Option(help="LoRA rank (without --nls).")]
-RankSpace = Annotated[list[str], typer.Option(metavar="RANKS", help="Ranks NLS samples from: 16,12,8, or the option "
-                                              "repeated (the recipes' plan; finetune's default is "
-                                              f"{','.join(map(str, DEFAULT_RANK_SPACE))}).")]
-Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
-Lr = Annotated[float, typer.Option(help=f"Learning rate (the recipes' plan; finetune's default is {DEFAULT_LR:g}).")]
-Targets = Annotated[list[str], typer.Option(metavar="NAMES", help="Linear layers that get adapters (comma-separated or "
-                                                                  "repeated), or all-linear: every linear layer of the "
-                                                                  "decoder blocks, as in PEFT.")]
+SparseBase = Annotated[Path, Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")]
+Data = Annotated[Path, Option(help="Training data, or a folder with train.jsonl and test.jsonl.")]
+Out = Annotated[Path, Option(help="Folder for everything the recipe writes.")]
+Test = Annotated[Optional[Path], Option(show_default="DATA/test.jsonl, else DATA", help="Evaluation data.")]
+Nls = Annotated[bool, Option(help="Elastic ranks, then a sub-adapter chosen by search.")]
+Rank = Annotated[int, Option(help="LoRA rank (without --nls).")]
+RankSpace = Annotated[list[str], Option(metavar="RANKS", help="Ranks NLS samples from: 16,12,8, or the option "
+                                        "repeated (the recipes' plan; finetune's default is "
+                                        f"{','.join(map(str, DEFAULT_RANK_SPACE))}).")]
+Steps = Annotated[int, Option(help="Optimizer steps.")]
+Lr = Annotated[float, Option(help=f"Learning rate (the recipes' plan; finetune's default is {DEFAULT_LR:g}).")]
+Targets = Annotated[list[str], Option(metavar="NAMES", help="Linear layers that get adapters (comma-separated or "
+                                                            "repeated), or all-linear: every linear layer of the "
+                                                            "decoder blocks, as in PEFT.")]
 TARGETS = DEFAULT_TARGETS
-Sym = Annotated[bool, typer.Option("--sym/--asym", help="INT4 grid without / with zero points.")]
-BatchSize = Annotated[int, typer.Option(help=f"Examples per step (the recipes' plan; finetune's default is "
-                                             f"{FinetuneConfig.batch_size}).")]
-ChatTemplate = Annotated[bool, typer.Option(help="Wrap prompts in the tokenizer's chat template (instruct models).")]
-Seed = Annotated[int, typer.Option(help="Seed for adapter initialisation, data order and NLS sampling.")]
-EvalLimit = Annotated[Optional[int], typer.Option(show_default="all", help="Evaluate on the first N test examples.")]
-Metric = Annotated[str, typer.Option(help="How the test data scores the deployments: exact | contains | loss (see "
-                                          "sqft-ov eval --metric); checked before training.")]
-Overwrite = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
+Sym = Annotated[bool, Option("--sym/--asym", help="INT4 grid without / with zero points.")]
+BatchSize = Annotated[int, Option(help=f"Examples per step (the recipes' plan; finetune's default is "
+                                       f"{FinetuneConfig.batch_size}).")]
+ChatTemplate = Annotated[bool, Option(help="Wrap prompts in the tokenizer's chat template (instruct models).")]
+Seed = Annotated[int, Option(help="Seed for adapter initialisation, data order and NLS sampling.")]
+EvalLimit = Annotated[Optional[int], Option(show_default="all", help="Evaluate on the first N test examples.")]
+Metric = Annotated[str, Option(help="How the test data scores the deployments: exact | contains | loss (see "
+                                    "sqft-ov eval --metric); checked before training.")]
+Overwrite = Annotated[bool, Option(help="Replace OUT if it exists.")]
+Bf16 = Annotated[bool, Option("--bf16", help="Train with the frozen base in bfloat16 (finetune --bf16: half its memory; "
+                                           "slower on CPUs without bf16 instructions).")]
+GradientCheckpointing = Annotated[bool, Option("--gradient-checkpointing", help="Recompute activations in backward "
+                                               "(finetune --gradient-checkpointing).")]
+TrainDevice = Annotated[str, Option(help="Where to train: auto | cpu | cuda | xpu (finetune --device).")]
+
+
+def memory_options(bf16: bool, gradient_checkpointing: bool, device: str) -> dict:
+    """The recipes' --bf16 / --gradient-checkpointing / --device as FinetuneConfig fields."""
+    return {"precision": "bf16" if bf16 else "fp32", "gradient_checkpointing": gradient_checkpointing, "device": device}
 
 
 @dataclass
@@ -134,14 +159,14 @@ def load_recipe(path: str | Path):
     """The `recipe` function of a recipe file (a Python file defining `recipe(model, data, out, ...)`)."""
     path = Path(path).expanduser()
     if not path.is_file() or path.suffix != ".py":
-        raise SqftError(f"recipe {path} is not a Python file: pass e.g. recipes/sparsepeft.py")
+        raise ConfigError(f"recipe {path} is not a Python file: pass e.g. recipes/sparsepeft.py")
     spec = importlib.util.spec_from_file_location(f"sqft_recipe_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     function = getattr(module, "recipe", None)
     if not callable(function):
-        raise SqftError(f"{path} defines no recipe() function")
+        raise ConfigError(f"{path} defines no recipe() function")
     missing = {"model", "data", "out"} - set(inspect.signature(function).parameters)
     if missing:
-        raise SqftError(f"{path}: recipe() must take model, data and out (missing {', '.join(sorted(missing))})")
+        raise ConfigError(f"{path}: recipe() must take model, data and out (missing {', '.join(sorted(missing))})")
     return function

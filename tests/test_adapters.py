@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -189,22 +186,6 @@ def test_bad_input(sparse_models, tiny_models, sft_data, trained, tmp_path):
     with pytest.raises(SqftError, match="outside the adapter's rank space"):
         merge(trained("sparsepeft", True), tmp_path / "e", sub_adapter=tmp_path / "bad.json")
     assert not any((tmp_path / x).exists() for x in "abcde")
-
-
-@pytest.mark.slow
-def test_two_process_accelerate_finetune(sparse_models, sft_data, tmp_path):
-    """Two DDP processes on CPU (gloo). accelerate's `--cpu` launcher starts several processes only through
-    MPI; its torchrun launcher (`--multi_gpu`) does it anywhere, and Trainer runs on CPU when there is no GPU."""
-    out = tmp_path / "ddp"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sqft_ov.cli", "finetune",
-           str(sparse_models["llama"]), str(sft_data), str(out), "--method", "sparsepeft", "--rank", "4",
-           "--prompt-field", "question", "--response-field", "answer", "--max-steps", "4", "--batch-size", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((out / "sqft_adapter.json").read_text())
-    assert record["steps"] == 4 and record["world_size"] == 2
 
 
 def test_qlora_style_base_is_on_the_int4_grid(sparse_models, sft_data, tmp_path):

@@ -100,6 +100,104 @@ def test_nncf_internals_are_imported_in_one_checked_module(tmp_path):
     assert _nncf_internal_imports(probe) == ["nncf.torch", "nncf.torch.x"]
 
 
+METHOD_REGISTRY = "sqft_ov.adapters.methods"  # the one module that may tell adapter methods apart by name
+
+
+def _is_method(node: ast.AST) -> bool:
+    """`method`, `x.method` or `x["method"]`: an adapter method's name."""
+    if isinstance(node, ast.Name):
+        return node.id == "method"
+    if isinstance(node, ast.Attribute):
+        return node.attr == "method"
+    return isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == "method"
+
+
+def _names_a_method(node: ast.AST) -> bool:
+    """A literal adapter method name ("lora", ...), alone or in a tuple / list / set."""
+    from sqft_ov.adapters.methods import METHODS
+
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str) and node.value in METHODS
+    return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(map(_names_a_method, node.elts))
+
+
+def _method_branches(path: Path) -> list[str]:
+    """Comparisons (and `match` cases) of a method name to an adapter method's literal name in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(map(_is_method, operands)) and any(map(_names_a_method, operands)):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Match) and _is_method(node.subject):
+            values = [p.value for c in node.cases for p in ast.walk(c.pattern) if isinstance(p, ast.MatchValue)]
+            if any(map(_names_a_method, values)):
+                found.append(f"line {node.lineno}: match {ast.unparse(node.subject)}")
+    return found
+
+
+def test_adapter_methods_are_told_apart_only_in_the_registry(tmp_path):
+    """What differs between LoRA, SparsePEFT and QA-SparsePEFT lives in their classes in adapters/methods.py;
+    elsewhere code calls the method object, so adding a method is one class and one registry entry."""
+    modules = _modules()
+    outside = {name: found for name, path in modules.items() if name != METHOD_REGISTRY
+               and (found := _method_branches(path))}
+    assert not outside, f"adapter-method branches outside {METHOD_REGISTRY} (call the method object): {outside}"
+    probe = tmp_path / "probe.py"
+    probe.write_text('if config.method == "sparsepeft":\n    pass\nx = method != "lora"\n'
+                     'y = record["method"] in ("lora", "qa-sparsepeft")\nz = config.method == "wanda"\n'
+                     'w = r.method != "none"\nv = mode == "lora"\nmatch adapted.method:\n    case "qa-sparsepeft":\n'
+                     '        pass\n')
+    assert sorted(int(f.split(":")[0].removeprefix("line ")) for f in _method_branches(probe)) == [1, 3, 4, 8]
+
+
+UI_LIBRARIES = ("rich", "typer")  # presentation: the CLI draws, the library returns results and calls on_progress
+UI_PACKAGE = "sqft_ov.cli"
+
+
+def _ui_imports(path: Path) -> list[str]:
+    """`import rich...` / `from typer... import x` anywhere in a file (inside functions too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] in UI_LIBRARIES]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in UI_LIBRARIES:
+            found.append(node.module)
+    return found
+
+
+def test_rich_and_typer_are_imported_only_in_the_cli(tmp_path):
+    """The library (stages, measure, quickstart, recipes) reports through return values and on_progress."""
+    modules = _modules()
+    files = {name: path for name, path in modules.items() if name != UI_PACKAGE and not name.startswith(UI_PACKAGE + ".")}
+    files.update({f"recipes/{p.name}": p for p in (ROOT.parent / "recipes").glob("*.py")})
+    outside = {name: found for name, path in files.items() if (found := _ui_imports(path))}
+    assert not outside, f"rich / typer imported outside {UI_PACKAGE}: {outside}"
+    assert _ui_imports(modules["sqft_ov.cli.tables"]) and _ui_imports(modules["sqft_ov.cli.app"])  # the scan sees them
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\nimport rich\nfrom rich.table import Table\n\n\ndef f():\n    import typer.core\n"
+                     "    from typer import Option\n    from richer import x\n")
+    assert _ui_imports(probe) == ["rich", "rich.table", "typer.core", "typer"]
+
+
+LAYERS = {"sqft_ov.errors": 0, "sqft_ov.io": 1, "sqft_ov.adapters": 2, "sqft_ov.stages": 3, "sqft_ov.measure": 4,
+          "sqft_ov.quickstart": 5, "sqft_ov.recipe": 5, "sqft_ov.cli": 6}  # imports go to the same or a lower layer
+
+
+def _layer(module: str) -> int | None:
+    return next((level for prefix, level in LAYERS.items() if module == prefix or module.startswith(prefix + ".")), None)
+
+
+def test_layers_import_only_downward():
+    modules = _modules()
+    upward = []
+    for name, path in modules.items():
+        for imported in _imports(name, path, modules):
+            if None not in (_layer(name), _layer(imported)) and _layer(imported) > _layer(name):
+                upward.append(f"{name} -> {imported}")
+    assert not upward, upward
+
+
 def test_every_module_imports():
     names = [m.name for m in pkgutil.walk_packages([str(ROOT)], "sqft_ov.") if not m.name.endswith("__main__")]
     assert len(names) > 30

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from sqft_ov.errors import SqftError
-from sqft_ov.stages.bench.report import markdown, plot_png, rows
-from sqft_ov.stages.bench.runner import METRICS, BenchConfig, _summarize_entry
-from sqft_ov.stages.bench.stats import paired_ratios, summarize
+from sqft_ov.measure.bench.report import markdown, plot_png, rows
+from sqft_ov.measure.bench.runner import METRICS, BenchConfig, _summarize_entry
+from sqft_ov.measure.bench.stats import paired_ratios, summarize
 
 REPEATS = 3
 NEW_TOKENS = 6
@@ -91,7 +91,7 @@ def test_ir_weight_bytes_count_every_linear_once(tiny_models, exported):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sqft_ov.stages.bench.worker import ir_weight_bytes_per_token, torch_weight_bytes_per_token
+    from sqft_ov.measure.bench.worker import ir_weight_bytes_per_token, torch_weight_bytes_per_token
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
     linear = {m.weight.data_ptr(): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
@@ -181,7 +181,7 @@ def test_unmerged_sparsepeft_runs_the_masked_forward(trained, sparse_models):
     import torch
 
     from sqft_ov import load_adapted
-    from sqft_ov.stages.bench.worker import _load_torch
+    from sqft_ov.measure.bench.worker import _load_torch
 
     spec = {"path": str(sparse_models["llama"]), "adapter": str(trained("sparsepeft")), "torch_dtype": "float32"}
     model, _ = _load_torch(spec)
@@ -192,7 +192,7 @@ def test_unmerged_sparsepeft_runs_the_masked_forward(trained, sparse_models):
 
 
 def test_ir_without_genai_falls_back_to_optimum(exported, monkeypatch):
-    from sqft_ov.stages.bench import worker
+    from sqft_ov.measure.bench import worker
 
     def refuse(spec):
         raise RuntimeError("genai cannot load this")
@@ -230,7 +230,7 @@ def test_invalid_property_value_is_reported(exported, tmp_path):
 
 
 def test_bandwidth_reads_really_happen():
-    from sqft_ov.stages.bench.machine import read_bandwidth
+    from sqft_ov.measure.bench.machine import read_bandwidth
 
     speeds = read_bandwidth(gib=0.02, passes=2)
     assert len(speeds) == 2 and all(np.isfinite(s) and s > 0 for s in speeds)

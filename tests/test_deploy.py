@@ -26,7 +26,7 @@ EXPLICIT = {"INFERENCE_NUM_THREADS": "1", "ATTENTION_BACKEND": "SDPA"}  # not re
 def deployed(sparse_models, tmp_path_factory):
     """An IR written by export --sparse-rate, then tune --apply: the two writers of runtime properties."""
     from sqft_ov.stages.export import ExportConfig, export
-    from sqft_ov.stages.tune import apply
+    from sqft_ov.measure.tune import apply
 
     ir = tmp_path_factory.mktemp("deploy") / "ir"
     report = export(sparse_models["llama"], ir, ExportConfig(weight_format="int4", group_size=64, sparse_rate=0.5))

@@ -112,7 +112,7 @@ def test_finetune_and_merge_with_hub_model_and_data(tmp_path, fake_hub, monkeypa
 
 
 def test_bench_model_from_a_hub_id(fake_hub, tiny_models):
-    from sqft_ov.stages.bench.runner import BenchModel
+    from sqft_ov.measure.bench.runner import BenchModel
 
     model = BenchModel(Path("org/tiny"))
     assert model.path == tiny_models["llama"] and model.label == "tiny"
@@ -173,7 +173,7 @@ def test_the_users_offline_setting_is_kept(monkeypatch, tiny_models):
 
     import sqft_ov
     from sqft_ov.cli.app import quiet_libraries
-    from sqft_ov.stages.bench import runner
+    from sqft_ov.measure.bench import runner
 
     for name in ("TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM", "HF_DATASETS_DISABLE_PROGRESS_BARS",
                  "HF_HUB_DISABLE_PROGRESS_BARS"):

@@ -25,8 +25,8 @@ def ir(exported, tmp_path):
 def test_grid_is_applied_read_back_and_profiled(ir):
     import openvino as ov
 
-    from sqft_ov.stages.tune import TuneConfig, tune
-    from sqft_ov.stages.tune.space import default_grid, read_back
+    from sqft_ov.measure.tune import TuneConfig, tune
+    from sqft_ov.measure.tune.space import default_grid, read_back
 
     grid = {"INFERENCE_NUM_THREADS": [{"INFERENCE_NUM_THREADS": "1"}],
             "DYNAMIC_QUANTIZATION_GROUP_SIZE": [{"DYNAMIC_QUANTIZATION_GROUP_SIZE": v} for v in ("0", "32", "64")],
@@ -34,9 +34,9 @@ def test_grid_is_applied_read_back_and_profiled(ir):
             "ENABLE_CPU_PINNING": [{"ENABLE_CPU_PINNING": "NO"}],
             "ATTENTION_BACKEND": [{"ATTENTION_BACKEND": "SDPA"}]}
     report = tune(ir, TuneConfig(**FAST, grid=grid, profile_steps=2))
-    rows = {r["setting_text"]: r for r in report["rows"]}
+    rows = {r["setting_text"]: r for r in report.rows}
     # 32 is what this CPU compiles by default: already the current configuration, so not a row
-    assert report["current"]["applied"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
+    assert report.current["applied"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
     assert set(rows) == {"INFERENCE_NUM_THREADS=1", "DYNAMIC_QUANTIZATION_GROUP_SIZE=0",
                          "DYNAMIC_QUANTIZATION_GROUP_SIZE=64", "KV_CACHE_GROUP_SIZE=16", "ENABLE_CPU_PINNING=NO",
                          "ATTENTION_BACKEND=SDPA"}
@@ -50,7 +50,7 @@ def test_grid_is_applied_read_back_and_profiled(ir):
     core = ov.Core()
     for setting in ({"INFERENCE_NUM_THREADS": "1"}, {"KEY_CACHE_GROUP_SIZE": "16", "VALUE_CACHE_GROUP_SIZE": "16"}):
         assert read_back(core.compile_model(ir / "openvino_model.xml", "CPU", setting), setting) == setting
-    profile = report["profile"]["current"]
+    profile = report.profile["current"]
     fc = profile["fully_connected"]
     assert fc["count"] == 2 * 7 + 1  # q k v o gate up down per layer, and lm_head
     assert fc["weight_bytes"] > 0 and profile["step_ms"] > 0 and profile["graph_ms"] > 0
@@ -61,25 +61,25 @@ def test_grid_is_applied_read_back_and_profiled(ir):
 
 
 def test_setting_that_changes_outputs_is_flagged_and_never_chosen(ir):
-    from sqft_ov.stages.tune import TuneConfig, tune
-    from sqft_ov.stages.tune.probe import REFERENCE
+    from sqft_ov.measure.tune import TuneConfig, tune
+    from sqft_ov.measure.tune.probe import REFERENCE
 
     grid = {"KV_CACHE_PRECISION": [{"KV_CACHE_PRECISION": "u4"}], "exact": [dict(REFERENCE)]}
     report = tune(ir, TuneConfig(**FAST, grid=grid, max_logit_diff=1e-6, min_gain=-0.99, profile=False))
-    rows = {r["setting_text"]: r for r in report["rows"]}
+    rows = {r["setting_text"]: r for r in report.rows}
     u4 = rows["KV_CACHE_PRECISION=u4"]
-    exact = next(r for r in report["rows"] if r["dimension"] == "exact")
+    exact = next(r for r in report.rows if r["dimension"] == "exact")
     assert u4["max_logit_diff"] > 1e-6 and any(f.startswith("outputs change") for f in u4["flags"])
     assert exact["max_logit_diff"] == 0 and not exact["flags"]
-    assert report["best"]["setting"] == dict(REFERENCE)  # with any gain allowed, the only unflagged setting wins
-    assert report["rows"][0] is not u4 and report["rows"][-1]["setting_text"] == "KV_CACHE_PRECISION=u4"
+    assert report.best["setting"] == dict(REFERENCE)  # with any gain allowed, the only unflagged setting wins
+    assert report.rows[0] is not u4 and report.rows[-1]["setting_text"] == "KV_CACHE_PRECISION=u4"
 
 
 def test_apply_reaches_optimum_and_genai(ir, monkeypatch):
     import openvino_genai
 
     from sqft_ov.io.runtime import open_llm_pipeline, open_ov_model, read_runtime_config
-    from sqft_ov.stages.tune import apply
+    from sqft_ov.measure.tune import apply
 
     report_file = ir.parent / "tune.json"
     result = sqft("tune", ir, "--property", "KV_CACHE_GROUP_SIZE=16", "--apply", "--min-gain", "-0.99",
@@ -167,7 +167,7 @@ def test_export_grid_exports_every_point_and_times_them(tiny_models, tmp_path):
 def test_budget_runs_the_first_batch_and_lists_the_rest_as_not_measured():
     import time
 
-    from sqft_ov.stages.tune.search import in_batches
+    from sqft_ov.measure.tune.search import in_batches
 
     rows = [{"error": None} for _ in range(5)]
     seen = []

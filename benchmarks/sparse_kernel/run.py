@@ -230,7 +230,7 @@ def summarize(seconds: dict[str, list[float]], sizes: dict[str, int], errors: di
 
 
 def main() -> None:
-    from sqft_ov.stages.bench.machine import machine_context, read_bandwidth
+    from sqft_ov.measure.bench.machine import machine_context, read_bandwidth
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=6, help="up/down pairs in the chain")

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from sqft_ov.adapters.config import ADAPTER_CONFIG, ALL_LINEAR, TRAINABLE, FinetuneConfig
-from sqft_ov.errors import SqftError
+from sqft_ov.adapters.methods import method_for
+from sqft_ov.errors import AdapterMismatchError, ConfigError, SqftError
 from sqft_ov.io.sft_data import SFTFormat
 
 
@@ -40,51 +41,49 @@ def _check_targets(model, config: FinetuneConfig) -> dict[str, torch.nn.Linear]:
     missing = [t for t in config.target_modules if t not in found]
     if missing:
         names = sorted({n.rsplit(".", 1)[-1] for n in linears})
-        raise SqftError(f"--target-modules {', '.join(missing)} not found in the model: its linear layers are "
+        raise ConfigError(f"--target-modules {', '.join(missing)} not found in the model: its linear layers are "
                         f"{', '.join(names)}")
     smallest = min(min(m.in_features, m.out_features) for m in targets.values())
     if config.max_rank > smallest:
-        raise SqftError(f"rank {config.max_rank} is larger than a target layer (smallest dimension {smallest}): "
+        raise ConfigError(f"rank {config.max_rank} is larger than a target layer (smallest dimension {smallest}): "
                         "choose a smaller --rank / --rank-space")
     return targets
 
 
-def _snap_to_int4(model, sym: bool, group_size: int) -> None:
-    """QLoRA-style baseline: replace the base weights by their NNCF INT4 round-to-nearest values."""
-    import nncf
-
-    mode = nncf.CompressWeightsMode.INT4_SYM if sym else nncf.CompressWeightsMode.INT4_ASYM
-    example = {"input_ids": torch.ones(1, 8, dtype=torch.long)}
-    try:
-        compressed = nncf.compress_weights(model, mode=mode, group_size=group_size, dataset=nncf.Dataset([example]))
-    except nncf.errors.InvalidGroupSizeError as exc:
-        raise SqftError(f"--group-size {group_size} does not divide every layer: choose a divisor") from exc
-    nncf.strip(compressed, do_copy=False, strip_format=nncf.StripFormat.IN_PLACE, example_input=example)
-
-
 class Adapted:
-    """A base model with trainable adapters of one method: the handle search, merge and training use."""
+    """A base model with trainable adapters of one method: the handle search, merge and training use.
+
+    What differs between methods (attaching, trained tensors, ranks, merge, PEFT files) is done by
+    `self.method`, the config's method object from the registry in `sqft_ov.adapters.methods`.
+    """
 
     def __init__(self, model, config: FinetuneConfig, space=None):
         self.model, self.config = model, config
+        self.method = method_for(config.method)
         self.widths = None  # ElasticWidths of a LoNAS / EFTNAS super-network
         if space is not None:
             from sqft_ov.adapters.elastic import ElasticWidths
 
             self.widths = ElasticWidths(model, space)
-        self.qa = config.method == "qa-sparsepeft"
-        if self.qa:
-            from sqft_ov.adapters.qa_lora import lora_quantizers, trainable_tensors
-
-            names = [n for n in lora_quantizers(model) if n.rsplit(".", 2)[-2] in config.target_modules]
-            self.params = trainable_tensors(model, set(config.target_modules))
-        else:
-            from sqft_ov.adapters.sparse_lora import peft_lora_layers
-
-            self.layers = peft_lora_layers(model)
-            names = list(self.layers)
-            self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.layers = self.method.layers(model)  # PEFT's LoRA layers by base weight name (None: NNCF quantizers)
+        self.params, names = self.method.trainable(model, config)
         self.adapted_weights = sorted(names)
+        # The model's own parameter names of the trained tensors: a sharded (FSDP) run replaces the parameter
+        # objects, and its gathered state dict is keyed by these names.
+        model_names = {id(p): n for n, p in model.named_parameters()}
+        self.model_names = {name: model_names[id(p)] for name, p in self.params.items()}
+
+    @property
+    def qa(self) -> bool:
+        """Whether the method trains through INT4 fake quantization (QA-SparsePEFT); kept for callers of old."""
+        return self.method.quantized
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder block's activations in backward instead of keeping them (non-reentrant, so
+        frozen inputs need no grad), with what the method's forward needs to be recomputed the same way."""
+        kwargs = {"use_reentrant": False, **self.method.recompute_kwargs(self.model)}
+        self.model.config.use_cache = False
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     @classmethod
     def build(cls, base, config: FinetuneConfig, init_adapters: bool = True, space=None) -> "Adapted":
@@ -93,47 +92,20 @@ class Adapted:
         config = resolve_targets(base, config)
         _check_targets(base, config)
         base.requires_grad_(False)
-        if config.method == "qa-sparsepeft":
-            from sqft_ov.adapters.qa_lora import compress_with_lora, lora_quantizers, trainable_tensors
-
-            model = compress_with_lora(base, config.int4 == "sym", config.group_size, config.max_rank, config.nls,
-                                       masked=True, init_adapters=init_adapters)
-            model.requires_grad_(False)
-            for param in trainable_tensors(model, set(config.target_modules)).values():
-                param.requires_grad_(True)
-            with torch.no_grad():  # NNCF gives every INT4 linear an adapter; the untrained ones must add nothing
-                for name, quantizer in lora_quantizers(model).items():
-                    if name.rsplit(".", 2)[-2] not in config.target_modules:
-                        quantizer.lora_A.zero_()
-                        quantizer.lora_B.zero_()
-            return cls(model, config)
-        from peft import LoraConfig, get_peft_model
-
-        from sqft_ov.adapters.sparse_lora import make_elastic, peft_lora_layers
-
-        if config.method == "lora" and config.int4:
-            _snap_to_int4(base, config.int4 == "sym", config.group_size)
-        peft_config = LoraConfig(r=config.max_rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=list(config.target_modules), task_type="CAUSAL_LM")
-        model = get_peft_model(base, peft_config)
-        if config.method == "sparsepeft" or config.nls:
-            make_elastic(peft_lora_layers(model), masked=config.method == "sparsepeft")
+        model = method_for(config.method).attach(base, config, init_adapters)
         return cls(model, config, space)
 
     def set_ranks(self, ranks_by_weight: dict[str, int]) -> None:
-        if self.qa:
-            from sqft_ov.adapters.qa_lora import set_ranks
-
-            set_ranks(self.model, ranks_by_weight)
-        else:
-            from sqft_ov.adapters.sparse_lora import set_ranks
-
-            set_ranks(self.layers, ranks_by_weight)
+        self.method.set_ranks(self, ranks_by_weight)
 
     def set_widths(self, widths) -> None:
         self.widths.set(widths)
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self, model_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The trained tensors by their stable names; from `model_state` (a full state dict gathered from a
+        sharded model) where given, since the parameters held here are then no longer the trained ones."""
+        if model_state is not None:
+            return {n: model_state[self.model_names[n]].detach().cpu().contiguous() for n in self.params}
         return {n: p.detach().cpu().contiguous() for n, p in self.params.items()}
 
     @torch.no_grad()
@@ -142,14 +114,14 @@ class Adapted:
         unexpected = set(tensors) - set(self.params)
         if missing or unexpected:
             example = sorted(missing or unexpected)[0]
-            raise SqftError(f"the adapter's tensors do not match its {ADAPTER_CONFIG} ({len(missing)} missing, "
-                            f"{len(unexpected)} unexpected, e.g. {example}): its target modules were edited, or "
-                            "the files come from different runs")
+            raise AdapterMismatchError(f"the adapter's tensors do not match its {ADAPTER_CONFIG} ({len(missing)} "
+                                       f"missing, {len(unexpected)} unexpected, e.g. {example}): its target modules "
+                                       "were edited, or the files come from different runs")
         for name, param in self.params.items():
             if tensors[name].shape != param.shape:
-                raise SqftError(f"adapter tensor {name} has shape {tuple(tensors[name].shape)}, its {ADAPTER_CONFIG}'s "
-                                f"rank / rank_space and the base give {tuple(param.shape)}: the file was edited, "
-                                "or the base is another model")
+                raise AdapterMismatchError(f"adapter tensor {name} has shape {tuple(tensors[name].shape)}, its "
+                                           f"{ADAPTER_CONFIG}'s rank / rank_space and the base give "
+                                           f"{tuple(param.shape)}: the file was edited, or the base is another model")
             param.copy_(tensors[name])
 
 
@@ -169,7 +141,7 @@ def read_record(adapter_dir: Path) -> dict:
     missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
     if missing:
         raise SqftError(f"{file} lacks {', '.join(missing)}: restore it from the finetune output")
-    from sqft_ov.adapters.config import METHODS
+    from sqft_ov.adapters.methods import METHODS  # the registry as it is now (a test may register a method)
 
     if record["method"] not in METHODS:
         raise SqftError(f"{file} names method {record['method']!r}, not one of {', '.join(METHODS)}: restore it from "
@@ -188,8 +160,8 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
     record = read_record(adapter_dir)
     base = Path(base or record["base"])
     if check_fingerprint and model_fingerprint(base) != record["base_fingerprint"]:
-        raise SqftError(f"the base model in {base} is not the one the adapter was trained on (fingerprint "
-                        "differs): pass the original base with --base")
+        raise AdapterMismatchError(f"the base model in {base} is not the one the adapter was trained on "
+                                   "(fingerprint differs): pass the original base with --base")
     if not (adapter_dir / TRAINABLE).is_file():
         raise SqftError(f"{adapter_dir} has no {TRAINABLE} (the trained tensors): copy the whole adapter folder")
     quant = record["quantization"] or {}
@@ -221,7 +193,7 @@ def apply_sub_adapter(adapted: Adapted, record: dict, sub_adapter: str | Path | 
 
     if not record["nls"] and not record.get("widths"):
         if sub_adapter is not None:
-            raise SqftError("the adapter was trained without --nls or elastic widths: --sub-adapter does not apply")
+            raise ConfigError("the adapter was trained without --nls or elastic widths: --sub-adapter does not apply")
         return None
     ranks = None
     if record["nls"]:
@@ -248,16 +220,17 @@ def load_for_inference(model_dir: str | Path, adapter: str | Path | None = None,
     adapter = Path(adapter) if adapter else None
     if adapter is not None and (adapter / ADAPTER_CONFIG).is_file():
         record = read_record(adapter)
-        if record["method"] == "qa-sparsepeft" and not allow_qa:
-            raise SqftError(f"{adapter} is a qa-sparsepeft adapter: its trained form is NNCF fake quantization, not "
+        method = method_for(record["method"])
+        if method.quantized and not allow_qa:
+            raise SqftError(f"{adapter} is a {method.name} adapter: its trained form is NNCF fake quantization, not "
                             "a deployment; merge it (sqft-ov merge) and use the exported IR")
-        if record["method"] != "lora" or record["nls"] or record.get("widths"):
+        if not method.plain_peft or record["nls"] or record.get("widths"):
             torch_dtype = torch.float32 if dtype == "auto" else dtype
             adapted, tokenizer, _ = load_adapted(adapter, base=model_dir, dtype=torch_dtype)
             apply_sub_adapter(adapted, record, sub_adapter)
             return adapted.model, tokenizer
     if sub_adapter is not None:
-        raise SqftError("--sub-adapter needs an NLS or elastic-width adapter written by sqft-ov finetune")
+        raise ConfigError("--sub-adapter needs an NLS or elastic-width adapter written by sqft-ov finetune")
     model, tokenizer = load_causal_lm(model_dir, dtype=dtype)
     if adapter is not None:
         from peft import PeftModel
@@ -267,7 +240,7 @@ def load_for_inference(model_dir: str | Path, adapter: str | Path | None = None,
         try:
             model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
         except Exception as exc:
-            raise SqftError(f"adapter {adapter} does not fit the model in {model_dir}: "
-                            f"{str(exc).strip().splitlines()[-1]}") from exc
+            raise AdapterMismatchError(f"adapter {adapter} does not fit the model in {model_dir}: "
+                                       f"{str(exc).strip().splitlines()[-1]}") from exc
         model.eval()
     return model, tokenizer

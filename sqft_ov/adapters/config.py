@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from sqft_ov.errors import SqftError
+from sqft_ov.adapters.methods import METHODS as REGISTRY
+from sqft_ov.adapters.methods import method_for
+from sqft_ov.errors import ConfigError
 from sqft_ov.io.sft_data import SFTFormat
 
-METHODS = ("lora", "sparsepeft", "qa-sparsepeft")
+METHODS = tuple(REGISTRY)  # the registered methods' CLI names (the registry: sqft_ov.adapters.methods)
 ADAPTER_CONFIG = "sqft_adapter.json"
 TRAINABLE = "sqft_trainable.safetensors"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
@@ -25,6 +27,8 @@ DEFAULT_RANK_SPACE = (32, 24, 16)
 DEFAULT_LR = 3e-4
 DEFAULT_LORA_DROPOUT = 0.0
 GRID_GROUP_SIZE = 64  # the INT4 grid adapters train on (SQFT's); export's post-training default is optimum-cli's 128
+PRECISIONS = ("fp32", "bf16", "fp16")  # the base's dtype in training, with Trainer's autocast for bf16 / fp16
+DEVICES = ("auto", "cpu", "cuda", "xpu")
 
 
 def split_list(values: str | int | tuple | list) -> tuple[str, ...]:
@@ -58,6 +62,12 @@ class FinetuneConfig:
     eval_split: float = 0.1
     save_steps: int = 50
     trust_remote_code: bool = False
+    # Memory and hardware (the paper's 7-8B sizes): the frozen base held in bf16 / fp16 with mixed-precision
+    # autocast (trained tensors stay as their library keeps them), activations recomputed in backward, and where
+    # it trains (auto: what torch sees, as Trainer picks it; cpu forces the CPU on a machine with a GPU)
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    device: str = "auto"
     # Elastic base widths (LoNAS / EFTNAS): uniform choices, or a per-block search_space.json (importance's)
     mlp_widths: tuple[float, ...] = ()
     head_widths: tuple[float, ...] = ()
@@ -66,44 +76,38 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         from sqft_ov.adapters.nls import check_rank_space  # nls imports transformers: only when checked
 
-        if self.method not in METHODS:
-            raise SqftError(f"unknown --method {self.method!r}: choose one of {', '.join(METHODS)}")
+        method = method_for(self.method)  # an unknown name: ConfigError naming the registered ones
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
         if self.int4 not in (None, "sym", "asym"):
-            raise SqftError(f"INT4 grid must be sym or asym, got {self.int4!r}")
-        if self.method == "qa-sparsepeft" and self.int4 is None:
-            self.int4 = "asym"
-        if self.method == "sparsepeft" and self.int4 is not None:
-            raise SqftError("sparsepeft trains on the float base: use --method qa-sparsepeft for an INT4 base")
+            raise ConfigError(f"INT4 grid must be sym or asym, got {self.int4!r}")
+        method.check_config(self)  # the method's own rules: its INT4 grid, the options it refuses
         try:
             self.rank_space = tuple(int(r) for r in split_list(self.rank_space))
         except ValueError:
-            raise SqftError(f"--rank-space takes whole numbers, e.g. 32,24,16, got {self.rank_space!r}") from None
+            raise ConfigError(f"--rank-space takes whole numbers, e.g. 32,24,16, got {self.rank_space!r}") from None
         if self.nls:
             self.rank_space = check_rank_space(self.rank_space)
         elif self.rank < 1:
-            raise SqftError(f"--rank must be positive, got {self.rank}")
+            raise ConfigError(f"--rank must be positive, got {self.rank}")
         if self.elastic:
             from sqft_ov.adapters.elastic import parse_widths
 
             self.mlp_widths = parse_widths(tuple(self.mlp_widths), "--mlp-widths")
             self.head_widths = parse_widths(tuple(self.head_widths), "--head-widths")
             if self.search_space and (self.mlp_widths or self.head_widths):
-                raise SqftError("--search-space already lists every block's widths: drop --mlp-widths / --head-widths")
-            if self.method == "qa-sparsepeft":
-                raise SqftError("elastic widths do not compose with qa-sparsepeft yet: cutting a sub-network would "
-                                "also have to cut the trained INT4 grid's groups; train sparsepeft or lora with "
-                                "widths, merge, then export --weight-format int4")
+                raise ConfigError("--search-space already lists every block's widths: drop --mlp-widths / --head-widths")
         self.target_modules = split_list(self.target_modules)
         if not self.target_modules:
-            raise SqftError("--target-modules needs at least one module name")
+            raise ConfigError("--target-modules needs at least one module name")
         if ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
-            raise SqftError(f"--target-modules {ALL_LINEAR} already names every linear layer: drop the others")
+            raise ConfigError(f"--target-modules {ALL_LINEAR} already names every linear layer: drop the others")
         if not 0 <= self.lora_dropout < 1:
-            raise SqftError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.lora_dropout and self.method == "qa-sparsepeft":
-            raise SqftError("--lora-dropout: NNCF's INT4 LoRA quantizer (qa-sparsepeft) has no dropout; use 0")
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.range_lr is not None and not (self.range_lr >= 0 and math.isfinite(self.range_lr)):
-            raise SqftError(f"--range-lr must be 0 or positive, got {self.range_lr}")
+            raise ConfigError(f"--range-lr must be 0 or positive, got {self.range_lr}")
         limits = {"--lr": (self.lr, self.lr > 0 and math.isfinite(self.lr)), "--batch-size": (self.batch_size,
                   self.batch_size >= 1), "--grad-accum": (self.grad_accum, self.grad_accum >= 1),
                   "--save-steps": (self.save_steps, self.save_steps >= 1), "--epochs": (self.epochs, self.epochs > 0),
@@ -112,12 +116,19 @@ class FinetuneConfig:
         for flag, (value, ok) in limits.items():
             if not ok:
                 rule = "in [0, 1)" if flag == "--eval-split" else "-1 or positive" if flag == "--group-size" else "positive"
-                raise SqftError(f"{flag} must be {rule}, got {value}")
+                raise ConfigError(f"{flag} must be {rule}, got {value}")
 
     @property
     def elastic(self) -> bool:
         """Elastic base widths (a super-network), besides any elastic ranks."""
         return bool(self.mlp_widths or self.head_widths or self.search_space)
+
+    @property
+    def torch_dtype(self):
+        """The dtype the base is loaded and kept in."""
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
     @property
     def grid_lr(self) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError
 from sqft_ov.io.blocks import BlockWidth, Shape, decoder_layers, projections
 
 SPACE_FILE = "search_space.json"
@@ -28,10 +28,10 @@ def parse_widths(text: str | tuple | list, flag: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in items)
     except ValueError:
-        raise SqftError(f"{flag} takes numbers, e.g. {flag} 1.0 0.75 0.5; got {text!r}") from None
+        raise ConfigError(f"{flag} takes numbers, e.g. {flag} 1.0 0.75 0.5; got {text!r}") from None
     for v in values:
         if not v > 0 or (v > 1 and v != int(v)):
-            raise SqftError(f"{flag} {v:g} is outside (0, 1]: give fractions of the layer, or whole sizes")
+            raise ConfigError(f"{flag} {v:g} is outside (0, 1]: give fractions of the layer, or whole sizes")
     return values
 
 
@@ -108,7 +108,7 @@ class WidthSpace:
 def _mlp_size(value: float, shape: Shape, multiple: int) -> int:
     if value > 1:
         if value > shape.intermediate:
-            raise SqftError(f"--mlp-widths {value:g} is larger than the layer ({shape.intermediate} channels)")
+            raise ConfigError(f"--mlp-widths {value:g} is larger than the layer ({shape.intermediate} channels)")
         return int(value)
     size = round(value * shape.intermediate / multiple) * multiple if shape.intermediate % multiple == 0 \
         else round(value * shape.intermediate)
@@ -118,16 +118,16 @@ def _mlp_size(value: float, shape: Shape, multiple: int) -> int:
 def _kv_groups(value: float, shape: Shape) -> int:
     if value > 1:
         if value > shape.heads:
-            raise SqftError(f"--head-widths {value:g} is larger than the layer ({shape.heads} heads)")
+            raise ConfigError(f"--head-widths {value:g} is larger than the layer ({shape.heads} heads)")
         if value % shape.group:
-            raise SqftError(f"--head-widths {value:g} heads breaks grouped-query attention: the model has "
-                            f"{shape.group} query heads per KV head, so heads go in multiples of {shape.group}")
+            raise ConfigError(f"--head-widths {value:g} heads breaks grouped-query attention: the model has "
+                              f"{shape.group} query heads per KV head, so heads go in multiples of {shape.group}")
         return int(value) // shape.group
     groups = round(value * shape.kv_heads)
     if groups < 1 or abs(value - groups / shape.kv_heads) > 0.01:  # 0.67 stands for 2/3
-        raise SqftError(f"--head-widths {value:g} breaks grouped-query attention: {shape.heads} heads in "
-                        f"{shape.kv_heads} KV groups allow the fractions "
-                        f"{', '.join(f'{k / shape.kv_heads:.2f}' for k in range(shape.kv_heads, 0, -1))}")
+        raise ConfigError(f"--head-widths {value:g} breaks grouped-query attention: {shape.heads} heads in "
+                          f"{shape.kv_heads} KV groups allow the fractions "
+                          f"{', '.join(f'{k / shape.kv_heads:.2f}' for k in range(shape.kv_heads, 0, -1))}")
     return groups
 
 
@@ -161,14 +161,14 @@ def check_space_fits(space: WidthSpace, shape: Shape, group_size: int) -> None:
     for i, (mlp, kv) in enumerate(zip(space.mlp, space.kv_groups)):
         for width in mlp:
             if width % group_size:
-                raise SqftError(f"MLP width {width} (block {i}, of {shape.intermediate} channels) is not a multiple "
-                                f"of --group-size {group_size}, so its INT4 export would fail: give widths in "
-                                f"multiples of {width_multiple(group_size)} channels, or a smaller --group-size")
+                raise ConfigError(f"MLP width {width} (block {i}, of {shape.intermediate} channels) is not a multiple "
+                                  f"of --group-size {group_size}, so its INT4 export would fail: give widths in "
+                                  f"multiples of {width_multiple(group_size)} channels, or a smaller --group-size")
         for groups in kv:
             size = groups * shape.group * shape.head_dim
             if size % group_size:
-                raise SqftError(f"{groups} KV groups (block {i}) leave o_proj an input of {size}, not a multiple of "
-                                f"--group-size {group_size}: choose other --head-widths or a smaller --group-size")
+                raise ConfigError(f"{groups} KV groups (block {i}) leave o_proj an input of {size}, not a multiple of "
+                                  f"--group-size {group_size}: choose other --head-widths or a smaller --group-size")
 
 
 class ElasticWidths:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import AdapterMismatchError, ConfigError, ModelFolderError, SqftError
 
 HISTORY = "nls_history.json"
 _BLOCK = re.compile(r"\.layers\.(\d+)\.")
@@ -26,11 +26,11 @@ _BLOCK = re.compile(r"\.layers\.(\d+)\.")
 
 def check_rank_space(rank_space: tuple[int, ...]) -> tuple[int, ...]:
     if not rank_space:
-        raise SqftError("--rank-space needs at least one rank")
+        raise ConfigError("--rank-space needs at least one rank")
     if len(set(rank_space)) != len(rank_space):
-        raise SqftError(f"--rank-space {' '.join(map(str, rank_space))} has duplicates: list each rank once")
+        raise ConfigError(f"--rank-space {' '.join(map(str, rank_space))} has duplicates: list each rank once")
     if min(rank_space) < 1:
-        raise SqftError("--rank-space ranks must be positive")
+        raise ConfigError("--rank-space ranks must be positive")
     return tuple(sorted(rank_space, reverse=True))
 
 
@@ -40,7 +40,7 @@ def blocks_of(weight_names) -> dict[int, list[str]]:
     for name in weight_names:
         match = _BLOCK.search(name)
         if match is None:
-            raise SqftError(f"cannot tell which decoder block {name} belongs to: NLS needs model.layers.N.*")
+            raise ModelFolderError(f"cannot tell which decoder block {name} belongs to: NLS needs model.layers.N.*")
         out[int(match.group(1))].append(name)
     return dict(sorted(out.items()))
 
@@ -124,10 +124,10 @@ def load_sub_adapter(path: str | Path, rank_space: list[int], blocks: int) -> li
     except (OSError, ValueError, KeyError) as exc:
         raise SqftError(f"cannot read a sub-adapter configuration from {path}: expected JSON with 'ranks'") from exc
     if len(ranks) != blocks:
-        raise SqftError(f"{path} has {len(ranks)} ranks but the adapter has {blocks} decoder blocks")
+        raise AdapterMismatchError(f"{path} has {len(ranks)} ranks but the adapter has {blocks} decoder blocks")
     outside = [r for r in ranks if r not in rank_space]
     if outside:
-        raise SqftError(f"{path}: rank {outside[0]} is outside the adapter's rank space {rank_space}")
+        raise AdapterMismatchError(f"{path}: rank {outside[0]} is outside the adapter's rank space {rank_space}")
     return ranks
 
 
@@ -141,6 +141,6 @@ def load_sub_widths(path: str | Path, space) -> list:
         raise SqftError(f"cannot read sub-network widths from {path}: expected JSON with 'widths' "
                         "([{\"mlp\": ..., \"kv_groups\": ...}, ...] per block)") from exc
     if not space.contains(widths):
-        raise SqftError(f"{path}: its widths are outside the adapter's search space (or for another number of "
-                        "blocks): use a CONFIG.json that search wrote for this adapter")
+        raise AdapterMismatchError(f"{path}: its widths are outside the adapter's search space (or for another number "
+                                   "of blocks): use a CONFIG.json that search wrote for this adapter")
     return widths

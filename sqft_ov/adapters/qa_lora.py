@@ -18,7 +18,7 @@ import os
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import AdapterMismatchError, ConfigError, NncfInternalsChanged, SqftError
 
 _TESTED_NNCF = "3.4"
 # NNCF compiles its fake-quantization C++ extension on first use (~75 s on 2 cores, longer on a busy machine)
@@ -52,8 +52,16 @@ def check_nncf_internals() -> None:
     if "input_ + B @ A" not in source.replace("(", "").replace(")", ""):
         problems.append("asymmetric_quantize_lora no longer computes fake_quant(W + B @ A)")
     problems += _pruning_problems()
+    try:
+        from nncf.torch.function_hook.hook_executor_mode import FunctionHookMode
+        from nncf.torch.function_hook.wrapper import get_hook_storage  # noqa: F401
+    except ImportError:
+        problems.append("nncf.torch.function_hook FunctionHookMode / get_hook_storage (gradient checkpointing)")
+    else:
+        if list(inspect.signature(FunctionHookMode).parameters)[:2] != ["model", "hook_storage"]:
+            problems.append("FunctionHookMode(model, hook_storage)")
     if problems:
-        raise SqftError("QA-SparsePEFT relies on NNCF internals that changed: " + "; ".join(problems)
+        raise NncfInternalsChanged("QA-SparsePEFT relies on NNCF internals that changed: " + "; ".join(problems)
                         + f". Install nncf=={_TESTED_NNCF}.* (pinned in pyproject.toml).")
 
 
@@ -197,9 +205,9 @@ def compress_with_lora(model, sym: bool, group_size: int, rank: int, nls: bool, 
                                           dataset=nncf.Dataset([example]),
                                           advanced_parameters=nncf.AdvancedCompressionParameters(lora_adapter_rank=rank))
     except nncf.errors.InvalidGroupSizeError as exc:
-        raise SqftError(f"--group-size {group_size} does not divide every layer: choose a divisor") from exc
+        raise ConfigError(f"--group-size {group_size} does not divide every layer: choose a divisor") from exc
     except nncf.ValidationError as exc:
-        raise SqftError(f"{str(exc).splitlines()[0]}: choose a smaller --rank / --rank-space") from exc
+        raise ConfigError(f"{str(exc).splitlines()[0]}: choose a smaller --rank / --rank-space") from exc
     # NNCF initialises A and B so that W + B A offsets the rounding error; with the mask that correction
     # only touches the base's non-zero weights, so it is kept.
     for name, quantizer in lora_quantizers(model).items():
@@ -208,6 +216,16 @@ def compress_with_lora(model, sym: bool, group_size: int, rank: int, nls: bool, 
             quantizer.__class__ = _masked_class(type(quantizer))
             quantizer.register_buffer("sqft_mask", (weight != 0).to(weight.dtype), persistent=False)
     return model
+
+
+def recompute_context(model):
+    """`context_fn` for torch's non-reentrant checkpointing: the recomputation in backward runs outside the
+    model's forward, so NNCF's FunctionHookMode (which applies the weight quantizers) is entered again there."""
+    from nncf.torch.function_hook.hook_executor_mode import FunctionHookMode
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    check_nncf_internals()
+    return lambda: (contextlib.nullcontext(), FunctionHookMode(model, get_hook_storage(model)))
 
 
 def trainable_tensors(model, targets: set[str] | None) -> dict[str, torch.nn.Parameter]:
@@ -255,7 +273,8 @@ def load_grid(model, grids: dict[str, dict[str, torch.Tensor]]) -> None:
     quantizers = lora_quantizers(model)
     missing = set(quantizers) - set(grids)
     if missing:
-        raise SqftError(f"the INT4 grid has no entry for {sorted(missing)[0]}: was the folder merged from this model?")
+        raise AdapterMismatchError(f"the INT4 grid has no entry for {sorted(missing)[0]}: "
+                                   "was the folder merged from this model?")
     for name, quantizer in quantizers.items():
         for key, value in grids[name].items():
             target = getattr(quantizer, key, None)

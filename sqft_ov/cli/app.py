@@ -12,9 +12,8 @@ import os
 import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from sqft_ov.errors import SqftError, warn_deprecated
+from sqft_ov.errors import ConfigError, warn_deprecated
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,9 +45,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
-def progress_bar() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True)
+def progress_bar():
+    """`with progress_bar() as on_progress:` a callable `on_progress(done, total, label)` drawn as rich bars."""
+    from sqft_ov.cli.progress import rich_progress
+
+    return rich_progress(err_console)
 
 
 def parse_properties(items: list[str]) -> dict[str, str]:
@@ -56,7 +57,7 @@ def parse_properties(items: list[str]) -> dict[str, str]:
     for item in (word for text in items for word in text.split()):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SqftError(f"--property takes KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--property takes KEY=VALUE, got {item!r}")
         properties[key] = value
     return properties
 
@@ -68,7 +69,7 @@ def parse_ints(values: str | list[str], flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in split_list(values))
     except ValueError:
-        raise SqftError(f"{flag} takes whole numbers, e.g. {flag} 32,24,16") from None
+        raise ConfigError(f"{flag} takes whole numbers, e.g. {flag} 32,24,16") from None
 
 
 def _is_int(token: str) -> bool:

@@ -12,7 +12,7 @@ import typer
 from sqft_ov.cli import tables
 from sqft_ov.adapters.config import split_list
 from sqft_ov.cli.app import app, console, err_console, parse_ints, parse_properties, progress_bar
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError
 
 
 @app.command("eval")
@@ -30,7 +30,8 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, show_default="all", help="Evaluate the first N examples only."),
     batch_size: int = typer.Option(16, help="Examples per generation batch."),
     max_new_tokens: int = typer.Option(64, help="Longest generated answer."),
-    device: str = typer.Option("CPU", help="OpenVINO device for an IR."),
+    device: str = typer.Option("CPU", help="OpenVINO device for an IR (CPU, GPU, AUTO ...); for a PyTorch model "
+                               "auto | cpu | cuda | xpu (CPU = cpu)."),
     property: list[str] = typer.Option([], "--property", show_default="none",
                                        help="KEY=VALUE OpenVINO property for an IR; repeatable."),
     torch_dtype: str = typer.Option("float32", help="PyTorch models: float32 | bfloat16 | float16 | auto."),
@@ -56,8 +57,8 @@ def eval_command(
                         batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
                         properties=parse_properties(property), torch_dtype=torch_dtype, loss=loss,
                         metric=metric)
-    with progress_bar() as progress:
-        report = evaluate(model, data, config, progress)
+    with progress_bar() as on_progress:
+        report = evaluate(model, data, config, on_progress)
     console.print(tables.eval_table(report))
     for line in tables.eval_samples(report, show):
         console.print(line, highlight=False)
@@ -92,9 +93,9 @@ def bench(
 ) -> None:
     """Benchmark deployed models side by side: TTFT, decode/prefill speed, memory, size, bandwidth use."""
     from sqft_ov.io.ir import IR_FILE
-    from sqft_ov.stages.bench import BenchConfig, BenchModel
-    from sqft_ov.stages.bench import bench as run_bench
-    from sqft_ov.stages.bench.report import check_report_paths, context_lines, rich_tables, write_reports
+    from sqft_ov.measure.bench import BenchConfig, BenchModel
+    from sqft_ov.measure.bench import bench as run_bench
+    from sqft_ov.measure.bench.report import check_report_paths, context_lines, write_reports
 
     properties = parse_properties(property)
     config = BenchConfig(device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
@@ -103,17 +104,17 @@ def bench(
     check_report_paths([json_file, markdown_file, plot_file], overwrite)
     hf_models = [m for m in models if not (m / IR_FILE).is_file()]
     if len(adapter) > len(hf_models):
-        raise SqftError(f"{len(adapter)} --adapter given but only {len(hf_models)} Hugging Face MODEL folder(s): "
-                        "each --adapter pairs with the next Hugging Face folder, '-' for none")
+        raise ConfigError(f"{len(adapter)} --adapter given but only {len(hf_models)} Hugging Face MODEL folder(s): "
+                          "each --adapter pairs with the next Hugging Face folder, '-' for none")
     adapters = dict(zip(map(id, hf_models), (None if a == "-" else Path(a) for a in adapter)))
-    with progress_bar() as progress:
-        report = run_bench([BenchModel(m, adapters.get(id(m))) for m in models], config, progress)
-    for table in rich_tables(report):
+    with progress_bar() as on_progress:
+        report = run_bench([BenchModel(m, adapters.get(id(m))) for m in models], config, on_progress)
+    for table in tables.bench_tables(report):
         console.print(table)
     for line in context_lines(report):
         console.print(line, highlight=False, markup=False)
     write_reports(report, json_file, markdown_file, plot_file, overwrite)
-    failed = [m for m in report["models"] if not m["ok"]]
+    failed = report.failed
     for entry in failed:
         err_console.print(f"[red]failed:[/red] {entry['label']}: {entry['error']}", highlight=False, soft_wrap=True)
     if failed:
@@ -152,10 +153,9 @@ def tune(
 ) -> None:
     """Find the fastest runtime configuration of an IR (or the fastest INT4 export of a model) that keeps its outputs."""
     from sqft_ov.io.output import check_output_file, write_file_atomic
-    from sqft_ov.stages.tune import TuneConfig
-    from sqft_ov.stages.tune import apply as apply_setting
-    from sqft_ov.stages.tune import report as tune_report
-    from sqft_ov.stages.tune.space import grid_from_options
+    from sqft_ov.measure.tune import TuneConfig
+    from sqft_ov.measure.tune import apply as apply_setting
+    from sqft_ov.measure.tune.space import grid_from_options
 
     grid = None
     if property:
@@ -169,32 +169,31 @@ def tune(
     if json_file:
         check_output_file(json_file, overwrite)
     if export_grid:
-        from sqft_ov.stages.tune.export_grid import export_grid as run_grid
-        from sqft_ov.stages.tune.export_grid import grid_points
+        from sqft_ov.measure.tune.export_grid import export_grid as run_grid
+        from sqft_ov.measure.tune.export_grid import grid_points
 
         if apply or property:
-            raise SqftError("--export-grid re-exports the model; --apply and --property tune an IR's runtime "
-                            "properties: run tune on the chosen IR afterwards")
+            raise ConfigError("--export-grid re-exports the model; --apply and --property tune an IR's runtime "
+                              "properties: run tune on the chosen IR afterwards")
         points = grid_points(parse_ints(groups, "--groups"), list(split_list(modes)), list(split_list(embeddings)))
         target = out or path.expanduser().absolute().with_name(path.expanduser().absolute().name + "-export-grid")
-        with progress_bar() as progress:
-            result = run_grid(path, target, config, points, overwrite, progress)
-        console.print(tune_report.grid_table(result))
-        console.print(f"IRs and export_grid.json in {result['output']}", highlight=False)
+        with progress_bar() as on_progress:
+            result = run_grid(path, target, config, points, overwrite, on_progress)
+        console.print(tables.export_grid_table(result))
+        console.print(f"IRs and export_grid.json in {result.output}", highlight=False)
     else:
-        from sqft_ov.stages.tune import tune as run_tune
+        from sqft_ov.measure.tune import tune as run_tune
 
-        with progress_bar() as progress:
-            result = run_tune(path, config, progress)
+        with progress_bar() as on_progress:
+            result = run_tune(path, config, on_progress)
         for item in tables.tune_renderables(result):
             console.print(item, highlight=False)
         if apply:
-            written = apply_setting(path, result["best"]["setting"], device) if result["best"]["setting"] else None
-            if written is not None:
-                result["applied"] = written
+            written = apply_setting(path, result.best["setting"], device) if result.best["setting"] else None
+            result.applied = written
             console.print(tables.applied_line(path, written), highlight=False, soft_wrap=True)
     if json_file:
-        write_file_atomic(json_file, json.dumps(result, indent=2) + "\n", overwrite)
+        write_file_atomic(json_file, json.dumps(result.to_dict(), indent=2) + "\n", overwrite)
         console.print(f"report written to {json_file}", highlight=False)
 
 

@@ -17,6 +17,21 @@ from sqft_ov.cli.app import (
 HELP_FLAGS = ("-h", "--help")
 
 
+def typer_annotation(annotation):
+    """`Annotated[T, Option(...)]` (sqft_ov.recipe's plain option) as `Annotated[T, typer.Option(...)]`; other
+    annotations (a recipe that still uses typer.Option itself) as they are."""
+    from typing import Annotated, get_args, get_origin
+
+    from sqft_ov.recipe import Option
+
+    if get_origin(annotation) is not Annotated:
+        return annotation
+    base, *extras = get_args(annotation)
+    extras = [typer.Option(*x.flags, help=x.help, metavar=x.metavar, show_default=x.show_default, hidden=x.hidden)
+              if isinstance(x, Option) else x for x in extras]
+    return Annotated[(base, *extras)]
+
+
 def recipe_command(recipe: Path) -> click.Command:
     """A recipe file's `recipe()` as a click command: its Annotated parameters are its options."""
     import functools
@@ -26,17 +41,21 @@ def recipe_command(recipe: Path) -> click.Command:
 
     function = load_recipe(recipe)
     signature = inspect.signature(function, eval_str=True)  # the recipe's Annotated options, resolved in its module
+    reporting = {"on_progress", "progress"}  # on_progress(done, total, label); `progress`: an older recipe's rich bar
 
     @functools.wraps(function)
     def command(**kwargs):
-        takes_progress = "progress" in signature.parameters
-        with progress_bar() as progress:
-            rows = function(**kwargs, **({"progress": progress} if takes_progress else {}))
+        with progress_bar() as on_progress:
+            extra = {"on_progress": on_progress} if "on_progress" in signature.parameters else {}
+            if "progress" in signature.parameters:
+                extra["progress"] = on_progress.display
+            rows = function(**kwargs, **extra)
         rows = list(rows or [])
         console.print(tables.deployments_table(rows, f"recipe {recipe}", paths=True))
 
-    command.__signature__ = signature.replace(parameters=[p for n, p in signature.parameters.items()
-                                                          if n != "progress"])
+    command.__signature__ = signature.replace(parameters=[
+        p.replace(annotation=typer_annotation(p.annotation)) for n, p in signature.parameters.items()
+        if n not in reporting])
     sub = typer.Typer(**APP_SETTINGS)
     sub.command(help=function.__globals__.get("__doc__"))(command)  # the recipe module's docstring
     return restore_argument_help(typer.main.get_command(sub))
@@ -74,15 +93,15 @@ def quickstart(
     resume: bool = typer.Option(False, help="Continue an interrupted run in OUT: finished recipe runs are kept."),
 ) -> None:
     """SQFT's comparison end to end, offline: base model -> Wanda 50 % -> every recipe -> IR -> eval -> bench."""
-    from sqft_ov.errors import SqftError
+    from sqft_ov.errors import ConfigError
     from sqft_ov.quickstart.comparison import RESULTS_JSON, RESULTS_MD
     from sqft_ov.quickstart.comparison import quickstart as run_quickstart
 
     if seeds is not None and seeds < 1:
-        raise SqftError(f"--seeds must be at least 1, got {seeds}")
-    with progress_bar() as progress:
-        result = run_quickstart(out, fast, overwrite, cache, progress,
-                                say=lambda line: progress.console.print(line, highlight=False), model=model,
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    with progress_bar() as on_progress:
+        result = run_quickstart(out, fast, overwrite, cache, on_progress,
+                                say=lambda line: on_progress.console.print(line, highlight=False), model=model,
                                 seeds=seeds, resume=resume)
     where = "the embedded arithmetic task" if model is None else f"{model}, arithmetic task, chat template"
     title = f"SQFT on {where}" + (" (--fast: smoke test, not the real figures)" if fast else "")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,9 +13,10 @@ from sqft_ov.adapters.config import (
     ADAPTER_CONFIG, DEFAULT_LORA_DROPOUT, DEFAULT_LR, DEFAULT_RANK, DEFAULT_RANK_SPACE, DEFAULT_TARGETS, GRID_GROUP_SIZE,
     FinetuneConfig,
 )
+from sqft_ov.adapters.methods import method_for
 from sqft_ov.cli import tables
 from sqft_ov.cli.app import app, console, err_console, progress_bar, renamed
-from sqft_ov.errors import SqftError, warn_deprecated
+from sqft_ov.errors import ConfigError, warn_deprecated
 from sqft_ov.stages.export import DEFAULT_GROUP_SIZE, ExportConfig
 
 TRUST_REMOTE_CODE = "Allow the model folder's own Python code to run."
@@ -69,9 +69,9 @@ def sparsify(
 
     calibration = renamed(dataset, calibration, "--calibration", "--dataset")
     config = SparsityConfig(method=method, ratio=ratio, pattern=pattern)
-    with progress_bar() as progress:
+    with progress_bar() as on_progress:
         report = sparsify_folder(model, sparse, config, calibration, tuple(text_field), num_samples, seq_len,
-                                 overwrite, trust_remote_code, progress)
+                                 overwrite, trust_remote_code, on_progress)
     console.print(tables.sparsity_table(report))
     console.print(f"sparse model written to {Path(sparse).absolute()} (per-layer figures in sparsity.json)")
 
@@ -120,13 +120,20 @@ def export(
                       soft_wrap=True)
 
 
+def precision_flag(bf16: bool, fp16: bool) -> str:
+    """--bf16 / --fp16 (Trainer's flags) as FinetuneConfig's precision."""
+    if bf16 and fp16:
+        raise ConfigError("--bf16 and --fp16 exclude each other: choose one")
+    return "bf16" if bf16 else "fp16" if fp16 else "fp32"
+
+
 def int4_grid(method: str, int4_base: bool, sym: Optional[bool], legacy: Optional[bool]) -> Optional[str]:
     """FinetuneConfig.int4 from --int4-base and --sym/--asym (or the deprecated --int4-sym/--int4-asym)."""
     if legacy is not None:
         warn_deprecated("--int4-sym/--int4-asym", "--sym/--asym (lora: with --int4-base)")
         return "sym" if legacy else "asym"
-    if sym is not None and method == "lora" and not int4_base:
-        raise SqftError("--sym/--asym choose the INT4 grid, which lora trains on only with --int4-base")
+    if sym is not None and not int4_base and method_for(method).int4_grid == "optional":
+        raise ConfigError("--sym/--asym choose the INT4 grid, which lora trains on only with --int4-base")
     return ("sym" if sym else "asym") if int4_base or sym is not None else None
 
 
@@ -172,6 +179,13 @@ def finetune(
                                                 "search_space.json that sqft-ov importance wrote (EFTNAS)."),
     eval_split: float = typer.Option(FinetuneConfig.eval_split, help="Share of the data held out for validation."),
     save_steps: int = typer.Option(FinetuneConfig.save_steps, help="Checkpoint every N steps (for --resume)."),
+    bf16: bool = typer.Option(False, "--bf16", help="Hold the frozen base in bfloat16 and train with bf16 autocast "
+                              "(half the base's memory; the trained tensors keep their dtype, merge works in float32)."),
+    fp16: bool = typer.Option(False, "--fp16", help="As --bf16 with float16 (GPUs without bf16)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute each decoder "
+                                                "block's activations in backward instead of storing them."),
+    device: str = typer.Option(FinetuneConfig.device, help="Where to train: auto (CUDA, else XPU, else CPU) | cpu "
+                               "| cuda | xpu."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint of an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace ADAPTER if it exists."),
     trust_remote_code: bool = typer.Option(False, help=TRUST_REMOTE_CODE),
@@ -187,9 +201,11 @@ def finetune(
         epochs=epochs, max_steps=max_steps, lr=lr, range_lr=range_lr, batch_size=batch_size, grad_accum=grad_accum,
         seed=seed, eval_split=eval_split, save_steps=save_steps, trust_remote_code=trust_remote_code,
         mlp_widths=tuple(mlp_widths.replace(",", " ").split()), head_widths=tuple(head_widths.replace(",", " ").split()),
-        search_space=str(search_space) if search_space else None)
-    result = run_finetune(model, data, adapter, config, resume=resume, overwrite=overwrite,
-                          show_progress=sys.stderr.isatty())
+        search_space=str(search_space) if search_space else None, precision=precision_flag(bf16, fp16),
+        gradient_checkpointing=gradient_checkpointing, device=device)
+    with progress_bar() as on_progress:
+        result = run_finetune(model, data, adapter, config, resume=resume, overwrite=overwrite,
+                              on_progress=on_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         label = f"{method}{' + NLS' if nls else ''}{' + elastic widths' if config.elastic else ''}"
         console.print(tables.finetune_table(result, label))
@@ -237,7 +253,7 @@ def merge(
     from sqft_ov.stages.merge import merge as run_merge
 
     report = run_merge(adapter, merged, sub_adapter, overwrite, base)
-    if report.method == "lora" and report.base_zeros:
+    if not method_for(report.method).masked and report.base_zeros:
         err_console.print(f"[yellow]warning:[/yellow] plain LoRA filled the base's zeros: only "
                           f"{report.zeros_kept_share:.2%} of them are left (use sparsepeft to keep them)")
     console.print(tables.merge_table(report))

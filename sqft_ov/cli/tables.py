@@ -1,7 +1,7 @@
 """Every table and summary line the CLI prints, in one place: commands compute, this module renders.
 
-The benchmark's and tuner's own tables live with their reports (`stages.bench.report`,
-`stages.tune.report`), which the benchmarks and quickstart also write; the CLI prints them from here.
+The benchmark's and tuner's rows and plain lines live with their reports (`measure.bench.report`,
+`measure.tune.report`), which the benchmarks and quickstart also write; the rich tables are drawn here.
 """
 
 from __future__ import annotations
@@ -112,16 +112,94 @@ def deployments_table(rows, title: str, decode: dict | None = None, reference=No
     return table
 
 
-def tune_renderables(result: dict) -> list:
-    """What `sqft-ov tune` prints for a runtime-property search: settings, the best, and the profiles."""
-    from sqft_ov.stages.tune import report as tune_report
+def bench_tables(report) -> list[Table]:
+    """`sqft-ov bench`'s speed and resource tables (a `BenchResult` or its JSON form)."""
+    from sqft_ov.measure.bench.report import RESOURCE_COLUMNS, SPEED_COLUMNS, rows
 
-    out = [tune_report.settings_table(result), tune_report.best_line(result)]
+    speed, resources = rows(report)
+    tables = []
+    for title, columns, data in (("speed", SPEED_COLUMNS, speed), ("resources", RESOURCE_COLUMNS, resources)):
+        table = Table(title=f"sqft-ov bench: {title}")
+        for i, column in enumerate(columns):
+            table.add_column(column, justify="left" if i < 2 or column.startswith("Fully") else "right")
+        for row in data:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
+
+
+def _tune_status(row: dict) -> str:
+    if row.get("error"):
+        return f"[red]{row['error']}"
+    return "[yellow]" + "; ".join(row["flags"]) if row["flags"] else "ok"
+
+
+def tune_settings_table(report) -> Table:
+    from sqft_ov.measure.tune.report import as_dict, ratio_text
+
+    report = as_dict(report)
+    current = report["current"]
+    speeds = current["decode_tokens_per_s"]
+    title = (f"runtime settings of {report['ir']}, each against the current configuration "
+             f"({', '.join(f'{k}={v}' for k, v in current['runtime_config'].items()) or 'OpenVINO defaults'}"
+             + (f", {min(speeds):.1f}-{max(speeds):.1f} decode tok/s" if speeds else "") + ")")
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "setting", "decode tok/s", "decode × current (q1-q3)", "prefill × current",
+                   "max |Δlogit| vs f32", "top-1 = f32", "status"):
+        table.add_column(column, justify="left" if column in ("setting", "status") else "right", overflow="fold")
+    table.add_row("", "(current)", "", "1.00", "1.00", f"{current['max_logit_diff']:.3g}",
+                  f"{current['top1_agreement']:.0%}", "reference for speed")
+    for i, row in enumerate(report["rows"], 1):
+        table.add_row(str(i), row["setting_text"],
+                      f"{row['decode_tokens_per_s']:.1f}" if row.get("decode_tokens_per_s") else "-",
+                      ratio_text(row.get("decode_ratio")), ratio_text(row.get("prefill_ratio")),
+                      f"{row['max_logit_diff']:.3g}" if row.get("max_logit_diff") is not None else "-",
+                      f"{row['top1_agreement']:.0%}" if row.get("top1_agreement") is not None else "-",
+                      _tune_status(row))
+    return table
+
+
+def profile_table(profile: dict, title: str, limit: int = 8) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("node type", "kernel", "nodes", "ms per step", "share"):
+        table.add_column(column, justify="left" if column in ("node type", "kernel") else "right")
+    for row in profile["by_node_type"][:limit]:
+        table.add_row(row["node_type"], row["exec_type"], str(row["count"]), f"{row['ms']:.2f}", f"{row['share']:.1%}")
+    table.add_row("[dim]outside the nodes", "", "", f"[dim]{profile['outside_graph_ms']:.2f}", "")
+    return table
+
+
+def export_grid_table(result) -> Table:
+    """`sqft-ov tune --export-grid`'s table (an `ExportGridResult` or its JSON form)."""
+    from sqft_ov.measure.tune.report import as_dict, ratio_text
+
+    result = as_dict(result)
+    table = Table(title=f"export grid of {result['model']} (each × {result['baseline']}, interleaved)",
+                  title_justify="left")
+    for column in ("#", "export", "size MB", "decode tok/s", "decode ×", "prefill ×", "max |Δlogit| vs FP16",
+                   "top-1 = FP16", "status"):
+        table.add_column(column, justify="left" if column in ("export", "status") else "right", overflow="fold")
+    for i, row in enumerate(result["rows"], 1):
+        table.add_row(str(i), row["name"], f"{row['size_bytes'] / 1e6:.0f}" if row.get("size_bytes") else "-",
+                      f"{row['decode_tokens_per_s']:.1f}" if row.get("decode_tokens_per_s") else "-",
+                      ratio_text(row.get("decode_ratio")), ratio_text(row.get("prefill_ratio")),
+                      f"{row['max_logit_diff']:.3g}" if row.get("max_logit_diff") is not None else "-",
+                      f"{row['top1_agreement']:.0%}" if row.get("top1_agreement") is not None else "-",
+                      f"[red]{row['error']}" if row.get("error") else "ok")
+    return table
+
+
+def tune_renderables(result) -> list:
+    """What `sqft-ov tune` prints for a runtime-property search: settings, the best, and the profiles."""
+    from sqft_ov.measure.tune.report import as_dict, best_line, profile_lines
+
+    result = as_dict(result)
+    out = [tune_settings_table(result), best_line(result)]
     for name in ("current", "best"):
         profile = (result.get("profile") or {}).get(name)
         if isinstance(profile, dict):
-            out.append(tune_report.profile_table(profile, f"one decode step, {name} configuration"))
-            out.extend(tune_report.profile_lines(profile))
+            out.append(profile_table(profile, f"one decode step, {name} configuration"))
+            out.extend(profile_lines(profile))
     return out
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ModelFolderError, SqftError
 
 WIDTHS_KEY = "sqft_layer_widths"
 
@@ -72,8 +72,8 @@ def decoder_layers(model) -> list[nn.Module]:
             if isinstance(layers, nn.ModuleList):
                 return list(layers)
             candidate = getattr(candidate, "model", None)
-    raise SqftError("cannot find the decoder blocks (model.layers): elastic widths support Llama, Mistral, Qwen2 "
-                    "and Phi-3 decoders")
+    raise ModelFolderError("cannot find the decoder blocks (model.layers): elastic widths support Llama, Mistral, "
+                           "Qwen2 and Phi-3 decoders")
 
 
 def _linear(module) -> nn.Linear:
@@ -90,13 +90,14 @@ def projections(layer) -> dict[str, nn.Module]:
     elif all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj")):
         out |= {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
     else:
-        raise SqftError(f"unsupported attention {type(attn).__name__}: elastic widths need q/k/v_proj or qkv_proj")
+        raise ModelFolderError(f"unsupported attention {type(attn).__name__}: elastic widths need q/k/v_proj or "
+                               "qkv_proj")
     if hasattr(mlp, "gate_up_proj"):
         out["gate_up"] = mlp.gate_up_proj
     elif hasattr(mlp, "gate_proj") and hasattr(mlp, "up_proj"):
         out |= {"gate": mlp.gate_proj, "up": mlp.up_proj}
     else:
-        raise SqftError(f"unsupported MLP {type(mlp).__name__}: elastic widths need gate/up/down_proj")
+        raise ModelFolderError(f"unsupported MLP {type(mlp).__name__}: elastic widths need gate/up/down_proj")
     return out
 
 

@@ -6,7 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ModelFolderError, SqftError
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -19,12 +19,12 @@ def check_model_dir(path: str | Path) -> Path:
 
     path = resolve_model(path).absolute()
     if path.is_file():
-        raise SqftError(f"{path} is a file, not a model: pass a Hugging Face model folder or a .gguf file")
+        raise ModelFolderError(f"{path} is a file, not a model: pass a Hugging Face model folder or a .gguf file")
     if not path.is_dir():
-        raise SqftError(f"model folder {path} does not exist: pass a local folder in Hugging Face layout, a .gguf "
-                        "file or a Hugging Face Hub ID (org/name)")
+        raise ModelFolderError(f"model folder {path} does not exist: pass a local folder in Hugging Face layout, "
+                               "a .gguf file or a Hugging Face Hub ID (org/name)")
     if not (path / "config.json").is_file():
-        raise SqftError(f"{path} has no config.json: pass a Hugging Face model folder (save_pretrained output)")
+        raise ModelFolderError(f"{path} has no config.json: pass a Hugging Face model folder (save_pretrained output)")
     return path
 
 
@@ -36,14 +36,15 @@ def load_config(path: str | Path, trust_remote_code: bool = False):
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
-        raise SqftError(f"cannot read {path / 'config.json'}: {str(exc).splitlines()[0]}") from exc
+        raise ModelFolderError(f"cannot read {path / 'config.json'}: {str(exc).splitlines()[0]}") from exc
     architectures = getattr(config, "architectures", None) or []
     known = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     encoder = config.model_type in ("bert", "roberta", "xlm-roberta", "electra", "camembert") and not config.is_decoder
     if encoder or not (known or trust_remote_code) or (architectures and not any("CausalLM" in a or "LMHead" in a
                                                                                   for a in architectures)):
-        raise SqftError(f"{path} is a {config.model_type!r} model ({', '.join(architectures) or 'no architecture'}),"
-                        " not a causal language model: pass a decoder LM such as Llama, Mistral, Qwen2 or Phi-3")
+        raise ModelFolderError(f"{path} is a {config.model_type!r} model "
+                               f"({', '.join(architectures) or 'no architecture'}),"
+                               " not a causal language model: pass a decoder LM such as Llama, Mistral, Qwen2 or Phi-3")
     return config
 
 
@@ -51,13 +52,13 @@ def require_safetensors(path: Path) -> None:
     """Safetensors weights only, each file whole: a truncated copy fails here in one line, not deep in a load."""
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise SqftError(f"{path} has no .safetensors weights: convert the checkpoint with save_pretrained("
-                        "safe_serialization=True); pickled .bin weights are not loaded")
+        raise ModelFolderError(f"{path} has no .safetensors weights: convert the checkpoint with save_pretrained("
+                               "safe_serialization=True); pickled .bin weights are not loaded")
     for file in files:
         problem = _safetensors_problem(file)
         if problem:
-            raise SqftError(f"{file} is not a whole safetensors file ({problem}): copy it again, or re-save the "
-                            "model with save_pretrained")
+            raise ModelFolderError(f"{file} is not a whole safetensors file ({problem}): copy it again, or re-save "
+                                   "the model with save_pretrained")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -66,8 +67,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 def require_tokenizer(path: Path) -> None:
     """Training, eval and export all need the tokenizer saved with the model (a Hub ID's snapshot holds it)."""
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise SqftError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the tokenizer files "
-                        "of the model it came from into it (tokenizer.save_pretrained)")
+        raise ModelFolderError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the tokenizer "
+                               "files of the model it came from into it (tokenizer.save_pretrained)")
 
 
 def _safetensors_problem(file: Path) -> str | None:
@@ -134,7 +135,7 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype="aut
                                                          trust_remote_code=trust_remote_code, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
-        raise SqftError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from exc
+        raise ModelFolderError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from exc
     check_finite(model.named_parameters(), path)
     model.eval()
     return model, tokenizer
@@ -223,5 +224,5 @@ def decoder_linears(model) -> dict:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
     if not linears:
-        raise SqftError("the model has no linear layers to sparsify outside its lm_head")
+        raise ModelFolderError("the model has no linear layers to sparsify outside its lm_head")
     return linears

@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError
 
 _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -134,7 +134,7 @@ def token_chunks(tokenizer, texts: Sequence[str], num_samples: int, seq_len: int
     import torch
 
     if num_samples < 1 or seq_len < 2:
-        raise SqftError("--num-samples must be >= 1 and --seq-len >= 2")
+        raise ConfigError("--num-samples must be >= 1 and --seq-len >= 2")
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for text in texts:

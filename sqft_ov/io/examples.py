@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def fetch_example(name: str, cache: str | Path | None = None) -> Path:
     from sqft_ov.io.cache import file_sha256
 
     if name not in EXAMPLES:
-        raise SqftError(f"unknown example model {name!r}: choose one of {', '.join(EXAMPLES)}")
+        raise ConfigError(f"unknown example model {name!r}: choose one of {', '.join(EXAMPLES)}")
     example, target = EXAMPLES[name], example_path(name, cache)
     if target.is_file() and file_sha256(target) == example.sha256:
         return target

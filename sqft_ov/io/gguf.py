@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ModelFolderError
 
 GGUF_RECORD = "sqft_gguf.json"  # in a converted folder: the source file and its sha256
 _MAGIC = b"GGUF"
@@ -47,7 +47,7 @@ class _Reader:
     def read(self, n: int) -> bytes:
         data = self.f.read(n)
         if len(data) != n:
-            raise SqftError(f"{self.path} is truncated (its header ends early): download or copy it again")
+            raise ModelFolderError(f"{self.path} is truncated (its header ends early): download or copy it again")
         return data
 
     def unpack(self, fmt: str):
@@ -67,10 +67,11 @@ class _Reader:
             elif item in _SCALAR:
                 self.f.seek(struct.calcsize(_SCALAR[item]) * count, 1)
             else:
-                raise SqftError(f"{self.path}: unreadable GGUF metadata (nested array): not a GGUF file sqft-ov can read")
+                raise ModelFolderError(f"{self.path}: unreadable GGUF metadata (nested array): not a GGUF file "
+                                       "sqft-ov can read")
             return f"<array of {count}>"
         if kind not in _SCALAR:
-            raise SqftError(f"{self.path}: unknown GGUF metadata type {kind}: the file is corrupt")
+            raise ModelFolderError(f"{self.path}: unknown GGUF metadata type {kind}: the file is corrupt")
         return self.unpack(_SCALAR[kind])
 
 
@@ -80,13 +81,13 @@ def read_gguf(path: str | Path) -> GGUFInfo:
 
     path = Path(path).expanduser().absolute()
     if not path.is_file():
-        raise SqftError(f"GGUF file {path} does not exist")
+        raise ModelFolderError(f"GGUF file {path} does not exist")
     size = path.stat().st_size
     with open(path, "rb") as f:
         reader = _Reader(f, path)
         if f.read(4) != _MAGIC:
-            raise SqftError(f"{path} is not a GGUF file (no GGUF magic): pass a .gguf checkpoint or a Hugging Face "
-                            "model folder")
+            raise ModelFolderError(f"{path} is not a GGUF file (no GGUF magic): pass a .gguf checkpoint or a Hugging "
+                                   "Face model folder")
         version, n_tensors, n_kv = reader.unpack("<I"), reader.unpack("<Q"), reader.unpack("<Q")
         metadata = {}
         for _ in range(n_kv):
@@ -104,15 +105,15 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         try:
             block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
         except (ValueError, KeyError):
-            raise SqftError(f"{path}: tensor {name} has an unknown GGML type {kind}: the file is corrupt or newer "
-                            "than the gguf package") from None
+            raise ModelFolderError(f"{path}: tensor {name} has an unknown GGML type {kind}: the file is corrupt or "
+                                   "newer than the gguf package") from None
         count = 1
         for d in dims:
             count *= d
         needed = max(needed, data_start + offset + count // block * block_bytes)
     if size < needed:
-        raise SqftError(f"{path} is truncated: {size} bytes of the {needed} its tensor table needs; download or "
-                        "copy it again")
+        raise ModelFolderError(f"{path} is truncated: {size} bytes of the {needed} its tensor table needs; download or "
+                               "copy it again")
     architecture = str(metadata.get("general.architecture", "?"))
     return GGUFInfo(path, version, architecture, metadata, n_tensors,
                     tied_embeddings=not any(t[0] == "output.weight" for t in tensors))
@@ -126,8 +127,9 @@ def check_supported(info: GGUFInfo) -> None:
     aliases = {arch, arch.replace("moe", "_moe"), arch.replace("-", "_")}
     if arch in _NOT_DECODERS or not aliases & (set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}):
         known = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", *_NOT_DECODERS})
-        raise SqftError(f"{info.path} holds a {arch!r} model, which transformers' GGUF loader cannot read as a causal "
-                        f"LM (it reads {', '.join(known)}): convert it to a Hugging Face folder another way")
+        raise ModelFolderError(f"{info.path} holds a {arch!r} model, which transformers' GGUF loader cannot read as a "
+                               f"causal LM (it reads {', '.join(known)}): convert it to a Hugging Face folder another "
+                               "way")
 
 
 def _token(tokenizer, metadata: dict, key: str) -> str | None:
@@ -184,6 +186,12 @@ def gguf_folder(path: str | Path, cache: str | Path | None = None) -> Path:
     folder = Path(cache or cache_dir()).expanduser() / "gguf" / f"{info.path.stem}-{sha[:12]}"
     if (folder / GGUF_RECORD).is_file():
         return folder
+    import sys
+
+    # Said before it happens: a 7-8B GGUF becomes ~30 GB of float32 (4 bytes a weight, whatever its GGUF type),
+    # once; stages then load it in the dtype they are asked for (finetune --bf16 holds it in bfloat16).
+    print(f"converting {info.path.name} ({stat.st_size / 2**30:.2f} GiB) once to a float32 Hugging Face folder in "
+          f"{folder}: 4 bytes a weight, about 7x a 4-bit GGUF (SQFT_OV_CACHE moves it)", file=sys.stderr)
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -193,7 +201,7 @@ def gguf_folder(path: str | Path, cache: str | Path | None = None) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(info.path.parent, gguf_file=info.path.name)
     except Exception as exc:  # transformers raises ValueError / OSError / numpy errors for damaged files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SqftError(f"transformers cannot load {info.path}: {first}") from exc
+        raise ModelFolderError(f"transformers cannot load {info.path}: {first}") from exc
     finally:
         if bars:
             hf_logging.enable_progress_bar()

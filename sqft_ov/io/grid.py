@@ -33,7 +33,7 @@ def read_grid(model_dir: str | Path) -> tuple[dict, dict[str, dict[str, torch.Te
     """(settings, grids by weight) of a folder merged by qa-sparsepeft, or None."""
     from safetensors.torch import load_file
 
-    from sqft_ov.errors import SqftError
+    from sqft_ov.errors import ModelFolderError
 
     model_dir = Path(model_dir)
     halves = [model_dir / f"{GRID}.json", model_dir / f"{GRID}.safetensors"]
@@ -42,16 +42,18 @@ def read_grid(model_dir: str | Path) -> tuple[dict, dict[str, dict[str, torch.Te
         return None
     if not all(present):
         missing = halves[present.index(False)].name
-        raise SqftError(f"{model_dir} holds half of a trained INT4 grid: {missing} is missing; merge the adapter "
-                        "again (exporting without it would re-quantize the weights off their trained grid)")
+        raise ModelFolderError(f"{model_dir} holds half of a trained INT4 grid: {missing} is missing; merge the "
+                               "adapter again (exporting without it would re-quantize the weights off their trained "
+                               "grid)")
     try:
         meta = json.loads(halves[0].read_text())
         settings = (meta["sym"], int(meta["group_size"]), meta["weights"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise SqftError(f"{halves[0]} is not a valid grid description ({exc}): merge the adapter again") from None
+        raise ModelFolderError(f"{halves[0]} is not a valid grid description ({exc}): merge the adapter "
+                               "again") from None
     if settings[1] == 0 or not isinstance(settings[0], bool):
-        raise SqftError(f"{halves[0]}: group size {settings[1]} / sym {settings[0]!r} are not a valid INT4 grid; "
-                        "merge the adapter again")
+        raise ModelFolderError(f"{halves[0]}: group size {settings[1]} / sym {settings[0]!r} are not a valid INT4 "
+                               "grid; merge the adapter again")
     grids: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in load_file(model_dir / f"{GRID}.safetensors").items():
         weight, tensor = key.split("::")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ModelFolderError, SqftError
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _MODEL_ID = re.compile(rf"({_NAME}/{_NAME})(?:@([A-Za-z0-9._/-]+))?")
@@ -77,13 +77,13 @@ def download_model(text: str | Path) -> Path:
     try:
         folder = Path(snapshot_download(repo, revision=revision, allow_patterns=list(MODEL_FILES)))
     except Exception as exc:  # huggingface_hub raises HTTP, OS and validation errors alike
-        raise SqftError(f"model {text} is not a local folder and could not be downloaded from the Hugging Face Hub "
-                        f"({_why(exc, repo, revision)}): download it first with `hf download {repo} --local-dir DIR` "
-                        "and pass DIR, or pass a local folder or .gguf file") from exc
+        raise ModelFolderError(f"model {text} is not a local folder and could not be downloaded from the Hugging Face "
+                               f"Hub ({_why(exc, repo, revision)}): download it first with `hf download {repo} "
+                               "--local-dir DIR` and pass DIR, or pass a local folder or .gguf file") from exc
     if not any(folder.glob("model*.safetensors")):
-        raise SqftError(f"Hub model {text} has no safetensors weights (model*.safetensors): sqft-ov never loads "
-                        "pickled .bin weights; choose a repository with safetensors, or convert it "
-                        "(save_pretrained(safe_serialization=True)) and pass the folder")
+        raise ModelFolderError(f"Hub model {text} has no safetensors weights (model*.safetensors): sqft-ov never loads "
+                               "pickled .bin weights; choose a repository with safetensors, or convert it "
+                               "(save_pretrained(safe_serialization=True)) and pass the folder")
     return folder
 
 

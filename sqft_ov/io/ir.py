@@ -24,21 +24,23 @@ def check_ir_files(ir_dir: str | Path) -> Path:
     """An IR folder's graph and weights both present, the graph whole XML: a clear error before a compile fails."""
     import xml.etree.ElementTree as ET
 
-    from sqft_ov.errors import SqftError
+    from sqft_ov.errors import ExportIntegrityError, ModelFolderError
 
     ir_dir = Path(ir_dir).expanduser().absolute()
     xml, weights = ir_dir / IR_FILE, (ir_dir / IR_FILE).with_suffix(".bin")
     if not xml.is_file():
-        raise SqftError(f"{ir_dir} is not an OpenVINO IR folder (no {IR_FILE}): export one with sqft-ov export")
+        raise ModelFolderError(f"{ir_dir} is not an OpenVINO IR folder (no {IR_FILE}): export one with sqft-ov export")
     if not weights.is_file():
-        raise SqftError(f"{weights} is missing beside {IR_FILE}: copy the whole IR folder, or export it again")
+        raise ExportIntegrityError(f"{weights} is missing beside {IR_FILE}: copy the whole IR folder, or export it "
+                                   "again")
     try:
         ET.parse(xml)
     except ET.ParseError as exc:
-        raise SqftError(f"{xml} is not whole XML ({exc}): copy the IR folder again, or export it again") from None
+        raise ExportIntegrityError(f"{xml} is not whole XML ({exc}): copy the IR folder again, or export it "
+                                   "again") from None
     for name in ("openvino_tokenizer", "openvino_detokenizer"):
         if (ir_dir / f"{name}.xml").is_file() and not (ir_dir / f"{name}.bin").is_file():
-            raise SqftError(f"{ir_dir / name}.bin is missing: copy the whole IR folder, or export it again")
+            raise ExportIntegrityError(f"{ir_dir / name}.bin is missing: copy the whole IR folder, or export it again")
     return ir_dir
 
 

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError
 
 _passes: dict[str, int] = {}
 
@@ -49,16 +49,16 @@ def check_output(output: str | Path, overwrite: bool, inputs: tuple = ()) -> Pat
             continue
         source = Path(source).expanduser().absolute()
         if output == source:
-            raise SqftError(f"output {output} is also an input: choose another output path")
+            raise ConfigError(f"output {output} is also an input: choose another output path")
         if source in output.parents and source.is_dir():
-            raise SqftError(f"output {output} is inside the input {source}: choose a path outside it")
+            raise ConfigError(f"output {output} is inside the input {source}: choose a path outside it")
         if output in source.parents:
-            raise SqftError(f"output {output} holds the input {source}: choose another output path")
+            raise ConfigError(f"output {output} holds the input {source}: choose another output path")
     recover_stale(output)
     if output.exists() and not overwrite:
-        raise SqftError(f"output {output} already exists: pass --overwrite to replace it, or choose another path")
+        raise ConfigError(f"output {output} already exists: pass --overwrite to replace it, or choose another path")
     if output.exists() and not output.is_dir():
-        raise SqftError(f"output {output} exists and is not a folder: remove it or choose another path")
+        raise ConfigError(f"output {output} exists and is not a folder: remove it or choose another path")
     return output
 
 
@@ -177,9 +177,9 @@ def check_output_file(output: str | Path, overwrite: bool) -> Path:
     """Like check_output, for a single report file."""
     output = Path(output).expanduser().absolute()
     if output.exists() and not overwrite:
-        raise SqftError(f"output {output} already exists: pass --overwrite to replace it, or choose another path")
+        raise ConfigError(f"output {output} already exists: pass --overwrite to replace it, or choose another path")
     if output.is_dir():
-        raise SqftError(f"output {output} is a folder: give a file name")
+        raise ConfigError(f"output {output} is a folder: give a file name")
     return output
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError
 
 RUNTIME_CONFIG = "runtime_config.json"
 SPARSE_RATE = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
@@ -47,7 +47,7 @@ def check_device(device: str) -> str:
     if base in ("AUTO", "HETERO", "MULTI"):
         return device
     if not any(d.upper() == device.upper() or d.upper().startswith(base) for d in available):
-        raise SqftError(f"device {device!r} is not available here: choose one of {', '.join(available)}")
+        raise ConfigError(f"device {device!r} is not available here: choose one of {', '.join(available)}")
     return device
 
 

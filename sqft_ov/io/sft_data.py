@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError
 from sqft_ov.io.data import load_table
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
@@ -75,10 +75,10 @@ def render_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> str:
         return prompt
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or "the model"
-        raise SqftError(f"--chat-template was given but the tokenizer of {name} has no chat template"
-                        if isinstance(prompt, str) else
-                        f"chat rows ({MESSAGES!r}) need a tokenizer with a chat template and {name}'s has none: "
-                        "give prompt/response rows instead")
+        raise ConfigError(f"--chat-template was given but the tokenizer of {name} has no chat template"
+                          if isinstance(prompt, str) else
+                          f"chat rows ({MESSAGES!r}) need a tokenizer with a chat template and {name}'s has none: "
+                          "give prompt/response rows instead")
     turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
@@ -105,12 +105,12 @@ def build_datasets(path: str | Path, tokenizer, fmt: SFTFormat, eval_split: floa
     from datasets import Dataset
 
     if not 0 <= eval_split < 1:
-        raise SqftError(f"--eval-split must be in [0, 1), got {eval_split}")
+        raise ConfigError(f"--eval-split must be in [0, 1), got {eval_split}")
     rows = [tokenize_pair(tokenizer, p, r, fmt) for p, r in load_pairs(path, fmt)]
     rows = [r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])]
     if not rows:
-        raise SqftError(f"every example of {path} is longer than --max-length {fmt.max_length} before its "
-                        "response starts: raise --max-length")
+        raise ConfigError(f"every example of {path} is longer than --max-length {fmt.max_length} before its "
+                          "response starts: raise --max-length")
     table = Dataset.from_list(rows)
     if eval_split == 0 or len(table) < 2:
         return table, None

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError  # noqa: F401 (SqftError: callers catch it from here)
 from sqft_ov.io.output import check_output, write_file_atomic
 from sqft_ov.recipe import Deployment
 
@@ -267,12 +267,12 @@ def check_same_plan(out: Path, plan: QuickstartPlan, model: str | Path | None, f
     changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
                if before.get(k) != now.get(k) and not (k == "seeds" and grown)]
     if changed:
-        raise SqftError(f"--resume: {out} was started with another plan ({'; '.join(changed)}): resume with the "
-                        "same options and version (--seeds may grow), or start again without --resume")
+        raise ConfigError(f"--resume: {out} was started with another plan ({'; '.join(changed)}): resume with the "
+                          "same options and version (--seeds may grow), or start again without --resume")
 
 
 def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overwrite: bool = False,
-               cache: str | Path | None = None, progress=None, say=print, model: str | Path | None = None,
+               cache: str | Path | None = None, on_progress=None, say=print, model: str | Path | None = None,
                seeds: int | None = None, resume: bool = False) -> QuickstartResult:
     """Run the whole comparison into OUT; `say` gets one line per finished stage.
 
@@ -291,10 +291,10 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
 
     plan = QuickstartPlan.make(fast, real_model=model is not None, seeds=seeds)
     if resume and overwrite:
-        raise SqftError("--resume continues the run in OUT and --overwrite replaces it: choose one")
+        raise ConfigError("--resume continues the run in OUT and --overwrite replaces it: choose one")
     out = Path(out).expanduser().absolute() if resume else check_output(out, overwrite)
     if resume and not (out / "task").is_dir():
-        raise SqftError(f"--resume: {out} holds no interrupted quickstart (no task/): run without --resume")
+        raise ConfigError(f"--resume: {out} holds no interrupted quickstart (no task/): run without --resume")
     foundation = None if model is not None else FoundationConfig()
     if resume:
         check_same_plan(out, plan, model, foundation and foundation.key)
@@ -309,7 +309,7 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     if model is None:
         from sqft_ov.quickstart.foundation import foundation_model
 
-        base, base_label = foundation_model(foundation, cache, progress), FOUNDATION
+        base, base_label = foundation_model(foundation, cache, on_progress), FOUNDATION
     else:
         from sqft_ov.io.checkpoint import load_config
         from sqft_ov.io.gguf import resolve_model
@@ -329,20 +329,20 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     sparse = out / "sparse-wanda50"
     if not (resume and sparse.is_dir()):  # written atomically: if it is there, it is whole
         sparsify_folder(base, sparse, SparsityConfig("wanda", 0.5), out / "calibration.txt", overwrite=resume,
-                        num_samples=plan.calibration[0], seq_len=plan.calibration[1], progress=progress)
+                        num_samples=plan.calibration[0], seq_len=plan.calibration[1], on_progress=on_progress)
     from sqft_ov.io.sft_data import SFTFormat
 
     fmt = SFTFormat(chat_template=plan.chat_template)
     rows = [Deployment(label, "none", path, None, None, merged=False, precision="fp32",
                        sparsity=deployed_sparsity(path),
-                       evaluation=evaluate(path, task["test"], EvalConfig(data_format=fmt, loss=False), progress))
+                       evaluation=evaluate(path, task["test"], EvalConfig(data_format=fmt, loss=False), on_progress))
             for label, path in ((base_label, base), (WANDA, sparse))]
     stage("sparsify + evaluate the bases", t)
 
-    rows += _recipe_rows(plan, out, sparse, resume, progress, say, stage, dense=base)
+    rows += _recipe_rows(plan, out, sparse, resume, on_progress, say, stage, dense=base)
 
     t = time.perf_counter()
-    report, decode = _bench(rows, plan, progress)
+    report, decode = _bench(rows, plan, on_progress)
     stage("bench", t)
 
     result = QuickstartResult(out, plan, rows, decode, report, time.perf_counter() - start, str(base), stages)
@@ -353,12 +353,12 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     return result
 
 
-def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, progress, say, stage,
+def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on_progress, say, stage,
                  dense: Path | None = None) -> list[Deployment]:
     """Every recipe run of the plan on the sparse base (LoNAS / EFTNAS: on the dense one, as in their papers);
     with `resume`, runs that finished are read back."""
     common = dict(model=sparse, data=out / "task", steps=plan.steps, batch_size=plan.batch_size,
-                  chat_template=plan.chat_template, overwrite=True, progress=progress)
+                  chat_template=plan.chat_template, overwrite=True, on_progress=on_progress)
     made_by: dict[tuple[str, int], list[Deployment]] = {}
     runs = _recipe_runs(plan)
     for name, recipe, options in training_order(plan, runs):
@@ -378,9 +378,9 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, pr
     return [row for name, _, options in runs for row in made_by[name, options["seed"]]]  # in the table's order
 
 
-def _bench(rows: list[Deployment], plan: QuickstartPlan, progress=None) -> tuple[dict, dict[str, float | None]]:
+def _bench(rows: list[Deployment], plan: QuickstartPlan, on_progress=None) -> tuple[dict, dict[str, float | None]]:
     """Every deployment (the first seed of a seeded row) side by side, unmerged LoRA as the baseline."""
-    from sqft_ov.stages.bench import BenchConfig, BenchModel, bench
+    from sqft_ov.measure.bench import BenchConfig, BenchModel, bench
 
     deployed, seen = [], set()
     for r in rows:
@@ -391,7 +391,6 @@ def _bench(rows: list[Deployment], plan: QuickstartPlan, progress=None) -> tuple
     baseline = next(i for i, r in enumerate(deployed) if r.label == "LoRA") + 1
     report = bench(models, BenchConfig(prompt_tokens=32, new_tokens=plan.bench_new_tokens,
                                        repeats=plan.bench_repeats, warmup=1, baseline=baseline,
-                                       bandwidth_gib=0), progress)
-    decode = {e["label"]: e["stats"]["decode_tokens_per_s"]["median"] if e["ok"] else None
-              for e in report["models"]}
-    return report, decode
+                                       bandwidth_gib=0), on_progress)
+    decode = {e["label"]: e["stats"]["decode_tokens_per_s"]["median"] if e["ok"] else None for e in report.models}
+    return report.to_dict(), decode

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError
 from sqft_ov.io.cache import cache_dir
 
 CORPUS_VERSION = 1  # bump when sqft_ov.quickstart.arithmetic's foundation distribution changes
@@ -59,8 +59,9 @@ def _packed(tokenizer, texts: list[str], seq_len: int):
     return Dataset.from_dict({"input_ids": chunks, "labels": chunks})
 
 
-def pretrain(output: str | Path, config: FoundationConfig, overwrite: bool = False, progress=None) -> Path:
-    """Train the foundation model from scratch and write it to OUTPUT (Hugging Face layout, atomically)."""
+def pretrain(output: str | Path, config: FoundationConfig, overwrite: bool = False, on_progress=None) -> Path:
+    """Train the foundation model from scratch and write it to OUTPUT (Hugging Face layout, atomically);
+    `on_progress(done, total, label)` gets the training steps."""
     import tempfile
 
     import torch
@@ -70,14 +71,14 @@ def pretrain(output: str | Path, config: FoundationConfig, overwrite: bool = Fal
     from sqft_ov.io.output import atomic_output
     from sqft_ov.quickstart.arithmetic import pretraining_text
     from sqft_ov.quickstart.tiny import TinyModelConfig, build_tokenizer, check_config, hf_config
-    from sqft_ov.stages.finetune import rich_progress_callback
+    from sqft_ov.stages.finetune import progress_callback
 
     shape = TinyModelConfig(arch="llama", layers=config.layers, hidden=config.hidden,
                             intermediate=config.intermediate, heads=config.heads, kv_heads=config.kv_heads,
                             vocab=config.vocab, max_positions=max(512, config.seq_len), seed=config.seed)
     check_config(shape)
     if config.steps < 1 or config.batch_size < 1 or config.seq_len < 16:
-        raise SqftError("foundation steps and batch size must be positive and seq_len at least 16")
+        raise ConfigError("foundation steps and batch size must be positive and seq_len at least 16")
     set_seed(config.seed)
     texts = pretraining_text(config.documents, config.seed)
     tokenizer = build_tokenizer(config.vocab, config.seed, corpus=texts[:5000], split_digits=True)
@@ -92,7 +93,7 @@ def pretrain(output: str | Path, config: FoundationConfig, overwrite: bool = Fal
             learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=max(1, config.steps // 20),
             weight_decay=0.0, seed=config.seed, data_seed=config.seed, logging_steps=10, save_strategy="no",
             report_to=[], dataloader_num_workers=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
-        callbacks = [rich_progress_callback("pretrain foundation model", progress)] if progress is not None else []
+        callbacks = [progress_callback(on_progress, "pretrain foundation model")] if on_progress is not None else []
         trainer = Trainer(model=model, args=args, train_dataset=train_set, callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -112,11 +113,11 @@ def cached_foundation(config: FoundationConfig, cache: str | Path | None = None)
 
 
 def foundation_model(config: FoundationConfig | None = None, cache: str | Path | None = None,
-                     progress=None) -> Path:
+                     on_progress=None) -> Path:
     """The cached foundation model for `config`, pretrained first if it is not in the cache yet."""
     config = config or FoundationConfig()
     path = cached_foundation(config, cache)
     if (path / RECORD).is_file():
         return path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return pretrain(path, config, overwrite=path.exists(), progress=progress)
+    return pretrain(path, config, overwrite=path.exists(), on_progress=on_progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError
 from sqft_ov.io.data import sample_corpus
 from sqft_ov.io.output import atomic_output
 
@@ -79,22 +79,22 @@ def hf_config(cfg: TinyModelConfig, tokenizer):
         return Qwen2Config(**common)
     if cfg.arch == "phi3":  # fused qkv_proj and gate_up_proj
         return Phi3Config(**common, original_max_position_embeddings=cfg.max_positions)
-    raise SqftError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    raise ConfigError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
 
 
 def check_config(cfg: TinyModelConfig) -> None:
     if cfg.arch not in ARCHITECTURES:
-        raise SqftError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab", "max_positions"):
         if getattr(cfg, name) < 1:
-            raise SqftError(f"--{name.replace('_', '-')} must be a positive integer")
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
     if cfg.hidden % cfg.heads or cfg.heads % cfg.kv_heads:
-        raise SqftError(f"--hidden ({cfg.hidden}) must be divisible by --heads ({cfg.heads}) and --heads by "
-                        f"--kv-heads ({cfg.kv_heads})")
+        raise ConfigError(f"--hidden ({cfg.hidden}) must be divisible by --heads ({cfg.heads}) and --heads by "
+                          f"--kv-heads ({cfg.kv_heads})")
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
-        raise SqftError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
+        raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
     if cfg.vocab < 300:
-        raise SqftError("--vocab must be at least 300 (256 byte tokens, special tokens and some merges)")
+        raise ConfigError("--vocab must be at least 300 (256 byte tokens, special tokens and some merges)")
 
 
 def build_tiny_model(output: str | Path, config: TinyModelConfig | None = None, overwrite: bool = False) -> Path:

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, ModelFolderError, SqftError
 from sqft_ov.io.gguf import resolve_model
 from sqft_ov.io.ir import IR_FILE
 from sqft_ov.io.sft_data import IGNORE_INDEX, Prompt, SFTFormat, load_pairs, prompt_ids, tokenize_pair
@@ -32,7 +32,7 @@ class EvalConfig:
     limit: int | None = None  # the first N examples
     batch_size: int = 16  # PyTorch: rows per padded batch; OpenVINO: prompts in flight at once
     max_new_tokens: int = 64
-    device: str = "CPU"  # IR models
+    device: str = "CPU"  # an OpenVINO device for IR models; for PyTorch ones auto | cpu | cuda | xpu (CPU = cpu)
     properties: dict[str, str] = field(default_factory=dict)  # OpenVINO properties on top of runtime_config.json
     torch_dtype: str = "float32"  # PyTorch models: float32 | bfloat16 | float16 | auto
     loss: bool = True  # also the response loss beside a generation metric (the loss metric always computes it)
@@ -42,9 +42,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_metric(self.metric)
         if self.limit is not None and self.limit < 1:
-            raise SqftError(f"--limit must be at least 1, got {self.limit}")
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise SqftError("--batch-size and --max-new-tokens must be positive")
+            raise ConfigError("--batch-size and --max-new-tokens must be positive")
 
 
 @dataclass
@@ -84,8 +84,8 @@ def _load(model_path: Path, config: EvalConfig):
     model otherwise."""
     if (model_path / IR_FILE).is_file():
         if config.adapter is not None:
-            raise SqftError(f"{model_path} is an OpenVINO IR: adapters apply to Hugging Face folders (merge and "
-                            "export the adapter to evaluate it as an IR)")
+            raise ConfigError(f"{model_path} is an OpenVINO IR: adapters apply to Hugging Face folders (merge and "
+                              "export the adapter to evaluate it as an IR)")
         from transformers import AutoTokenizer
 
         from sqft_ov.io.checkpoint import require_tokenizer
@@ -103,9 +103,12 @@ def _load(model_path: Path, config: EvalConfig):
 
     dtype = config.torch_dtype if config.torch_dtype == "auto" else getattr(torch, config.torch_dtype, None)
     if dtype is None:
-        raise SqftError(f"--torch-dtype must be auto, float32, bfloat16 or float16, got {config.torch_dtype!r}")
+        raise ConfigError(f"--torch-dtype must be auto, float32, bfloat16 or float16, got {config.torch_dtype!r}")
+    from sqft_ov.io.device import torch_device
+
+    device = torch_device(config.device)  # before loading: a device torch does not see fails at once
     model, tokenizer = load_for_inference(model_path, config.adapter, dtype, config.sub_adapter)
-    return model, tokenizer, "pytorch"
+    return model.to(device), tokenizer, "pytorch"
 
 
 def eval_pairs(data: str | Path, fmt: SFTFormat, metric: str, limit: int | None = None) -> list[tuple[Prompt, str]]:
@@ -130,6 +133,7 @@ def _generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -
     import torch
 
     ids, mask = _pad(prompts, tokenizer.pad_token_id, left=True)
+    ids, mask = ids.to(model.device), mask.to(model.device)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -173,24 +177,30 @@ def _response_loss(model, tokenizer, rows: list[dict]) -> tuple[float, int]:
 
     ids, mask = _pad([r["input_ids"] for r in rows], tokenizer.pad_token_id, left=False)
     labels, _ = _pad([r["labels"] for r in rows], IGNORE_INDEX, left=False)
+    device = getattr(model, "device", None)
+    if device is not None:  # a PyTorch model (the OpenVINO one takes CPU tensors)
+        ids, mask = ids.to(device), mask.to(device)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
-    logits = torch.as_tensor(logits).float()[:, :-1]
+    logits = torch.as_tensor(logits).float().cpu()[:, :-1]
     target = labels[:, 1:]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                              ignore_index=IGNORE_INDEX, reduction="sum")
     return float(loss), int((target != IGNORE_INDEX).sum())
 
 
-def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = None, progress=None) -> EvalReport:
-    """The metric's score and the response loss of MODEL (IR or Hugging Face folder [+ adapter]) on DATA."""
+def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = None,
+             on_progress=None) -> EvalReport:
+    """The metric's score and the response loss of MODEL (IR or Hugging Face folder [+ adapter]) on DATA.
+
+    `on_progress(done, total, label)` counts examples: `eval NAME` while generating, then `loss NAME`."""
     config = config or EvalConfig()
     model_path, data = Path(model).expanduser(), Path(data)
     if not (model_path / IR_FILE).is_file():
         model_path = resolve_model(model_path)  # a .gguf file or an example name: its Hugging Face folder
     model_path = model_path.absolute()
     if not model_path.is_dir():
-        raise SqftError(f"model folder {model_path} does not exist")
+        raise ModelFolderError(f"model folder {model_path} does not exist")
     fmt = config.data_format
     pairs = eval_pairs(data, fmt, config.metric, config.limit)
     generate, with_loss = config.metric != "loss", config.loss or config.metric == "loss"
@@ -206,8 +216,12 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     prompts = [prompt_ids(tokenizer, p, fmt)[-fmt.max_length:] for p, _ in pairs]
-    task = progress.add_task(f"eval {model_path.name}", total=len(pairs)) if progress is not None else None
-    advance = (lambda n: progress.update(task, advance=n)) if task is not None else (lambda n: None)
+    counter = {"done": 0, "label": f"eval {model_path.name}"}
+
+    def advance(n: int) -> None:
+        counter["done"] += n
+        if on_progress is not None:
+            on_progress(counter["done"], len(pairs), counter["label"])
     generated: list[str] = []
     if generate and engine == "openvino":
         generated = _generate_continuous(net, tokenizer, prompts, config.max_new_tokens, config.batch_size, advance)
@@ -218,8 +232,7 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
             advance(len(batch))
     loss_sum, loss_tokens = 0.0, 0
     if with_loss:
-        if task is not None:
-            progress.reset(task, total=len(pairs), description=f"loss {model_path.name}")
+        counter.update(done=0, label=f"loss {model_path.name}")
         for i in range(0, len(pairs), config.batch_size):
             rows = [tokenize_pair(tokenizer, p, r, fmt) for p, r in pairs[i:i + config.batch_size]]
             total, count = _response_loss(scorer, tokenizer, rows)
@@ -232,8 +245,6 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
         numeric += scored.numeric
         samples.append({"prompt": prompt, "reference": scored.reference, "generated": text,
                         "predicted": scored.predicted, "correct": scored.correct})
-    if task is not None:
-        progress.remove_task(task)
     return EvalReport(
         model=str(model_path), adapter=str(config.adapter) if config.adapter else None, engine=engine,
         data=str(data.absolute()), examples=len(pairs), correct=sum(s["correct"] for s in samples),

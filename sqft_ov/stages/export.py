@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, ExportIntegrityError
 from sqft_ov.io.ir import save_over
 from sqft_ov.io.output import atomic_output, check_output, kill_point
 from sqft_ov.stages.export_groups import (FALLBACKS, describe_plan, grouped_input_sizes, plan_group_sizes,
@@ -47,17 +47,18 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.weight_format not in WEIGHT_FORMATS:
-            raise SqftError(f"unknown --weight-format {self.weight_format!r}: choose {', '.join(WEIGHT_FORMATS)}")
+            raise ConfigError(f"unknown --weight-format {self.weight_format!r}: choose {', '.join(WEIGHT_FORMATS)}")
         if self.group_size_fallback not in FALLBACKS:
-            raise SqftError(f"unknown --group-size-fallback {self.group_size_fallback!r}: choose {', '.join(FALLBACKS)}")
+            raise ConfigError(f"unknown --group-size-fallback {self.group_size_fallback!r}: choose "
+                              f"{', '.join(FALLBACKS)}")
         if self.group_size is not None and (self.group_size == 0 or self.group_size < -1):
-            raise SqftError(f"--group-size must be positive or -1 (per channel), got {self.group_size}")
+            raise ConfigError(f"--group-size must be positive or -1 (per channel), got {self.group_size}")
         if self.weight_format == "int8-w8a8" and not self.calibration:
-            raise SqftError("--weight-format int8-w8a8 quantizes activations statically: pass --dataset FILE")
+            raise ConfigError("--weight-format int8-w8a8 quantizes activations statically: pass --dataset FILE")
         if self.all_layers and self.weight_format != "int4":
-            raise SqftError("--all-layers applies to --weight-format int4 only")
+            raise ConfigError("--all-layers applies to --weight-format int4 only")
         if self.sparse_rate is not None and not 0 < self.sparse_rate <= 1:
-            raise SqftError(f"--sparse-rate must be in (0, 1], got {self.sparse_rate}")
+            raise ConfigError(f"--sparse-rate must be in (0, 1], got {self.sparse_rate}")
 
 
 @dataclass
@@ -114,8 +115,8 @@ def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | 
         model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, advanced_parameters=params,
                                       **extra)
     except nncf.errors.InvalidGroupSizeError as exc:
-        raise SqftError(f"--group-size {group} does not divide every layer ({str(exc).splitlines()[0]}):"
-                        " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
+        raise ConfigError(f"--group-size {group} does not divide every layer ({str(exc).splitlines()[0]}):"
+                          " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
     settings = {"nncf_mode": mode.value, "group_size": group, "all_layers": config.all_layers}
     # The IR is written here anyway: stamp where it came from into it (rt_info travels with the .xml).
     model.set_rt_info(json.dumps({**provenance, "settings": settings}), ["sqft_ov", "provenance"])
@@ -153,17 +154,17 @@ def _quantize_w8a8(ir_dir: Path, model_dir: Path, config: ExportConfig) -> dict:
 def _check_grid(grid: dict, config: ExportConfig) -> None:
     """A merged QA-SparsePEFT folder already holds INT4 values: refuse anything that would re-quantize them."""
     if config.weight_format != "int4":
-        raise SqftError(f"this model was merged onto a trained INT4 grid: export it with --weight-format int4 "
-                        f"(--weight-format {config.weight_format} would re-quantize the merged weights)")
+        raise ConfigError(f"this model was merged onto a trained INT4 grid: export it with --weight-format int4 "
+                          f"(--weight-format {config.weight_format} would re-quantize the merged weights)")
     if config.all_layers:
-        raise SqftError("--all-layers would re-quantize the embeddings and lm_head of a model merged onto a trained "
-                        "INT4 grid to a grid it was not trained on: drop --all-layers")
+        raise ConfigError("--all-layers would re-quantize the embeddings and lm_head of a model merged onto a trained "
+                          "INT4 grid to a grid it was not trained on: drop --all-layers")
     if config.group_size not in (None, grid["group_size"]):
-        raise SqftError(f"--group-size {config.group_size} conflicts with the trained INT4 grid's group size "
-                        f"{grid['group_size']}: drop --group-size")
+        raise ConfigError(f"--group-size {config.group_size} conflicts with the trained INT4 grid's group size "
+                          f"{grid['group_size']}: drop --group-size")
     if config.sym is not None and config.sym != grid["sym"]:
-        raise SqftError(f"--{'sym' if config.sym else 'asym'} conflicts with the trained INT4 grid "
-                        f"({'sym' if grid['sym'] else 'asym'}metric): drop the flag")
+        raise ConfigError(f"--{'sym' if config.sym else 'asym'} conflicts with the trained INT4 grid "
+                          f"({'sym' if grid['sym'] else 'asym'}metric): drop the flag")
 
 
 def _export_on_grid(model_dir: Path, out: Path, grid: dict, grids: dict, config: ExportConfig) -> dict:
@@ -273,7 +274,8 @@ def verify_zeros(ir_dir: Path, model_dir: Path) -> dict[str, dict]:
             continue  # e.g. a tied lm_head: its source is the embedding, checked under that name
         source = read_tensor(index, weight.name)
         if tuple(source.shape) != weight.values.shape:
-            raise SqftError(f"IR weight {weight.name} has shape {weight.values.shape}, source {tuple(source.shape)}")
+            raise ExportIntegrityError(f"IR weight {weight.name} has shape {weight.values.shape}, source "
+                                       f"{tuple(source.shape)}")
         # Compared in torch, in each side's own dtype: numpy's float16 ops are slow, and no f32 copy is needed.
         source_zero = source == 0
         ir_zero = torch.from_numpy(weight.values) == 0
@@ -282,7 +284,7 @@ def verify_zeros(ir_dir: Path, model_dir: Path) -> dict[str, dict]:
                             "ir_zeros": int(torch.count_nonzero(ir_zero)),
                             "zeros_kept": int(torch.count_nonzero(source_zero & ir_zero))}
     if not out:
-        raise SqftError(f"found no weights of the source model in the IR {ir_dir}: the export is unusable")
+        raise ExportIntegrityError(f"found no weights of the source model in the IR {ir_dir}: the export is unusable")
     return out
 
 
@@ -349,7 +351,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     else:
         groups = _plan_groups(model_dir, config)
     if config.calibration and not (Path(config.calibration).expanduser().exists() or is_hub_dataset(config.calibration)):
-        raise SqftError(f"calibration file {config.calibration} does not exist")
+        raise ConfigError(f"calibration file {config.calibration} does not exist")
 
     start = time.perf_counter()
     logging_disabled = logging.root.manager.disable  # optimum's conversion re-enables every log level after it
@@ -364,8 +366,8 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         logging.disable(logging_disabled)
         xml = tmp / "openvino_model.xml"
         if not (tmp / "openvino_tokenizer.xml").is_file():
-            raise SqftError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "
-                            "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
+            raise ExportIntegrityError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "
+                                       "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
         phases["convert"] = time.perf_counter() - mark
         kill_point("export-converted")
         mark = time.perf_counter()
@@ -384,8 +386,10 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         lost = {k: w["source_zeros"] - w["zeros_kept"] for k, w in report.weights.items()
                 if w["zeros_kept"] != w["source_zeros"]}
         if lost:
-            raise SqftError(f"{sum(lost.values())} source zeros became nonzero in the IR (e.g. {next(iter(lost))}): "
-                            "the export is not sparsity-preserving; please report this with the command used")
+            raise ExportIntegrityError(f"{sum(lost.values())} source zeros became nonzero in the IR (e.g. "
+                                       f"{next(iter(lost))}): "
+                                       "the export is not sparsity-preserving; please report this with the command "
+                                       "used")
         report.sparse_decompression = _sparse_decompression(tmp, config)
         if config.device:
             report.settings["compiled_on"] = _check_compiles(tmp, config.device)

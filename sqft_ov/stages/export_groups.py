@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError
 
 FALLBACKS = ("auto", "error", "adjust", "ignore")
 MIN_ADJUSTED_GROUP_SIZE = 32  # NNCF's AdvancedCompressionParameters.min_adjusted_group_size default
@@ -56,8 +56,8 @@ def plan_group_sizes(sizes: dict[str, int], group_size: int, fallback: str, expl
         name, size = next(iter(misfits.items()))
         flag = f"--group-size {group_size}" if explicit else f"the group size {group_size}"
         more = f" and {len(misfits) - 1} more layers" if len(misfits) > 1 else ""
-        raise SqftError(f"{flag} does not divide {name} (input size {size}){more}:"
-                        " choose a divisor, or pass --group-size-fallback adjust|ignore")
+        raise ConfigError(f"{flag} does not divide {name} (input size {size}){more}:"
+                          " choose a divisor, or pass --group-size-fallback adjust|ignore")
     return {name: _adjusted(size, fallback) for name, size in misfits.items()}
 
 

@@ -30,7 +30,7 @@ from sqft_ov.adapters.adapted import Adapted
 from sqft_ov.adapters.config import ADAPTER_CONFIG, TRAINABLE, FinetuneConfig
 from sqft_ov.errors import SqftError
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "rich_progress_callback"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "progress_callback"]
 
 
 def _trainer_class():
@@ -45,13 +45,11 @@ def _trainer_class():
             self.adapted, self.sampler = adapted, sampler
 
         def create_optimizer(self, model=None):
-            """QA-SparsePEFT: the INT4 ranges in a parameter group of their own, at the config's `grid_lr`."""
-            if self.optimizer is None and self.adapted.qa:
-                grid = [p for n, p in self.adapted.params.items() if not n.endswith(("lora_A", "lora_B"))]
-                adapters = [p for n, p in self.adapted.params.items() if n.endswith(("lora_A", "lora_B"))]
+            """The method's parameter groups where it has its own (QA-SparsePEFT: the INT4 ranges at `grid_lr`)."""
+            groups = self.adapted.method.optimizer_groups(self.adapted) if self.optimizer is None else None
+            if groups is not None:
                 optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
-                self.optimizer = optimizer_cls([{"params": adapters},
-                                                {"params": grid, "lr": self.adapted.config.grid_lr}], **kwargs)
+                self.optimizer = optimizer_cls(groups, **kwargs)
             return super().create_optimizer(model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -64,7 +62,7 @@ def _trainer_class():
         def _save(self, output_dir=None, state_dict=None):
             output_dir = output_dir or self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
-            save_file(self.adapted.state(), os.path.join(output_dir, TRAINABLE))
+            save_file(self.adapted.state(state_dict), os.path.join(output_dir, TRAINABLE))
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             path = os.path.join(resume_from_checkpoint, TRAINABLE)
@@ -75,6 +73,40 @@ def _trainer_class():
                 self.sampler.load(resume_from_checkpoint)
 
     return SqftTrainer
+
+
+def _check_sharding(trainer, resume: bool) -> None:
+    """What a launcher asked for must be what runs, and its trained tensors must be readable at the end.
+
+    Accelerate shards (FSDP) only on GPUs / XPUs: on CPUs `accelerate launch --use_fsdp` would silently run
+    DDP, each process holding the whole model. A sharded run's trained tensors are read from the state dict
+    Trainer gathers (FULL_STATE_DICT); resuming one would need a sharded load, which sqft-ov does not do.
+    """
+    from sqft_ov.errors import ConfigError
+
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(trainer.args.fsdp)
+    if fsdp_asked and not trainer.is_fsdp_enabled:
+        raise ConfigError("FSDP was asked for, but Accelerate shards models only on GPUs / XPUs and would run "
+                          f"{trainer.args.world_size} unsharded (DDP) processes on {trainer.args.device.type}: "
+                          "launch without --use_fsdp for DDP on CPUs, or run on accelerators")
+    if trainer.is_fsdp_enabled:
+        if "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type):
+            raise ConfigError("FSDP: launch with --fsdp_state_dict_type FULL_STATE_DICT (sqft-ov saves the trained "
+                              "tensors from the gathered state dict)")
+        if resume:
+            raise ConfigError("--resume of an FSDP run is not supported (a sharded load): start the run again")
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if trainer.is_deepspeed_enabled and getattr(plugin, "zero_stage", 0) == 3:
+        raise ConfigError("DeepSpeed ZeRO stage 3 partitions the parameters sqft-ov reads its trained tensors "
+                          "from: use ZeRO stage 1 or 2, or FSDP with FULL_STATE_DICT")
+
+
+def _trained_state(trainer, adapted: Adapted) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The trained tensors, and a sharded model's gathered state dict (a collective: every process calls it)."""
+    if trainer.is_fsdp_enabled:
+        full = trainer.accelerator.get_state_dict(trainer.model)
+        return adapted.state(full), full
+    return adapted.state(), None
 
 
 def _run_dir(output: Path) -> Path:
@@ -144,38 +176,30 @@ def _divergence_guard(adapted: Adapted):
     return DivergenceGuard()
 
 
-def rich_progress_callback(label: str = "finetune", progress=None):
-    """A rich progress bar with the running loss, on the main process only: a task in `progress` if
-    given (a caller's live display), else a bar of its own."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def progress_callback(on_progress, label: str = "finetune"):
+    """A Trainer callback that reports `on_progress(global_step, max_steps, label)`, on the main process only:
+    when training starts (a resumed run starts past 0), after each step, and once more when it ends."""
     from transformers import TrainerCallback
 
-    class RichProgress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.bar, self.own = None, progress is None
+    class Progress(TrainerCallback):
+        def _report(self, state, final: bool = False) -> None:
             if state.is_world_process_zero:
-                self.bar = progress or Progress(
-                    TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    transient=True)
-                if self.own:
-                    self.bar.start()
-                self.task = self.bar.add_task(label, total=state.max_steps, completed=state.global_step, loss="-")
+                on_progress(state.max_steps if final else state.global_step, state.max_steps, label)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.bar is not None and logs and "loss" in logs:
-                self.bar.update(self.task, completed=state.global_step, loss=f"{logs['loss']:.4f}",
-                                description=f"{label} (loss {logs['loss']:.3f})")
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._report(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._report(state)
 
         def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.stop() if self.own else self.bar.remove_task(self.task)
+            self._report(state, final=True)
 
-    return RichProgress()
+    return Progress()
 
 
 def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: int, world_size: int,
-            eval_loss: float | None, train_loss: list[float], step_seconds: list[float]) -> dict:
+            eval_loss: float | None, train_loss: list[float], step_seconds: list[float], device: str) -> dict:
     """`sqft_adapter.json`: everything `load_adapted` needs to rebuild the model, and how it was trained."""
     from sqft_ov import __version__
     from sqft_ov.io.checkpoint import model_fingerprint
@@ -192,36 +216,48 @@ def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: in
         "data": data_source(data), "data_format": asdict(config.data_format),
         "eval_split": config.eval_split, "seed": config.seed, "adapted_weights": adapted.adapted_weights,
         "widths": adapted.widths.space.to_dict() if adapted.widths is not None else None,
-        "lr": config.lr, "range_lr": config.grid_lr if adapted.qa else None, "batch_size": config.batch_size,
+        "precision": config.precision, "gradient_checkpointing": config.gradient_checkpointing, "device": device,
+        "lr": config.lr, "range_lr": adapted.method.range_lr(config), "batch_size": config.batch_size,
         "grad_accum": config.grad_accum, "steps": steps, "world_size": world_size, "eval_loss": eval_loss,
         "step_seconds": step_seconds, "train_loss": train_loss,
     }
 
 
-def _write_peft(adapted: Adapted, folder: Path) -> None:
+def _write_peft(adapted: Adapted, folder: Path, gathered: dict | None = None) -> None:
     """adapter_config.json + adapter_model.safetensors (PEFT's): a standard LoRA folder for lora; for sparsepeft
-    typed so that plain PEFT refuses it, since it would merge the update unmasked and refill the zeros."""
-    if adapted.qa:
-        return
-    adapted.model.save_pretrained(folder)
-    if adapted.config.method == "sparsepeft":
-        from sqft_ov.adapters.sparse_lora import refuse_plain_peft
+    typed so that plain PEFT refuses it, since it would merge the update unmasked and refill the zeros; none for
+    qa-sparsepeft. The method writes them (`gathered`: a sharded run's full state dict)."""
+    adapted.method.save(adapted, folder, gathered)
 
-        refuse_plain_peft(folder)
+
+def _training_args(config: FinetuneConfig, run_dir: Path, device: str):
+    """Trainer's arguments: the config's schedule, checkpoints every --save-steps, mixed precision, the device."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(run_dir), per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr, num_train_epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
+        data_seed=config.seed, logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=2, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
+        disable_tqdm=True, use_cpu=device == "cpu", bf16=config.precision == "bf16", fp16=config.precision == "fp16",
+        eval_strategy="no", prediction_loss_only=True, ddp_find_unused_parameters=False,
+        lr_scheduler_type="linear", warmup_steps=0, logging_nan_inf_filter=False)  # a NaN loss must show
 
 
 def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config: FinetuneConfig,
-             resume: bool = False, overwrite: bool = False, show_progress: bool = False,
-             callbacks: list | None = None, progress=None) -> FinetuneResult:
+             resume: bool = False, overwrite: bool = False,
+             callbacks: list | None = None, on_progress=None) -> FinetuneResult:
     """Train adapters on `data` and write them to OUTPUT (atomically, on the main process).
 
-    `show_progress` draws a bar of its own; `progress` (a rich Progress) gets a task in the caller's display.
+    `on_progress(done, total, label)` gets the optimizer steps (label `finetune OUTPUT-NAME`).
     """
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from sqft_ov.adapters.elastic import SPACE_FILE, resolve_space
     from sqft_ov.adapters.nls import HISTORY, RankSampler, blocks_of
     from sqft_ov.io.checkpoint import check_model_dir, load_causal_lm
+    from sqft_ov.io.device import torch_device
     from sqft_ov.io.output import atomic_output, check_output
     from sqft_ov.io.sft_data import ResponseCollator, build_datasets
 
@@ -234,12 +270,15 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
     if not resume and run_dir.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         shutil.rmtree(run_dir)  # a fresh run: stale checkpoints of another one must not be resumed
     set_seed(config.seed)
-    base, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=torch.float32)
+    device = torch_device(config.device)  # before loading: a missing device fails at once
+    base, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=config.torch_dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_set, eval_set = build_datasets(data, tokenizer, config.data_format, config.eval_split, config.seed)
     space = resolve_space(config, base.config)
     adapted = Adapted.build(base, config, space=space)
+    if config.gradient_checkpointing:
+        adapted.enable_gradient_checkpointing()
 
     sampler = None
     if config.nls or space is not None:
@@ -247,39 +286,33 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
         sampler = RankSampler(blocks, config.rank_space if config.nls else (config.rank,), config.seed,
                               adapted.set_ranks if config.nls else None, space,
                               adapted.set_widths if space is not None else None)
-    args = TrainingArguments(
-        output_dir=str(run_dir), per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.lr, num_train_epochs=config.epochs, max_steps=config.max_steps, seed=config.seed,
-        data_seed=config.seed, logging_steps=1, save_strategy="steps", save_steps=config.save_steps,
-        save_total_limit=2, report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
-        disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        eval_strategy="no", prediction_loss_only=True, ddp_find_unused_parameters=False,
-        lr_scheduler_type="linear", warmup_steps=0, logging_nan_inf_filter=False)  # a NaN loss must show
+    args = _training_args(config, run_dir, device)
     from transformers.trainer_callback import PrinterCallback
 
     timer = _step_timer()
     extra = [timer, _divergence_guard(adapted)] + ([sampler] if sampler else [])
-    if show_progress or progress is not None:
-        extra.append(rich_progress_callback(f"finetune {output.name}", progress))
+    if on_progress is not None:
+        extra.append(progress_callback(on_progress, f"finetune {output.name}"))
     trainer = _trainer_class()(model=adapted.model, args=args, train_dataset=train_set,
                                data_collator=ResponseCollator(tokenizer.pad_token_id), adapted=adapted,
                                sampler=sampler, callbacks=extra + list(callbacks or []))
-    trainer.remove_callback(PrinterCallback)  # the loss goes to the progress bar and loss_log.json instead
+    _check_sharding(trainer, checkpoint is not None)
+    trainer.remove_callback(PrinterCallback)  # the loss goes to loss_log.json instead (steps: on_progress)
     trainer.train(resume_from_checkpoint=checkpoint)
     eval_loss = trainer.evaluate(eval_set)["eval_loss"] if eval_set is not None else None
     train_loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
+    trained, gathered = _trained_state(trainer, adapted)
     if trainer.is_world_process_zero():
         from safetensors.torch import save_file
 
         with atomic_output(output, overwrite) as tmp:
             record = _record(config, model_dir, data, adapted, trainer.state.global_step, args.world_size,
-                             eval_loss, train_loss, timer.seconds)
+                             eval_loss, train_loss, timer.seconds, args.device.type)
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(record, indent=2))
             (tmp / "loss_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
-            save_file(adapted.state(), tmp / TRAINABLE)
-            _write_peft(adapted, tmp)
+            save_file(trained, tmp / TRAINABLE)
+            _write_peft(adapted, tmp, gathered)
             tokenizer.save_pretrained(tmp)
             if sampler is not None:
                 (tmp / HISTORY).write_text(json.dumps(sampler.history, indent=2))

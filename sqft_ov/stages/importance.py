@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from sqft_ov.adapters.elastic import SPACE_FILE, WidthSpace
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError
 from sqft_ov.io.blocks import Shape, decoder_layers, projections, select
 from sqft_ov.io.sft_data import SFTFormat
 
@@ -42,11 +42,11 @@ class ImportanceConfig:
     def __post_init__(self) -> None:
         for flag, value in (("--keep", self.keep), ("--keep-heads", self.keep_heads)):
             if not 0 < value <= 1:
-                raise SqftError(f"{flag} must be in (0, 1], got {value}")
+                raise ConfigError(f"{flag} must be in (0, 1], got {value}")
         for flag, value in (("--choices", self.choices), ("--multiple", self.multiple),
                             ("--num-samples", self.num_samples), ("--batch-size", self.batch_size)):
             if value < 1:
-                raise SqftError(f"{flag} must be positive, got {value}")
+                raise ConfigError(f"{flag} must be positive, got {value}")
 
 
 @dataclass

@@ -73,22 +73,9 @@ def merge(adapter_dir: str | Path, output: str | Path, sub_adapter: str | Path |
     # Merge in place into the model already in memory (no second copy of the base): the adapters' base
     # weights become the merged weights, then the adapter machinery is taken off.
     base_dir = Path(record["base"] if base is None else base)
-    grids = None
     with torch.no_grad():
-        if method == "qa-sparsepeft":
-            from sqft_ov.adapters.qa_lora import merge_in_place
-
-            grids = merge_in_place(adapted.model)
-            names = sorted(grids)
-            model = _without_hooks(adapted.model)
-        else:
-            from sqft_ov.adapters.sparse_lora import merged_weight
-
-            for layer in adapted.layers.values():
-                layer.base_layer.weight.copy_(merged_weight(layer, getattr(layer, "sqft_rank", None),
-                                                            masked=method == "sparsepeft"))
-            names = sorted(adapted.layers)
-            model = adapted.model.unload()  # PEFT: the base model with its (now merged) Linear layers
+        # the method's merge: the plain model, the merged weights' names, the trained INT4 grids (None: float)
+        model, names, grids = adapted.method.merge(adapted)
         model.eval()
         base_zeros, kept = _zeros_kept(base_dir, model, names)
         widths = share = None
@@ -131,25 +118,3 @@ def _zeros_kept(base_dir: Path, model, names: list[str]) -> tuple[int, int]:
         zeros += int(torch.count_nonzero(zero))
         kept += int(torch.count_nonzero(zero & (params[name] == 0)))
     return zeros, kept
-
-
-def _without_hooks(model):
-    """The same tensors in a plain transformers model: NNCF's hooks stay behind on the wrapped one."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(model.config)
-    wanted = plain.state_dict().keys()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in wanted}, assign=True)
-    for name, buffer in model.named_buffers():  # non-persistent buffers (rotary tables) are not in state_dict
-        module_name, _, attr = name.rpartition(".")
-        try:
-            module = plain.get_submodule(module_name)
-        except AttributeError:
-            continue
-        if attr in module._buffers:
-            module._buffers[attr] = buffer
-    if getattr(model.config, "tie_word_embeddings", False):
-        plain.tie_weights()
-    plain.generation_config = model.generation_config
-    return plain

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError
 from sqft_ov.io.sft_data import extract_answer, normalize_number
 
 METRICS = ("exact", "contains", "loss")
@@ -23,7 +23,7 @@ _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*|-?\.\d+")
 
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
-        raise SqftError(f"--metric must be {', '.join(METRICS)}; got {metric!r}")
+        raise ConfigError(f"--metric must be {', '.join(METRICS)}; got {metric!r}")
     return metric
 
 

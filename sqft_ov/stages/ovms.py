@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, ModelFolderError
 
 GRAPH = "graph.pbtxt"
 CONFIG = "config.json"
@@ -37,13 +37,13 @@ class OvmsConfig:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise SqftError(f"--name {self.name!r} is not a plain name: use letters, digits, '.', '_' or '-'")
+            raise ConfigError(f"--name {self.name!r} is not a plain name: use letters, digits, '.', '_' or '-'")
         if self.cache_size_gb < 0:
-            raise SqftError(f"--cache-size must be 0 or more GB, got {self.cache_size_gb}")
+            raise ConfigError(f"--cache-size must be 0 or more GB, got {self.cache_size_gb}")
         if self.max_num_seqs < 1:
-            raise SqftError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
+            raise ConfigError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
-            raise SqftError(f"--max-num-batched-tokens must be at least 1, got {self.max_num_batched_tokens}")
+            raise ConfigError(f"--max-num-batched-tokens must be at least 1, got {self.max_num_batched_tokens}")
 
 
 def plugin_config(ir_dir: str | Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -125,8 +125,8 @@ def write_ovms_repository(ir_dir: str | Path, repo_dir: str | Path, config: Ovms
     ir_dir = check_ir_files(ir_dir)
     for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
         if not (ir_dir / name).is_file():
-            raise SqftError(f"{ir_dir} has no {name}: OVMS needs the tokenizer IRs; export the model with sqft-ov "
-                            "export, which writes them")
+            raise ModelFolderError(f"{ir_dir} has no {name}: OVMS needs the tokenizer IRs; export the model with "
+                                   "sqft-ov export, which writes them")
     repo_dir = check_output(repo_dir, overwrite, inputs=(ir_dir,))
     properties, dropped = plugin_config(ir_dir)
     with atomic_output(repo_dir, overwrite) as tmp:

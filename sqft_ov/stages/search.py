@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sqft_ov.adapters.elastic import WidthSpace
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, SqftError
 from sqft_ov.io.blocks import BlockWidth, Shape, decoder_share
 
 STRATEGIES = ("max", "median", "min", "most-activated", "min-loss", "hill-climb")
@@ -110,15 +110,15 @@ def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None
     from sqft_ov.io.checkpoint import load_config
 
     if strategy not in STRATEGIES:
-        raise SqftError(f"unknown --strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown --strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if max_size is not None and not 0 < max_size <= 1:
-        raise SqftError(f"--max-size must be in (0, 1], got {max_size}")
+        raise ConfigError(f"--max-size must be in (0, 1], got {max_size}")
     adapter_dir = Path(adapter_dir)
     record = read_record(adapter_dir)
     if not record["nls"] and not record.get("widths"):
-        raise SqftError(f"{adapter_dir} was trained without --nls or elastic widths: there is nothing to search")
+        raise ConfigError(f"{adapter_dir} was trained without --nls or elastic widths: there is nothing to search")
     if max_size is not None and not record.get("widths"):
-        raise SqftError("--max-size bounds the base's widths: the adapter was trained without elastic widths")
+        raise ConfigError("--max-size bounds the base's widths: the adapter was trained without elastic widths")
     n_blocks = len(blocks_of(record["adapted_weights"]))
     widths_space = shape = None
     if record.get("widths"):  # shares of the decoder need the model's shape (NLS alone needs no model)
@@ -136,8 +136,8 @@ def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None
 
     def result(point: tuple, loss: float | None = None, evaluated: list | None = None) -> SearchResult:
         if not fits(point):
-            raise SqftError(f"the {strategy} sub-network keeps {share(point):.0%} of the decoder's weights, above "
-                            f"--max-size {max_size:g}: use hill-climb, which searches within it")
+            raise ConfigError(f"the {strategy} sub-network keeps {share(point):.0%} of the decoder's weights, above "
+                              f"--max-size {max_size:g}: use hill-climb, which searches within it")
         ranks, widths = space.split(point)
         return SearchResult(strategy, ranks, loss, evaluated or [], widths, share(point))
 
@@ -154,8 +154,8 @@ def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None
     score, evaluated, cache = _scorer(adapter_dir, base, validation, batch_size, space, share)
     start = median if fits(median) else space.pick(lambda axis: axis[-1])
     if not fits(start):
-        raise SqftError(f"even the smallest sub-network keeps {share(start):.0%} of the decoder's weights, above "
-                        f"--max-size {max_size:g}")
+        raise ConfigError(f"even the smallest sub-network keeps {share(start):.0%} of the decoder's weights, above "
+                          f"--max-size {max_size:g}")
     best, best_loss = start, score(start)
     axes = space.axes()
     while len(cache) < budget:
@@ -191,7 +191,7 @@ def _scorer(adapter_dir: Path, base, validation, batch_size: int, space: _Space,
     else:
         _, held_out = build_datasets(record["data"], tokenizer, fmt, record["eval_split"], record["seed"])
         if held_out is None:
-            raise SqftError("the adapter was trained without a held-out split: pass --validation DATA")
+            raise ConfigError("the adapter was trained without a held-out split: pass --validation DATA")
     collate = ResponseCollator(tokenizer.pad_token_id or 0)
     rows = list(held_out)
     batches = [collate(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]

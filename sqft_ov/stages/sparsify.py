@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError, ModelFolderError
 from sqft_ov.io.checkpoint import decoder_linears
 from sqft_ov.io.output import kill_point
 
@@ -35,18 +35,18 @@ class SparsityConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise SqftError(f"unknown sparsity method {self.method!r}: choose one of {', '.join(METHODS)}")
+            raise ConfigError(f"unknown sparsity method {self.method!r}: choose one of {', '.join(METHODS)}")
         nm = self.nm
         if nm is None and self.ratio is None:
             self.ratio = 0.5
         if nm is not None:
             implied = 1 - nm[0] / nm[1]
             if self.ratio is not None and abs(self.ratio - implied) > 1e-9:
-                raise SqftError(f"--ratio {self.ratio} contradicts --pattern {self.pattern} (which prunes "
-                                f"{implied:g}): drop --ratio")
+                raise ConfigError(f"--ratio {self.ratio} contradicts --pattern {self.pattern} (which prunes "
+                                  f"{implied:g}): drop --ratio")
             self.ratio = implied
         if not 0 < self.ratio < 1:
-            raise SqftError(f"--ratio must be strictly between 0 and 1, got {self.ratio}")
+            raise ConfigError(f"--ratio must be strictly between 0 and 1, got {self.ratio}")
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -55,9 +55,9 @@ class SparsityConfig:
         try:
             n, m = (int(x) for x in self.pattern.split(":"))
         except ValueError:
-            raise SqftError(f"--pattern must be 'unstructured' or N:M such as 2:4, got {self.pattern!r}") from None
+            raise ConfigError(f"--pattern must be 'unstructured' or N:M such as 2:4, got {self.pattern!r}") from None
         if not 0 < n < m:
-            raise SqftError(f"--pattern {self.pattern}: N must be at least 1 and smaller than M (e.g. 2:4)")
+            raise ConfigError(f"--pattern {self.pattern}: N must be at least 1 and smaller than M (e.g. 2:4)")
         return n, m
 
 
@@ -88,7 +88,7 @@ def prune_mask(scores: torch.Tensor, ratio: float, nm: tuple[int, int] | None) -
     if nm is not None:
         n, m = nm
         if in_features % m:
-            raise SqftError(f"N:M pattern {n}:{m} needs input sizes divisible by {m}, a layer has {in_features}")
+            raise ConfigError(f"N:M pattern {n}:{m} needs input sizes divisible by {m}, a layer has {in_features}")
         groups = scores.reshape(out_features, in_features // m, m)
         keep = torch.zeros_like(groups, dtype=torch.bool)
         keep.scatter_(-1, groups.topk(n, dim=-1).indices, True)
@@ -114,8 +114,8 @@ def _decoder_blocks(model: nn.Module, linears: dict[str, nn.Linear]) -> nn.Modul
             if c > count:
                 best, count = module, c
     if best is None or count != len(targets):
-        raise SqftError("cannot find the decoder blocks holding the linear layers: Wanda needs a standard "
-                        "Hugging Face decoder (model.layers); use --method magnitude")
+        raise ModelFolderError("cannot find the decoder blocks holding the linear layers: Wanda needs a standard "
+                               "Hugging Face decoder (model.layers); use --method magnitude")
     return best
 
 
@@ -162,7 +162,7 @@ def _block_inputs(model: nn.Module, first_block: nn.Module, batches: list[torch.
 
 @torch.no_grad()
 def _wanda(model: nn.Module, linears: dict[str, nn.Linear], samples: list[torch.Tensor],
-           config: SparsityConfig, progress=None) -> None:
+           config: SparsityConfig, on_progress=None) -> None:
     """Block by block: input statistics through the dense block, prune it, then its outputs feed the next.
 
     Two passes per block over batched calibration data, so the whole run costs about two forward passes of
@@ -171,8 +171,7 @@ def _wanda(model: nn.Module, linears: dict[str, nn.Linear], samples: list[torch.
     blocks = _decoder_blocks(model, linears)
     captured = _block_inputs(model, blocks[0], _batches(samples, WANDA_BATCH))
     names = {m: n for n, m in linears.items()}
-    task = progress.add_task("Wanda", total=len(blocks)) if progress else None
-    for block in blocks:
+    for index, block in enumerate(blocks):
         members = {names[m]: m for m in block.modules() if m in names}
         sq_sums = {n: torch.zeros(m.in_features, dtype=torch.float32) for n, m in members.items()}
 
@@ -199,8 +198,8 @@ def _wanda(model: nn.Module, linears: dict[str, nn.Linear], samples: list[torch.
             outputs.append((out[0] if isinstance(out, tuple) else out, kwargs))
         captured = outputs
         kill_point("sparsify-block")
-        if progress:
-            progress.advance(task)
+        if on_progress is not None:
+            on_progress(index + 1, len(blocks), "Wanda")
 
 
 def _nncf_magnitude(model: nn.Module, linears: dict[str, nn.Linear], ratio: float) -> nn.Module:
@@ -216,7 +215,7 @@ def _nncf_magnitude(model: nn.Module, linears: dict[str, nn.Linear], ratio: floa
 
 @torch.no_grad()
 def sparsify(model: nn.Module, config: SparsityConfig, calibration: list[torch.Tensor] | None = None,
-             progress=None) -> tuple[nn.Module, SparsityReport]:
+             on_progress=None) -> tuple[nn.Module, SparsityReport]:
     """Prune `model`'s decoder linears in place; returns the (possibly NNCF-stripped) model and its report.
 
     `calibration` is a list of `[1, seq_len]` token-id tensors; Wanda needs it, magnitude ignores it.
@@ -224,8 +223,8 @@ def sparsify(model: nn.Module, config: SparsityConfig, calibration: list[torch.T
     linears = decoder_linears(model)
     if config.method == "wanda":
         if not calibration:
-            raise SqftError("Wanda needs calibration data: pass --dataset FILE, or use --method magnitude")
-        _wanda(model, linears, calibration, config, progress)
+            raise ConfigError("Wanda needs calibration data: pass --dataset FILE, or use --method magnitude")
+        _wanda(model, linears, calibration, config, on_progress)
     elif config.nm is not None:
         for layer in linears.values():
             layer.weight.mul_(prune_mask(layer.weight.abs().float(), config.ratio, config.nm).to(layer.weight.dtype))
@@ -241,7 +240,7 @@ def sparsify(model: nn.Module, config: SparsityConfig, calibration: list[torch.T
 def sparsify_folder(model_dir: str | Path, output: str | Path, config: SparsityConfig,
                     calibration: str | Path | None = None, text_fields: tuple[str, ...] = (),
                     num_samples: int = 128, seq_len: int = 512, overwrite: bool = False,
-                    trust_remote_code: bool = False, progress=None) -> SparsityReport:
+                    trust_remote_code: bool = False, on_progress=None) -> SparsityReport:
     """Folder in, folder out: load, sparsify, and write model + tokenizer + sparsity.json atomically."""
     from sqft_ov.io.checkpoint import check_model_dir, load_causal_lm
     from sqft_ov.io.data import data_source, load_texts, token_chunks
@@ -249,12 +248,12 @@ def sparsify_folder(model_dir: str | Path, output: str | Path, config: SparsityC
 
     check_output(output, overwrite, inputs=(model_dir, calibration))
     if config.method == "wanda" and calibration is None:
-        raise SqftError("Wanda needs calibration data: pass --dataset FILE, or use --method magnitude")
+        raise ConfigError("Wanda needs calibration data: pass --dataset FILE, or use --method magnitude")
     model_dir = check_model_dir(model_dir)  # a Hub ID or .gguf: its local folder, fetched or converted once
     texts = load_texts(calibration, text_fields) if calibration is not None else None
     model, tokenizer = load_causal_lm(model_dir, trust_remote_code)
     samples = token_chunks(tokenizer, texts, num_samples, seq_len) if texts else None
-    model, report = sparsify(model, config, samples, progress)
+    model, report = sparsify(model, config, samples, on_progress)
     with atomic_output(output, overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -294,5 +293,5 @@ def deployed_sparsity(path: str | Path) -> float:
                     zeros += int((tensor == 0).sum())
                     total += tensor.numel()
     if not total:
-        raise SqftError(f"found no decoder linear weights in {path}")
+        raise ModelFolderError(f"found no decoder linear weights in {path}")
     return zeros / total

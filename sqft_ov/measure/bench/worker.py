@@ -2,7 +2,7 @@
 
 A process per model keeps the figures apart (peak RSS is per process; one model's allocator state does
 not slow another) and keeps a model that crashes while loading from taking the others down. The parent
-(`sqft_ov.stages.bench.run`) sends one JSON command per line on stdin; replies are JSON lines on the original
+(`sqft_ov.measure.bench.run`) sends one JSON command per line on stdin; replies are JSON lines on the original
 stdout, while anything the libraries print is sent to stderr.
 
 Engines: an IR folder runs in `openvino_genai.LLMPipeline` (optimum-intel's OVModelForCausalLM only if

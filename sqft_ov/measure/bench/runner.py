@@ -14,12 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
-from sqft_ov.stages.bench.machine import machine_context, read_bandwidth
-from sqft_ov.stages.bench.stats import paired_ratios, summarize
+from sqft_ov.errors import ConfigError
+from sqft_ov.measure.bench.machine import machine_context, read_bandwidth
+from sqft_ov.measure.bench.stats import paired_ratios, summarize
 
 METRICS = ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s", "total_s")
 RATIO_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s")  # higher is better: ratio > 1 = faster
@@ -66,13 +66,13 @@ class BenchConfig:
     def __post_init__(self) -> None:
         for name in ("prompt_tokens", "new_tokens", "repeats"):
             if getattr(self, name) < 1 + (name == "new_tokens"):
-                raise SqftError(f"--{name.replace('_', '-')} must be at least {1 + (name == 'new_tokens')}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least {1 + (name == 'new_tokens')}")
         if self.warmup < 0:
-            raise SqftError("--warmup must be 0 or more")
+            raise ConfigError("--warmup must be 0 or more")
         if self.sparse_rate is not None and not 0.0 <= self.sparse_rate <= 1.0:
-            raise SqftError(f"--sparse-rate must be within [0, 1], got {self.sparse_rate}")
+            raise ConfigError(f"--sparse-rate must be within [0, 1], got {self.sparse_rate}")
         if self.torch_dtype not in TORCH_DTYPES:
-            raise SqftError(f"--torch-dtype must be one of {', '.join(TORCH_DTYPES)}")
+            raise ConfigError(f"--torch-dtype must be one of {', '.join(TORCH_DTYPES)}")
 
     def ir_properties(self) -> dict[str, str]:
         from sqft_ov.io.runtime import SPARSE_RATE
@@ -81,8 +81,33 @@ class BenchConfig:
         return {**{k: str(v) for k, v in self.properties.items()}, **extra}
 
 
+@dataclass
+class BenchResult:
+    """What `bench` measured; `to_dict()` is the JSON report (`sqft-ov bench --json`), field for field.
+
+    `models` holds one entry per model, in the order given: `label`, `ok`, `error`, `runs` and, for a model
+    that ran, `stats` (median / quartiles per metric), `ratios` (paired, to the baseline), sizes and kernels.
+    """
+
+    config: dict
+    machine: dict
+    versions: dict[str, str]
+    started: str
+    bandwidth: dict | None  # the memory read test's passes and their summary; None when skipped
+    baseline: str  # label of the baseline model
+    models: list[dict]
+    finished: str
+
+    @property
+    def failed(self) -> list[dict]:
+        return [m for m in self.models if not m["ok"]]
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 class _Worker:
-    """The parent's handle on one model's process (sqft_ov.stages.bench.worker)."""
+    """The parent's handle on one model's process (sqft_ov.measure.bench.worker)."""
 
     def __init__(self, model: BenchModel, config: BenchConfig):
         spec = {"path": str(model.path), "adapter": str(model.adapter) if model.adapter else None,
@@ -92,7 +117,7 @@ class _Worker:
                 "prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,
                 "runs": config.warmup + config.repeats}
         self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sqft_ov.stages.bench.worker", json.dumps(spec)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "sqft_ov.measure.bench.worker", json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
 
     def ask(self, command: dict | None = None) -> dict:
@@ -135,14 +160,16 @@ def _check_folders(models: list[BenchModel]) -> None:
             check_model_dir(model.path)
 
 
-def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
-    """Benchmark `models` and return the report (plain JSON-ready dict); failed models carry an `error`."""
+def bench(models: list[BenchModel], config: BenchConfig, on_progress=None) -> BenchResult:
+    """Benchmark `models` and return the report; failed models carry an `error`.
+
+    `on_progress(done, total, label)` follows each model (label `bench LABEL`): its load, then each run."""
     from sqft_ov.io.runtime import check_device
 
     if not models:
-        raise SqftError("give at least one MODEL folder")
+        raise ConfigError("give at least one MODEL folder")
     if not 1 <= config.baseline <= len(models):
-        raise SqftError(f"--baseline {config.baseline} is not a model position: choose 1 to {len(models)}")
+        raise ConfigError(f"--baseline {config.baseline} is not a model position: choose 1 to {len(models)}")
     check_device(config.device)
     _check_folders(models)
     labels = [m.label for m in models]
@@ -157,11 +184,16 @@ def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
                 "properties": {**config.ir_properties(), **m.properties}, "error": None, "runs": []} for m in models]
     workers: list[_Worker | None] = [None] * len(models)
     rounds = config.warmup + config.repeats
-    task = progress.add_task("loading", total=len(models) + rounds * len(models)) if progress else None
+    steps = 1 + rounds  # per model: its load, then one run per round
+
+    def advance(i: int, done: int) -> None:
+        if on_progress is not None:
+            on_progress(done if workers[i] is not None else steps, steps, f"bench {models[i].label}")
+
     try:
         for i, model in enumerate(models):  # one after the other: a load is timed on an otherwise idle machine
-            if progress:
-                progress.update(task, description=f"loading {model.label}")
+            if on_progress is not None:
+                on_progress(0, steps, f"bench {model.label}")
             workers[i] = _Worker(model, config)
             reply = workers[i].ask()
             if reply.pop("ok"):
@@ -170,14 +202,9 @@ def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
                 entries[i]["error"] = reply["error"]
                 workers[i].close()
                 workers[i] = None
-            if progress:
-                progress.advance(task)
+            advance(i, 1)
         for r in range(rounds):
             for i, worker in enumerate(workers):
-                if progress:
-                    progress.update(task, description=f"{'warm-up' if r < config.warmup else 'round'} "
-                                                      f"{r + 1 - (config.warmup if r >= config.warmup else 0)}: "
-                                                      f"{models[i].label}")
                 if worker is not None:
                     reply = worker.ask({"cmd": "run", "index": r})
                     if reply.pop("ok") and reply["new_tokens"] == config.new_tokens:
@@ -189,8 +216,7 @@ def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
                         entries[i]["runs"] = []
                         worker.close()
                         workers[i] = None
-                if progress:
-                    progress.advance(task)
+                    advance(i, 2 + r)
         for i, worker in enumerate(workers):
             if worker is not None:
                 reply = worker.ask({"cmd": "finish", "probe": config.probe})
@@ -211,7 +237,7 @@ def bench(models: list[BenchModel], config: BenchConfig, progress=None) -> dict:
     report["baseline"] = models[config.baseline - 1].label
     report["models"] = [_summarize_entry(e, entries[config.baseline - 1], report["bandwidth"]) for e in entries]
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return report
+    return BenchResult(**report)
 
 
 def _summarize_entry(entry: dict, baseline: dict, bandwidth: dict | None) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sqft_ov.stages.tune.probe import _feed
+from sqft_ov.measure.tune.probe import _feed
 
 
 def _fc_weight_bytes(compiled) -> dict[str, int]:

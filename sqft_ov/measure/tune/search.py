@@ -14,8 +14,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
-from sqft_ov.stages.tune.space import PIPELINE_DEFAULTS, check_properties, default_grid, describe, same_value, split
+from sqft_ov.errors import ConfigError, ModelFolderError, SqftError
+from sqft_ov.measure.tune.results import TuneResult
+from sqft_ov.measure.tune.space import PIPELINE_DEFAULTS, check_properties, default_grid, describe, same_value, split
 
 
 @dataclass
@@ -37,15 +38,15 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         if self.budget_minutes <= 0:
-            raise SqftError("--budget-minutes must be positive")
+            raise ConfigError("--budget-minutes must be positive")
         if self.repeats < 2:
-            raise SqftError("--repeats must be at least 2 (a median of paired ratios needs more than one)")
+            raise ConfigError("--repeats must be at least 2 (a median of paired ratios needs more than one)")
         if self.max_logit_diff is not None and self.max_logit_diff < 0:
-            raise SqftError("--max-logit-diff must be 0 or more")
+            raise ConfigError("--max-logit-diff must be 0 or more")
         if self.min_gain <= -1:
-            raise SqftError("--min-gain must be above -1")
+            raise ConfigError("--min-gain must be above -1")
         if self.batch_size < 1 or self.probe_tokens < 1:
-            raise SqftError("--batch-size and --probe-tokens must be at least 1")
+            raise ConfigError("--batch-size and --probe-tokens must be at least 1")
 
 
 def check_ir(ir_dir: str | Path) -> Path:
@@ -55,8 +56,8 @@ def check_ir(ir_dir: str | Path) -> Path:
 
     ir_dir = Path(ir_dir).expanduser().absolute()
     if not (ir_dir / IR_FILE).is_file():
-        raise SqftError(f"{ir_dir} is not an OpenVINO IR folder (no {IR_FILE}): tune an exported model "
-                        "(sqft-ov export), or pass --export-grid with a Hugging Face model folder")
+        raise ModelFolderError(f"{ir_dir} is not an OpenVINO IR folder (no {IR_FILE}): tune an exported model "
+                               "(sqft-ov export), or pass --export-grid with a Hugging Face model folder")
     return check_ir_files(ir_dir)
 
 
@@ -108,21 +109,21 @@ def _flag_logits(row: dict, tolerance: float) -> None:
         row["flags"].append(f"outputs change: max |Δlogit| {row['max_logit_diff']:.3g} > tolerance {tolerance:.3g}")
 
 
-def _measure(ir_dir: Path, settings: list[dict], config: TuneConfig, probe, repeats: int, progress) -> tuple[dict, list[dict]]:
+def _measure(ir_dir: Path, settings: list[dict], config: TuneConfig, probe, repeats: int,
+             on_progress) -> tuple[dict, list[dict]]:
     """One interleaved bench run: the current configuration first, then `settings` (rows, filled in place)."""
-    from sqft_ov.stages.bench.runner import BenchConfig, BenchModel, bench
+    from sqft_ov.measure.bench.runner import BenchConfig, BenchModel, bench
 
     models = [BenchModel(ir_dir, label="current")] + [BenchModel(ir_dir, label=row["setting_text"],
                                                                  properties=row["setting"]) for row in settings]
     report = bench(models, BenchConfig(device=config.device, prompt_tokens=config.prompt_tokens,
                                        new_tokens=config.new_tokens, repeats=repeats, warmup=config.warmup,
-                                       bandwidth_gib=0, probe=(probe.prompt, config.probe_tokens)), progress)
-    current = report["models"][0]
-    return current, report["models"][1:]
+                                       bandwidth_gib=0, probe=(probe.prompt, config.probe_tokens)), on_progress)
+    return report.models[0], report.models[1:]
 
 
 def _fill_speed(row: dict, entry: dict, current: dict, batch: int) -> None:
-    from sqft_ov.stages.tune.probe import matching_prefix
+    from sqft_ov.measure.tune.probe import matching_prefix
 
     row["batch"] = batch
     if not entry["ok"]:
@@ -137,13 +138,15 @@ def _fill_speed(row: dict, entry: dict, current: dict, batch: int) -> None:
         row["tokens_as_current"] = matching_prefix(entry["probe_tokens"], current["probe_tokens"])
 
 
-def tune(ir_dir: str | Path, config: TuneConfig | None = None, progress=None) -> dict:
-    """Measure every setting of the grid against the folder's current configuration; return the report."""
+def tune(ir_dir: str | Path, config: TuneConfig | None = None, on_progress=None) -> TuneResult:
+    """Measure every setting of the grid against the folder's current configuration; return the report.
+
+    `on_progress(done, total, label)` follows the logit probes (`probing outputs`) and each bench run."""
     from sqft_ov.io.ir import IR_FILE
     from sqft_ov.io.runtime import check_device, read_runtime_config
-    from sqft_ov.stages.bench.machine import machine_context
-    from sqft_ov.stages.bench.runner import _versions
-    from sqft_ov.stages.tune.probe import REFERENCE, probe_setting, reference_probe
+    from sqft_ov.measure.bench.machine import machine_context
+    from sqft_ov.measure.bench.runner import _versions
+    from sqft_ov.measure.tune.probe import REFERENCE, probe_setting, reference_probe
 
     config = config or TuneConfig()
     ir_dir = check_ir(ir_dir)
@@ -165,14 +168,14 @@ def tune(ir_dir: str | Path, config: TuneConfig | None = None, progress=None) ->
     tolerance = config.max_logit_diff if config.max_logit_diff is not None else max(2 * current["max_logit_diff"],
                                                                                     0.01 * scale)
     rows = _probe_grid(xml, probe, grid, current, current_device, applied_current, tolerance, keys, config,
-                       progress)
+                       on_progress)
 
     # Speed, in batches; settings the plugin did not apply are not worth a timing.
     to_time = [r for r in rows if r["error"] is None and not any(f.startswith("not applied") for f in r["flags"])]
     current_runs = []
 
     def measure(batch: list[dict], number: int) -> None:
-        current_entry, entries = _measure(ir_dir, batch, config, probe, config.repeats, progress)
+        current_entry, entries = _measure(ir_dir, batch, config, probe, config.repeats, on_progress)
         if not current_entry["ok"]:
             raise SqftError(f"the current configuration of {ir_dir} does not run: {current_entry['error']}")
         current_runs.append(current_entry["stats"]["decode_tokens_per_s"]["median"])
@@ -185,36 +188,37 @@ def tune(ir_dir: str | Path, config: TuneConfig | None = None, progress=None) ->
     batches_run, last_seconds_per_model = in_batches(to_time, config.batch_size, deadline, measure)
 
     best, confirmation = _choose_best(rows, ir_dir, xml, probe, current_device, tolerance, keys, config,
-                                      deadline, batches_run, last_seconds_per_model, progress)
+                                      deadline, batches_run, last_seconds_per_model, on_progress)
     rows.sort(key=lambda r: (r["error"] is not None, bool(r["flags"]), -_gain(r)))
-    return {"ir": str(ir_dir), "config": {**asdict(config), "grid": grid}, "machine": machine_context(),
-            "versions": _versions(), "current": {"runtime_config": current_config, "applied": applied_current,
-                                                 "max_logit_diff": current["max_logit_diff"],
-                                                 "top1_agreement": current["top1_agreement"],
-                                                 "decode_tokens_per_s": current_runs},
-            "reference": {"properties": REFERENCE, "probe_tokens": probe.tokens, "max_abs_logit": scale},
-            "tolerance": tolerance, "rows": rows, "confirmation": confirmation, "best": best,
-            "profile": _profiles(xml, current_device, best, config) if config.profile else None,
-            "seconds": time.monotonic() - start}
+    return TuneResult(ir=str(ir_dir), config={**asdict(config), "grid": grid}, machine=machine_context(),
+                      versions=_versions(), current={"runtime_config": current_config, "applied": applied_current,
+                                                     "max_logit_diff": current["max_logit_diff"],
+                                                     "top1_agreement": current["top1_agreement"],
+                                                     "decode_tokens_per_s": current_runs},
+                      reference={"properties": REFERENCE, "probe_tokens": probe.tokens, "max_abs_logit": scale},
+                      tolerance=tolerance, rows=rows, confirmation=confirmation, best=best,
+                      profile=_profiles(xml, current_device, best, config) if config.profile else None,
+                      seconds=time.monotonic() - start)
 
 
 def _probe_grid(xml: Path, probe, grid: dict, current: dict, current_device: dict, applied_current: dict,
-                tolerance: float, keys: list[str], config: TuneConfig, progress=None) -> list[dict]:
+                tolerance: float, keys: list[str], config: TuneConfig, on_progress=None) -> list[dict]:
     """One row per setting of the grid (those the current configuration already runs with are skipped):
     its logits against the reference, and whether the compiled model really applied it."""
-    from sqft_ov.stages.tune.probe import probe_setting
+    from sqft_ov.measure.tune.probe import probe_setting
 
-    task = progress.add_task("probing outputs", total=None) if progress else None
     rows: list[dict] = []
+    total, done = sum(len(settings) for settings in grid.values()), 0
     for dimension, settings in grid.items():
         for setting in settings:
+            if on_progress is not None:
+                on_progress(done, total, "probing outputs")
+            done += 1
             row = {"dimension": dimension, "setting": setting, "setting_text": describe(setting), "flags": [],
                    "error": None}
             if all(same_value(k, v, applied_current.get(k, "?")) for k, v in setting.items()):
                 continue  # what the current configuration already runs with
             device_part, pipeline_part = split(setting)
-            if progress:
-                progress.update(task, description=f"probing {row['setting_text']}")
             if device_part:
                 try:
                     result = probe_setting(xml, probe, {**current_device, **device_part}, config.device, keys)
@@ -233,8 +237,8 @@ def _probe_grid(xml: Path, probe, grid: dict, current: dict, current_device: dic
                 row["applied"] = dict(pipeline_part)
             _flag_logits(row, tolerance)
             rows.append(row)
-    if progress:
-        progress.remove_task(task)
+    if on_progress is not None:
+        on_progress(total, total, "probing outputs")
     return rows
 
 
@@ -244,9 +248,9 @@ def _gain(row: dict) -> float:
 
 def _choose_best(rows: list[dict], ir_dir: Path, xml: Path, probe, current_device: dict, tolerance: float,
                  keys: list[str], config: TuneConfig, deadline: float, batches_run: int,
-                 last_seconds_per_model: float | None, progress=None) -> tuple[dict, dict | None]:
+                 last_seconds_per_model: float | None, on_progress=None) -> tuple[dict, dict | None]:
     """The best setting per dimension, their combination, and a confirmation run with twice the repeats."""
-    from sqft_ov.stages.tune.probe import probe_setting
+    from sqft_ov.measure.tune.probe import probe_setting
 
     ok = [r for r in rows if r["error"] is None and not r["flags"] and r.get("decode_ratio")]
     winners: dict[str, dict] = {}
@@ -270,7 +274,7 @@ def _choose_best(rows: list[dict], ir_dir: Path, xml: Path, probe, current_devic
                 candidates.append(row)
         confirm = [{**c, "flags": list(c["flags"])} for c in candidates]
         if time.monotonic() + (last_seconds_per_model or 0) * (len(confirm) + 1) * 2 <= deadline + 60:
-            current_entry, entries = _measure(ir_dir, confirm, config, probe, 2 * config.repeats, progress)
+            current_entry, entries = _measure(ir_dir, confirm, config, probe, 2 * config.repeats, on_progress)
             for row, entry in zip(confirm, entries):
                 _fill_speed(row, entry, current_entry, batches_run + 1)
             confirmation = {"current_decode_tokens_per_s": current_entry["stats"]["decode_tokens_per_s"]["median"],
@@ -289,8 +293,8 @@ def _choose_best(rows: list[dict], ir_dir: Path, xml: Path, probe, current_devic
 
 def _profiles(xml: Path, current_device: dict[str, str], best: dict, config: TuneConfig) -> dict:
     """PERF_COUNT profiles of one decode step, current and best, against the bandwidth measured now."""
-    from sqft_ov.stages.bench.machine import read_bandwidth
-    from sqft_ov.stages.tune.profile import profile_decode_step
+    from sqft_ov.measure.bench.machine import read_bandwidth
+    from sqft_ov.measure.tune.profile import profile_decode_step
 
     passes = read_bandwidth(config.bandwidth_gib) if config.bandwidth_gib > 0 else []
     bandwidth = max(passes) if passes else None
@@ -316,7 +320,7 @@ def apply(ir_dir: str | Path, setting: dict[str, str], device: str = "CPU") -> d
 
     from sqft_ov.io.ir import IR_FILE
     from sqft_ov.io.runtime import loader_arguments, read_runtime_config, write_runtime_config
-    from sqft_ov.stages.tune.space import read_back
+    from sqft_ov.measure.tune.space import read_back
 
     ir_dir = check_ir(ir_dir)
     check_properties(setting, device)

@@ -69,7 +69,7 @@ def probe_setting(xml: Path, probe: Probe, device_properties: dict[str, str], de
     """Compare a setting's logits with the reference; also read back what the compiled model applied."""
     import openvino as ov
 
-    from sqft_ov.stages.tune.space import read_back
+    from sqft_ov.measure.tune.space import read_back
 
     compiled = ov.Core().compile_model(xml, device, device_properties)
     _, logits = teacher_forced_logits(compiled, probe.prompt, probe.tokens, len(probe.tokens))

@@ -1,4 +1,5 @@
-"""A bench report as a terminal table, markdown and a PNG chart (the JSON is the report itself)."""
+"""A bench report as table rows, markdown and a PNG chart (the JSON is the report itself; the CLI draws the rows
+as terminal tables in `sqft_ov.cli.tables`). Each takes a `BenchResult` or its JSON form (a dict)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,14 @@ def _kernels(entry: dict) -> str:
     return text + (" (sparse engaged)" if entry["sparse_decompression_engaged"] else "")
 
 
-def rows(report: dict) -> tuple[list[list[str]], list[list[str]]]:
+def as_dict(report) -> dict:
+    """A `BenchResult` as its JSON form; a dict (a report read back from JSON) as it is."""
+    return report.to_dict() if hasattr(report, "to_dict") else report
+
+
+def rows(report) -> tuple[list[list[str]], list[list[str]]]:
     """(speed rows, resource rows) as display strings; failed models get their error in the speed table."""
+    report = as_dict(report)
     speed, resources = [], []
     for entry in report["models"]:
         if not entry["ok"]:
@@ -59,7 +66,8 @@ def rows(report: dict) -> tuple[list[list[str]], list[list[str]]]:
     return speed, resources
 
 
-def context_lines(report: dict) -> list[str]:
+def context_lines(report) -> list[str]:
+    report = as_dict(report)
     c, m, b = report["config"], report["machine"], report["bandwidth"]
     lines = [f"{m['cpu']}, {m['usable_cores']} usable cores ({m['physical_cores']} physical), "
              f"{'AMX' if m['amx'] else 'no AMX'}, {m['memory_gib']} GiB; load average "
@@ -77,22 +85,7 @@ def context_lines(report: dict) -> list[str]:
     return lines
 
 
-def rich_tables(report: dict):
-    from rich.table import Table
-
-    speed, resources = rows(report)
-    tables = []
-    for title, columns, data in (("speed", SPEED_COLUMNS, speed), ("resources", RESOURCE_COLUMNS, resources)):
-        table = Table(title=f"sqft-ov bench: {title}")
-        for i, column in enumerate(columns):
-            table.add_column(column, justify="left" if i < 2 or column.startswith("Fully") else "right")
-        for row in data:
-            table.add_row(*row)
-        tables.append(table)
-    return tables
-
-
-def markdown(report: dict) -> str:
+def markdown(report) -> str:
     speed, resources = rows(report)
     out = io.StringIO()
     for columns, data in ((SPEED_COLUMNS, speed), (RESOURCE_COLUMNS, resources)):
@@ -104,8 +97,9 @@ def markdown(report: dict) -> str:
     return out.getvalue()
 
 
-def plot_png(report: dict) -> bytes:
+def plot_png(report) -> bytes:
     """Decode and prefill tokens/s per model: bars at the median, error bars from the first to the third quartile."""
+    report = as_dict(report)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,10 +131,10 @@ def check_report_paths(paths: list[Path | None], overwrite: bool) -> None:
             check_output_file(path, overwrite)
 
 
-def write_reports(report: dict, json_path: Path | None = None, markdown_path: Path | None = None,
+def write_reports(report, json_path: Path | None = None, markdown_path: Path | None = None,
                   plot_path: Path | None = None, overwrite: bool = False) -> None:
     if json_path:
-        write_file_atomic(json_path, json.dumps(report, indent=2) + "\n", overwrite)
+        write_file_atomic(json_path, json.dumps(as_dict(report), indent=2) + "\n", overwrite)
     if markdown_path:
         write_file_atomic(markdown_path, markdown(report), overwrite)
     if plot_path:

@@ -14,8 +14,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sqft_ov.errors import SqftError
-from sqft_ov.stages.tune.search import TuneConfig, in_batches, probe_prompt, ratio_summary
+from sqft_ov.errors import ConfigError, ModelFolderError, SqftError
+from sqft_ov.measure.tune.results import ExportGridResult
+from sqft_ov.measure.tune.search import TuneConfig, in_batches, probe_prompt, ratio_summary
 
 GROUPS = (-1, 32, 64, 128)
 MODES = ("sym", "asym")
@@ -39,13 +40,13 @@ class GridPoint:
 def grid_points(groups=GROUPS, modes=MODES, embeddings=EMBEDDINGS) -> list[GridPoint]:
     for g in groups:
         if g == 0 or g < -1:
-            raise SqftError(f"group size {g} is not valid: positive, or -1 for per channel")
+            raise ConfigError(f"group size {g} is not valid: positive, or -1 for per channel")
     for m in modes:
         if m not in MODES:
-            raise SqftError(f"mode {m!r} is not valid: choose {', '.join(MODES)}")
+            raise ConfigError(f"mode {m!r} is not valid: choose {', '.join(MODES)}")
     for e in embeddings:
         if e not in EMBEDDINGS:
-            raise SqftError(f"embeddings {e!r} is not valid: choose {', '.join(EMBEDDINGS)}")
+            raise ConfigError(f"embeddings {e!r} is not valid: choose {', '.join(EMBEDDINGS)}")
     return [GridPoint(g, m, e) for g in groups for m in modes for e in embeddings]
 
 
@@ -61,19 +62,17 @@ def _compress_point(fp16: Path, out: Path, point: GridPoint, provenance: dict) -
     return compress_ir(fp16 / "openvino_model.xml", config, provenance, into=out / "openvino_model.xml")
 
 
-def _build_points(model_dir: Path, tmp: Path, points: list, progress=None) -> tuple:
+def _build_points(model_dir: Path, tmp: Path, points: list, on_progress=None) -> tuple:
     """The FP16 IR (the accuracy reference, and what each point compresses) and one IR per grid point."""
     from sqft_ov.stages.export import ExportConfig, export
 
     rows: list[dict] = []
-    task = progress.add_task("converting to an FP16 IR", total=len(points) + 1) if progress else None
+    report = on_progress or (lambda done, total, label: None)
+    report(0, len(points) + 1, "export grid")
     reference = export(model_dir, tmp / "fp16", ExportConfig(weight_format="fp16"))
-    if progress:
-        progress.advance(task)
     provenance = {"source": str(model_dir), "export_grid": True}
-    for point in points:
-        if progress:
-            progress.update(task, description=f"compressing {point.name}")
+    for number, point in enumerate(points, 1):
+        report(number, len(points) + 1, "export grid")
         row = {"name": point.name, **asdict(point), "error": None}
         try:
             row["settings"] = _compress_point(tmp / "fp16", tmp / point.name, point, provenance)
@@ -81,37 +80,36 @@ def _build_points(model_dir: Path, tmp: Path, points: list, progress=None) -> tu
             shutil.rmtree(tmp / point.name, ignore_errors=True)
             row["error"] = str(exc).split(":")[0] + " (this model's layer sizes)"
         rows.append(row)
-        if progress:
-            progress.advance(task)
-    if progress:
-        progress.remove_task(task)
+    report(len(points) + 1, len(points) + 1, "export grid")
     return reference, rows
 
 
 def export_grid(model_dir: str | Path, output: str | Path, config: TuneConfig | None = None, points=None,
-                overwrite: bool = False, progress=None) -> dict:
-    """Export every grid point of MODEL into OUTPUT/<point> and time them all; the report is OUTPUT/export_grid.json."""
+                overwrite: bool = False, on_progress=None) -> ExportGridResult:
+    """Export every grid point of MODEL into OUTPUT/<point> and time them all; the report is OUTPUT/export_grid.json.
+
+    `on_progress(done, total, label)` follows the exports (`export grid`) and each bench run."""
     from sqft_ov.io.checkpoint import check_model_dir
     from sqft_ov.io.grid import read_grid
     from sqft_ov.io.ir import IR_FILE
     from sqft_ov.io.output import atomic_output, check_output
-    from sqft_ov.stages.bench.runner import BenchConfig, BenchModel, bench
-    from sqft_ov.stages.tune.probe import probe_setting, reference_probe
+    from sqft_ov.measure.bench.runner import BenchConfig, BenchModel, bench
+    from sqft_ov.measure.tune.probe import probe_setting, reference_probe
 
     config = config or TuneConfig()
     points = points or grid_points()
     model_dir = check_model_dir(model_dir)
     if (model_dir / IR_FILE).is_file():
-        raise SqftError(f"{model_dir} is an IR: --export-grid re-exports a Hugging Face model folder "
-                        "(tune an IR's runtime properties without --export-grid)")
+        raise ModelFolderError(f"{model_dir} is an IR: --export-grid re-exports a Hugging Face model folder "
+                               "(tune an IR's runtime properties without --export-grid)")
     if read_grid(model_dir) is not None:
-        raise SqftError(f"{model_dir} was merged onto a trained INT4 grid (QA-SparsePEFT): its group size and mode "
-                        "are fixed, so there is no export grid to try; run the grid on the base model before "
-                        "fine-tuning, or tune the exported IR's runtime properties")
+        raise ConfigError(f"{model_dir} was merged onto a trained INT4 grid (QA-SparsePEFT): its group size and mode "
+                          "are fixed, so there is no export grid to try; run the grid on the base model before "
+                          "fine-tuning, or tune the exported IR's runtime properties")
     check_output(output, overwrite, inputs=(model_dir,))
     start = time.monotonic()
     with atomic_output(output, overwrite) as tmp:
-        reference, rows = _build_points(model_dir, tmp, points, progress)
+        reference, rows = _build_points(model_dir, tmp, points, on_progress)
         probe = reference_probe(tmp / "fp16" / IR_FILE, probe_prompt(tmp / "fp16", config.prompt_tokens),
                                 config.probe_tokens, config.device)
         built = [r for r in rows if r["error"] is None]
@@ -129,8 +127,8 @@ def export_grid(model_dir: str | Path, output: str | Path, config: TuneConfig | 
 
         def measure(batch: list[dict], number: int) -> None:
             group = [baseline] + batch
-            report = bench([BenchModel(tmp / r["name"], label=r["name"]) for r in group], bench_config, progress)
-            for row, entry in zip(group, report["models"]):
+            report = bench([BenchModel(tmp / r["name"], label=r["name"]) for r in group], bench_config, on_progress)
+            for row, entry in zip(group, report.models):
                 if row is baseline and number > 1:  # measured again as each batch's baseline; its row is batch 1's
                     continue
                 row["batch"] = number
@@ -150,9 +148,9 @@ def export_grid(model_dir: str | Path, output: str | Path, config: TuneConfig | 
         else:
             measure([], 1)
         rows.sort(key=lambda r: (r["error"] is not None, -(r.get("decode_ratio") or {}).get("median", 0.0)))
-        result = {"model": str(model_dir), "output": str(Path(output).expanduser().absolute()),
-                  "baseline": baseline["name"], "reference": "fp16 IR, f32 inference precision",
-                  "reference_export_seconds": reference.seconds, "config": asdict(config), "rows": rows,
-                  "seconds": time.monotonic() - start}
-        (tmp / REPORT).write_text(json.dumps(result, indent=2) + "\n")
+        result = ExportGridResult(model=str(model_dir), output=str(Path(output).expanduser().absolute()),
+                                  baseline=baseline["name"], reference="fp16 IR, f32 inference precision",
+                                  reference_export_seconds=reference.seconds, config=asdict(config), rows=rows,
+                                  seconds=time.monotonic() - start)
+        (tmp / REPORT).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result

@@ -8,7 +8,7 @@ to `openvino_genai.LLMPipeline`, so they change how genai runs the graph, not th
 
 from __future__ import annotations
 
-from sqft_ov.errors import SqftError
+from sqft_ov.errors import ConfigError
 from sqft_ov.io.runtime import PIPELINE_PROPERTIES
 
 PIPELINE_DEFAULTS = {"ATTENTION_BACKEND": "PA"}
@@ -21,7 +21,7 @@ def default_grid(device: str = "CPU") -> dict[str, list[dict[str, str]]]:
     """The dimensions worth trying on this machine, most promising first (a short budget measures those)."""
     import openvino as ov
 
-    from sqft_ov.stages.bench.machine import usable_cores
+    from sqft_ov.measure.bench.machine import usable_cores
 
     core = ov.Core()
     capabilities = set(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
@@ -69,18 +69,18 @@ def check_properties(properties: dict[str, str], device: str = "CPU") -> None:
     for key, value in properties.items():
         if key in PIPELINE_PROPERTIES:
             if value not in PIPELINE_PROPERTIES[key]:
-                raise SqftError(f"{key}={value} is not valid: choose {', '.join(PIPELINE_PROPERTIES[key])}")
+                raise ConfigError(f"{key}={value} is not valid: choose {', '.join(PIPELINE_PROPERTIES[key])}")
             continue
         if key not in supported:
-            raise SqftError(f"{key} is not a property of the {device} plugin (nor of genai's pipeline); "
-                            f"tunable ones: {', '.join(sorted({*PIPELINE_PROPERTIES, *_tunable(supported)}))}")
+            raise ConfigError(f"{key} is not a property of the {device} plugin (nor of genai's pipeline); "
+                              f"tunable ones: {', '.join(sorted({*PIPELINE_PROPERTIES, *_tunable(supported)}))}")
         if key in _NON_NEGATIVE and not (value.isdigit()):
-            raise SqftError(f"{key}={value} is not valid: expected a non-negative integer")
+            raise ConfigError(f"{key}={value} is not valid: expected a non-negative integer")
         try:
             core.set_property(device, {key: value})
         except RuntimeError as exc:
             lines = [x for x in str(exc).splitlines() if x.strip() and not x.startswith("Exception from")]
-            raise SqftError(f"{key}={value} is not valid for {device}: {lines[-1] if lines else exc}") from exc
+            raise ConfigError(f"{key}={value} is not valid for {device}: {lines[-1] if lines else exc}") from exc
 
 
 def _tunable(supported: set[str]) -> set[str]:

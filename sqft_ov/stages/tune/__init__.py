@@ -1,7 +1,0 @@
-"""Tuning deployed IRs: runtime properties (search), their effect on outputs (probe), where a decode step's
-time goes (profile), and export-time choices (export_grid)."""
-
-from sqft_ov.stages.tune.profile import profile_decode_step
-from sqft_ov.stages.tune.search import TuneConfig, apply, tune
-
-__all__ = ["TuneConfig", "apply", "profile_decode_step", "tune"]
