@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -182,10 +181,15 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     seq_lens = [int(s) for s in args.seq_lens.split(",")]
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-               "steps": args.steps, "batch_size": args.batch_size, "runs": []}
+    from sqft_ov.measure.bench.machine import machine_context
+
     names = list(shapes)
     target = ROOT / "benchmarks" / "results" / f"memory-{'small' if args.small else '-'.join(names)}.json"
+    results = {"machine": machine_context(), "steps": args.steps, "batch_size": args.batch_size, "runs": []}
+    if target.is_file():  # runs measured before (other methods or settings) stay, unless measured again now
+        earlier = json.loads(target.read_text())
+        if earlier.get("machine", {}).get("cpu") == results["machine"].get("cpu"):
+            results["runs"] = earlier["runs"]
     for name in names:
         shape = shapes[name]
         base, sparse = work / f"{name}-base", work / f"{name}-sparse"
@@ -206,7 +210,9 @@ def main() -> None:
                     row = {"shape": name, "params": params_of(shape), "layers": shape["layers"],
                            "hidden": shape["hidden"], "method": method, "setting": setting, "seq_len": seq_len,
                            "tokens_per_step": args.batch_size * seq_len, **measured}
-                    results["runs"].append(row)
+                    key = (name, method, setting, seq_len)
+                    results["runs"] = [r for r in results["runs"]
+                                       if (r["shape"], r["method"], r["setting"], r["seq_len"]) != key] + [row]
                     target.write_text(json.dumps(results, indent=2) + "\n")  # a stopped run keeps what it measured
                     print(f"{spec['name']:48s} setup peak {row['setup_peak_mib']:7.0f} MiB  train peak "
                           f"{row['train_peak_mib']:7.0f} MiB  step {row['step_seconds']:6.2f} s", flush=True)

@@ -1,18 +1,21 @@
 """sqft-ov: sparse, quantized, fine-tuned LLMs deployed through OpenVINO (the SQFT method).
 
-The public API is one verb per pipeline stage, each with its config dataclass; every verb takes and
-returns plain objects or folders (Hugging Face layout, adapter folders, OpenVINO IR folders):
+The public API is one verb per pipeline stage, each with its config dataclass. Each stage works on a model in
+memory; the folder verbs beside them load, call it and save (Hugging Face layout, adapter folders, IR folders):
 
-    sparsify_folder(model, out, SparsityConfig(...), calibration)   # or sparsify(nn.Module, config, tokens)
-    finetune(model, data, out, FinetuneConfig(...))                 # LoRA / SparsePEFT / QA-SparsePEFT (+ NLS)
-    importance(model, data, out)                                    # EFTNAS: reorder, derive a width space
-    search(adapter, "hill-climb")                                   # an NLS sub-adapter (and widths)
-    merge(adapter, out, sub_adapter)                                # at target precision
-    export(model, out, ExportConfig(...))                           # OpenVINO IR
+    in memory (model in, model or report out)                  folders
+    sparsify(model, SparsityConfig(...), calibration)           sparsify_folder(model, out, config, calibration)
+    finetune_model(model, tokenizer, data, FinetuneConfig())    finetune(model, data, out, config)
+    merge_model(trained.adapted) -> (merged model, report)      merge(adapter, out, sub_adapter)
+    export_model(model, tokenizer, ir, ExportConfig(...))       export(model, ir, config)
+
+    importance(model, data, out)                                # EFTNAS: reorder, derive a width space
+    search(adapter, "hill-climb")                               # an NLS sub-adapter (and widths)
     evaluate(ir_or_model, data, EvalConfig(...)); bench([...], BenchConfig(...)); tune(ir, TuneConfig(...))
-    write_ovms_repository(ir, repo, OvmsConfig(name=...))           # serve it with OpenVINO Model Server
+    write_ovms_repository(ir, repo, OvmsConfig(name=...))       # serve it with OpenVINO Model Server
 
-Results are dataclasses (`EvalReport`, `BenchResult`, `TuneResult`, ... with `to_dict()` for JSON); long
+A QA-SparsePEFT model merged in memory carries its trained INT4 grid (`Int4Grid`), which `export_model` writes
+as is. Results are dataclasses (`EvalReport`, `BenchResult`, `TuneResult`, ... with `to_dict()` for JSON); long
 verbs take `on_progress(done, total, label)`; errors are `SqftError` or one of its subclasses (`ConfigError`,
 `ModelFolderError`, `AdapterMismatchError`, `NncfInternalsChanged`, `ExportIntegrityError`).
 
@@ -38,14 +41,17 @@ _API = {
     # 3 fine-tune, search
     "FinetuneConfig": "sqft_ov.adapters.config", "SFTFormat": "sqft_ov.io.sft_data",
     "FinetuneResult": "sqft_ov.stages.finetune", "finetune": "sqft_ov.stages.finetune",
+    "Trained": "sqft_ov.stages.finetune", "finetune_model": "sqft_ov.stages.finetune",
     "SearchResult": "sqft_ov.stages.search", "search": "sqft_ov.stages.search",
     "load_adapted": "sqft_ov.adapters.adapted", "load_for_inference": "sqft_ov.adapters.adapted",
     "ImportanceConfig": "sqft_ov.stages.importance", "ImportanceReport": "sqft_ov.stages.importance",
     "importance": "sqft_ov.stages.importance", "WidthSpace": "sqft_ov.adapters.elastic",
     # 4 merge
-    "MergeReport": "sqft_ov.stages.merge", "merge": "sqft_ov.stages.merge",
+    "MergeReport": "sqft_ov.stages.merge", "merge": "sqft_ov.stages.merge", "merge_model": "sqft_ov.stages.merge",
+    "save_merged": "sqft_ov.stages.merge", "Int4Grid": "sqft_ov.io.grid",
     # 5 export (INT4/INT8 compression through NNCF happens here)
     "ExportConfig": "sqft_ov.stages.export", "ExportReport": "sqft_ov.stages.export", "export": "sqft_ov.stages.export",
+    "export_model": "sqft_ov.stages.export",
     # 6 measure
     "EvalConfig": "sqft_ov.stages.evaluate", "EvalReport": "sqft_ov.stages.evaluate",
     "evaluate": "sqft_ov.stages.evaluate",

@@ -12,9 +12,10 @@ import inspect
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
-from sqft_ov.adapters.config import DEFAULT_LR, DEFAULT_RANK_SPACE, DEFAULT_TARGETS, FinetuneConfig
+from sqft_ov.adapters.config import DEFAULT_TARGETS, FinetuneConfig
+from sqft_ov.config_fields import default_and_help, field_help, shown
 from sqft_ov.errors import ConfigError, SqftError
 from sqft_ov.stages.evaluate import EvalReport
 
@@ -27,6 +28,12 @@ RANK_SPACE = (16, 12, 8)
 LR = 3e-3
 STEPS = 600
 BATCH_SIZE = 16
+
+
+def planned(name: str, plan: Any) -> str:
+    """FinetuneConfig's help for a field the recipes' plan sets otherwise, saying so and naming finetune's default."""
+    default, _ = default_and_help(FinetuneConfig, name)
+    return field_help(FinetuneConfig, name, f"the recipes' plan; finetune's default is {shown(default)}", plan)
 
 
 class Option:
@@ -45,36 +52,32 @@ class Option:
         return f"Option({', '.join(map(repr, self.flags))}{', ' if self.flags else ''}help={self.help!r})"
 
 
-# The options every recipe shares, as `sqft-ov run` shows them (plain defaults when called from Python).
+# The options every recipe shares, as `sqft-ov run` shows them (plain defaults when called from Python); the help
+# of a FinetuneConfig field is the field's (tests/test_config_source.py checks the recipes' options against it).
 SparseBase = Annotated[Path, Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")]
 Data = Annotated[Path, Option(help="Training data, or a folder with train.jsonl and test.jsonl.")]
 Out = Annotated[Path, Option(help="Folder for everything the recipe writes.")]
 Test = Annotated[Optional[Path], Option(show_default="DATA/test.jsonl, else DATA", help="Evaluation data.")]
-Nls = Annotated[bool, Option(help="Elastic ranks, then a sub-adapter chosen by search.")]
-Rank = Annotated[int, Option(help="LoRA rank (without --nls).")]
-RankSpace = Annotated[list[str], Option(metavar="RANKS", help="Ranks NLS samples from: 16,12,8, or the option "
-                                        "repeated (the recipes' plan; finetune's default is "
-                                        f"{','.join(map(str, DEFAULT_RANK_SPACE))}).")]
+Nls = Annotated[bool, Option(help="Elastic ranks, then a sub-adapter chosen by search.")]  # what the recipe does
+Rank = Annotated[int, Option(help=field_help(FinetuneConfig, "rank", "without --nls"))]
+RankSpace = Annotated[list[str], Option(metavar="RANKS", help=planned("rank_space", RANK_SPACE))]
 Steps = Annotated[int, Option(help="Optimizer steps.")]
-Lr = Annotated[float, Option(help=f"Learning rate (the recipes' plan; finetune's default is {DEFAULT_LR:g}).")]
-Targets = Annotated[list[str], Option(metavar="NAMES", help="Linear layers that get adapters (comma-separated or "
-                                                            "repeated), or all-linear: every linear layer of the "
-                                                            "decoder blocks, as in PEFT.")]
+Lr = Annotated[float, Option(help=planned("lr", LR))]
+Targets = Annotated[list[str], Option(metavar="NAMES", help=field_help(FinetuneConfig, "target_modules"))]
 TARGETS = DEFAULT_TARGETS
 Sym = Annotated[bool, Option("--sym/--asym", help="INT4 grid without / with zero points.")]
-BatchSize = Annotated[int, Option(help=f"Examples per step (the recipes' plan; finetune's default is "
-                                       f"{FinetuneConfig.batch_size}).")]
+BatchSize = Annotated[int, Option(help=planned("batch_size", BATCH_SIZE))]
 ChatTemplate = Annotated[bool, Option(help="Wrap prompts in the tokenizer's chat template (instruct models).")]
-Seed = Annotated[int, Option(help="Seed for adapter initialisation, data order and NLS sampling.")]
+Seed = Annotated[int, Option(help=field_help(FinetuneConfig, "seed"))]
 EvalLimit = Annotated[Optional[int], Option(show_default="all", help="Evaluate on the first N test examples.")]
 Metric = Annotated[str, Option(help="How the test data scores the deployments: exact | contains | loss (see "
                                     "sqft-ov eval --metric); checked before training.")]
 Overwrite = Annotated[bool, Option(help="Replace OUT if it exists.")]
 Bf16 = Annotated[bool, Option("--bf16", help="Train with the frozen base in bfloat16 (finetune --bf16: half its memory; "
                                            "slower on CPUs without bf16 instructions).")]
-GradientCheckpointing = Annotated[bool, Option("--gradient-checkpointing", help="Recompute activations in backward "
-                                               "(finetune --gradient-checkpointing).")]
-TrainDevice = Annotated[str, Option(help="Where to train: auto | cpu | cuda | xpu (finetune --device).")]
+GradientCheckpointing = Annotated[bool, Option("--gradient-checkpointing",
+                                               help=field_help(FinetuneConfig, "gradient_checkpointing"))]
+TrainDevice = Annotated[str, Option(help=field_help(FinetuneConfig, "device"))]
 
 
 def memory_options(bf16: bool, gradient_checkpointing: bool, device: str) -> dict:

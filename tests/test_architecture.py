@@ -180,7 +180,7 @@ def test_rich_and_typer_are_imported_only_in_the_cli(tmp_path):
     assert _ui_imports(probe) == ["rich", "rich.table", "typer.core", "typer"]
 
 
-LAYERS = {"sqft_ov.errors": 0, "sqft_ov.io": 1, "sqft_ov.adapters": 2, "sqft_ov.stages": 3, "sqft_ov.measure": 4,
+LAYERS = {"sqft_ov.errors": 0, "sqft_ov.config_fields": 0, "sqft_ov.io": 1, "sqft_ov.adapters": 2, "sqft_ov.stages": 3, "sqft_ov.measure": 4,
           "sqft_ov.quickstart": 5, "sqft_ov.recipe": 5, "sqft_ov.cli": 6}  # imports go to the same or a lower layer
 
 
@@ -270,5 +270,7 @@ def test_readme_python_example_runs_verbatim(tmp_path, monkeypatch):
     exec(compile(code, "README.md:api-example", "exec"), namespace)
     out = tmp_path / "example"
     assert (out / "ir" / "openvino_model.xml").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["base", "ir", "task"]  # model to IR: no folder in between
+    assert namespace["report"].settings["trained_int4_grid"]
     assert namespace["report"].zeros_kept == namespace["report"].source_zeros > 0
     assert namespace["result"].examples > 0

@@ -120,7 +120,7 @@ def lonas_run(tmp_path_factory, gqa_models, sft_data):
 
 
 def test_extracted_model_equals_the_super_network_at_its_configuration(lonas_run):
-    from sqft_ov.adapters.adapted import apply_sub_adapter, load_adapted
+    from sqft_ov.adapters.adapted import activate, load_adapted
     from sqft_ov.io.checkpoint import load_causal_lm
 
     root, chosen, report = lonas_run
@@ -128,7 +128,7 @@ def test_extracted_model_equals_the_super_network_at_its_configuration(lonas_run
     assert report.widths == [{"mlp": w.mlp, "kv_groups": w.kv_groups} for w in chosen.widths]
     assert report.max_logit_diff < 1e-4
     adapted, tok, record = load_adapted(root / "adapter")
-    apply_sub_adapter(adapted, record, root / "sub.json")
+    activate(adapted, root / "sub.json")
     extracted, _ = load_causal_lm(root / "merged", dtype=torch.float32)
     a, mask = _logits(adapted.model, tok)
     b, _ = _logits(extracted, tok)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sqft_ov.adapters.config import ADAPTER_CONFIG, ALL_LINEAR, TRAINABLE, FinetuneConfig
+from sqft_ov.adapters.config import ADAPTER_CONFIG, ALL_LINEAR, GRID_GROUP_SIZE, TRAINABLE, FinetuneConfig
 from sqft_ov.adapters.methods import method_for
 from sqft_ov.errors import AdapterMismatchError, ConfigError, SqftError
 from sqft_ov.io.sft_data import SFTFormat
@@ -141,6 +141,10 @@ def read_record(adapter_dir: Path) -> dict:
     missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
     if missing:
         raise SqftError(f"{file} lacks {', '.join(missing)}: restore it from the finetune output")
+    quant = record["quantization"]
+    if quant is not None and not (isinstance(quant, dict) and {"sym", "group_size"} <= set(quant)):
+        raise SqftError(f"{file}: 'quantization' must name the INT4 grid's sym and group_size: restore it from the "
+                        "finetune output")
     from sqft_ov.adapters.methods import METHODS  # the registry as it is now (a test may register a method)
 
     if record["method"] not in METHODS:
@@ -168,7 +172,7 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
     config = FinetuneConfig(method=record["method"], rank=record["rank"], nls=record["nls"],
                             rank_space=tuple(record["rank_space"]), target_modules=tuple(record["target_modules"]),
                             int4=("sym" if quant.get("sym") else "asym") if quant else None,
-                            group_size=quant.get("group_size", 64), lora_alpha=record["lora_alpha"],
+                            group_size=quant["group_size"] if quant else GRID_GROUP_SIZE, lora_alpha=record["lora_alpha"],
                             data_format=SFTFormat(**record["data_format"]), eval_split=record["eval_split"],
                             seed=record["seed"])
     model, tokenizer = load_causal_lm(base, dtype=dtype)
@@ -184,22 +188,24 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
     return adapted, tokenizer, record
 
 
-def apply_sub_adapter(adapted: Adapted, record: dict, sub_adapter: str | Path | None) -> list[int] | None:
+def activate(adapted: Adapted, sub_adapter: str | Path | None = None) -> list[int] | None:
     """Activate a sub-network (CONFIG.json from search; default: the largest ranks and widths).
 
     Returns the ranks per block (None without NLS); the widths, if elastic, are in `adapted.widths.active`.
     """
     from sqft_ov.adapters.nls import blocks_of, expand, load_sub_adapter, load_sub_widths
 
-    if not record["nls"] and not record.get("widths"):
+    nls = adapted.config.nls
+    if not nls and adapted.widths is None:
         if sub_adapter is not None:
             raise ConfigError("the adapter was trained without --nls or elastic widths: --sub-adapter does not apply")
         return None
     ranks = None
-    if record["nls"]:
+    if nls:
         blocks = blocks_of(adapted.adapted_weights)
-        ranks = (load_sub_adapter(sub_adapter, record["rank_space"], len(blocks)) if sub_adapter
-                 else [max(record["rank_space"])] * len(blocks))
+        rank_space = list(adapted.config.rank_space)
+        ranks = (load_sub_adapter(sub_adapter, rank_space, len(blocks)) if sub_adapter
+                 else [max(rank_space)] * len(blocks))
         adapted.set_ranks(expand(dict(zip(blocks, ranks)), blocks))
     if adapted.widths is not None:
         space = adapted.widths.space
@@ -227,7 +233,7 @@ def load_for_inference(model_dir: str | Path, adapter: str | Path | None = None,
         if not method.plain_peft or record["nls"] or record.get("widths"):
             torch_dtype = torch.float32 if dtype == "auto" else dtype
             adapted, tokenizer, _ = load_adapted(adapter, base=model_dir, dtype=torch_dtype)
-            apply_sub_adapter(adapted, record, sub_adapter)
+            activate(adapted, sub_adapter)
             return adapted.model, tokenizer
     if sub_adapter is not None:
         raise ConfigError("--sub-adapter needs an NLS or elastic-width adapter written by sqft-ov finetune")

@@ -40,38 +40,54 @@ def split_list(values: str | int | tuple | list) -> tuple[str, ...]:
 
 @dataclass
 class FinetuneConfig:
-    method: str = "sparsepeft"
-    rank: int = DEFAULT_RANK
-    nls: bool = False
-    rank_space: tuple[int, ...] | str = DEFAULT_RANK_SPACE  # a string: "32 24 16" or "32,24,16"
-    target_modules: tuple[str, ...] | str = DEFAULT_TARGETS  # or "all-linear"
-    int4: str | None = None  # "sym" | "asym": the INT4 grid (qa-sparsepeft: required; lora: QLoRA-style base)
-    group_size: int = GRID_GROUP_SIZE
-    lora_alpha: float | None = None  # default: 2 x the (maximum) rank
-    lora_dropout: float = DEFAULT_LORA_DROPOUT  # PEFT's LoraConfig.lora_dropout (lora, sparsepeft)
+    """What `finetune` trains; each field's help is the CLI option's (sqft_ov/cli/options.py)."""
+
+    method: str = field(default="sparsepeft", metadata={"help": " | ".join(METHODS)})
+    rank: int = field(default=DEFAULT_RANK, metadata={"help": "LoRA rank."})  # the CLI notes: without --nls
+    nls: bool = field(default=False, metadata={"help": "Elastic ranks (Neural Low-rank adapter Search)."})
+    rank_space: tuple[int, ...] | str = field(default=DEFAULT_RANK_SPACE, metadata={  # or a string: "32 24 16"
+        "help": "Ranks NLS samples from: {default}, or the option repeated."})
+    target_modules: tuple[str, ...] | str = field(default=DEFAULT_TARGETS, metadata={
+        "help": "Linear layers that get adapters (comma-separated or repeated), or all-linear: every linear layer of "
+                "the decoder blocks, as in PEFT."})
+    # the CLI's --int4-base and --sym/--asym
+    int4: str | None = field(default=None, metadata={"help": "The INT4 grid trained on: sym | asym (qa-sparsepeft: "
+                                                             "required; lora: a QLoRA-style base)."})
+    group_size: int = field(default=GRID_GROUP_SIZE, metadata={"help": "Group size of the INT4 grid trained on."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha."})  # None: 2 x the (maximum) rank
+    lora_dropout: float = field(default=DEFAULT_LORA_DROPOUT, metadata={  # PEFT's LoraConfig.lora_dropout
+        "help": "Dropout on the adapters' input (lora, sparsepeft)."})
     data_format: SFTFormat = field(default_factory=SFTFormat)
-    epochs: float = 1.0
-    max_steps: int = -1
-    lr: float = DEFAULT_LR
-    # qa-sparsepeft: learning rate of the INT4 grid's ranges (None: lr; NNCF's QAT-with-LoRA example uses lr / 10,
-    # which lost 4 points on SmolLM2; 0: the base's round-to-nearest grid stays fixed, as in SQFT's paper)
-    range_lr: float | None = None
-    batch_size: int = 4
-    grad_accum: int = 1
-    seed: int = 42
-    eval_split: float = 0.1
-    save_steps: int = 50
-    trust_remote_code: bool = False
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (overrides --epochs)."})
+    lr: float = field(default=DEFAULT_LR, metadata={"help": "Learning rate."})
+    # None: lr; NNCF's QAT-with-LoRA example uses lr / 10, which lost 4 points on SmolLM2; 0: the base's
+    # round-to-nearest grid stays fixed, as in SQFT's paper
+    range_lr: float | None = field(default=None, metadata={
+        "help": "qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per device and step."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    seed: int = field(default=42, metadata={"help": "Seed for data order, NLS sampling and initialisation."})
+    eval_split: float = field(default=0.1, metadata={"help": "Share of the data held out for validation."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (for --resume)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Allow the model folder's own Python code to run."})
     # Memory and hardware (the paper's 7-8B sizes): the frozen base held in bf16 / fp16 with mixed-precision
     # autocast (trained tensors stay as their library keeps them), activations recomputed in backward, and where
     # it trains (auto: what torch sees, as Trainer picks it; cpu forces the CPU on a machine with a GPU)
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    device: str = "auto"
+    precision: str = field(default="fp32", metadata={  # the CLI's --bf16 / --fp16
+        "help": "The frozen base's dtype in training: fp32 | bf16 | fp16 (with Trainer's autocast)."})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute each decoder block's activations in backward instead of storing them."})
+    device: str = field(default="auto", metadata={
+        "help": "Where to train: auto (CUDA, else XPU, else CPU) | cpu | cuda | xpu."})
     # Elastic base widths (LoNAS / EFTNAS): uniform choices, or a per-block search_space.json (importance's)
-    mlp_widths: tuple[float, ...] = ()
-    head_widths: tuple[float, ...] = ()
-    search_space: str | None = None
+    mlp_widths: tuple[float, ...] = field(default=(), metadata={
+        "help": "Elastic MLP widths (LoNAS), e.g. --mlp-widths '1.0 0.75 0.5': fractions or channel counts."})
+    head_widths: tuple[float, ...] = field(default=(), metadata={
+        "help": "Elastic attention heads, e.g. --head-widths '1.0 0.67': fractions or head counts (whole KV groups)."})
+    search_space: str | None = field(default=None, metadata={
+        "help": "Per-block elastic widths: the search_space.json that sqft-ov importance wrote (EFTNAS)."})
 
     def __post_init__(self) -> None:
         from sqft_ov.adapters.nls import check_rank_space  # nls imports transformers: only when checked

@@ -12,34 +12,35 @@ import typer
 from sqft_ov.cli import tables
 from sqft_ov.adapters.config import split_list
 from sqft_ov.cli.app import app, console, err_console, parse_ints, parse_properties, progress_bar
+from sqft_ov.cli.options import option_for
 from sqft_ov.errors import ConfigError
+from sqft_ov.io.sft_data import SFTFormat
+from sqft_ov.measure.bench.runner import BenchConfig
+from sqft_ov.measure.tune.search import TuneConfig
+from sqft_ov.stages.evaluate import EvalConfig
 
 
 @app.command("eval")
 def eval_command(
     model: Path = typer.Argument(..., help="OpenVINO IR folder, or Hugging Face folder / .gguf file (run in PyTorch)."),
     data: Path = typer.Argument(..., help="Evaluation data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
-    adapter: Optional[Path] = typer.Option(None, show_default="none", help="Adapter for a Hugging Face MODEL (PEFT or "
-                                           "sqft-ov finetune folder)."),
-    sub_adapter: Optional[Path] = typer.Option(None, show_default="none; NLS: the largest ranks",
-                                               help="CONFIG.json from search, for an NLS adapter."),
-    prompt_field: str = typer.Option("prompt", help="Field with the prompt (rows with a messages field are read as chat turns instead)."),
-    response_field: str = typer.Option("response", help="Field with the reference response (--metric exact scores the number after #### where there is one)."),
-    chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
-    max_length: int = typer.Option(512, help="Longest tokenized example (prompt + response)."),
-    limit: Optional[int] = typer.Option(None, show_default="all", help="Evaluate the first N examples only."),
-    batch_size: int = typer.Option(16, help="Examples per generation batch."),
-    max_new_tokens: int = typer.Option(64, help="Longest generated answer."),
-    device: str = typer.Option("CPU", help="OpenVINO device for an IR (CPU, GPU, AUTO ...); for a PyTorch model "
-                               "auto | cpu | cuda | xpu (CPU = cpu)."),
+    adapter: Optional[Path] = option_for(EvalConfig, "adapter", show_default="none"),
+    sub_adapter: Optional[Path] = option_for(EvalConfig, "sub_adapter", show_default="none; NLS: the largest ranks"),
+    prompt_field: str = option_for(SFTFormat, "prompt_field", help="Field with the prompt (rows with a messages field "
+                                   "are read as chat turns instead)."),
+    response_field: str = option_for(SFTFormat, "response_field", help="Field with the reference response (--metric "
+                                     "exact scores the number after #### where there is one)."),
+    chat_template: bool = option_for(SFTFormat, "chat_template", help="Wrap prompts in the tokenizer's chat template."),
+    max_length: int = option_for(SFTFormat, "max_length", help="Longest tokenized example (prompt + response)."),
+    limit: Optional[int] = option_for(EvalConfig, "limit", show_default="all"),
+    batch_size: int = option_for(EvalConfig, "batch_size"),
+    max_new_tokens: int = option_for(EvalConfig, "max_new_tokens"),
+    device: str = option_for(EvalConfig, "device"),
     property: list[str] = typer.Option([], "--property", show_default="none",
                                        help="KEY=VALUE OpenVINO property for an IR; repeatable."),
-    torch_dtype: str = typer.Option("float32", help="PyTorch models: float32 | bfloat16 | float16 | auto."),
-    loss: bool = typer.Option(True, help="Also the teacher-forced response loss: one more forward pass per batch, "
-                              "about as costly as the generation's prompt pass; --no-loss to skip it."),
-    metric: str = typer.Option("exact", help="exact: the final '####' number where the reference has one, else the "
-                               "normalised text; contains: the reference inside the generation; loss: no generation, "
-                               "response loss and perplexity only."),
+    torch_dtype: str = option_for(EvalConfig, "torch_dtype"),
+    loss: bool = option_for(EvalConfig, "loss"),
+    metric: str = option_for(EvalConfig, "metric"),
     json_file: Optional[Path] = typer.Option(None, "--json", show_default="none",
                                              help="Write the report with every example as JSON."),
     show: int = typer.Option(3, help="Print this many example generations."),
@@ -47,8 +48,7 @@ def eval_command(
 ) -> None:
     """Score a model's generations on DATA (--metric) and its response-token loss."""
     from sqft_ov.io.output import check_output_file, write_file_atomic
-    from sqft_ov.io.sft_data import SFTFormat
-    from sqft_ov.stages.evaluate import EvalConfig, evaluate
+    from sqft_ov.stages.evaluate import evaluate
 
     if json_file is not None:
         check_output_file(json_file, overwrite)
@@ -70,20 +70,20 @@ def eval_command(
 @app.command()
 def bench(
     models: list[Path] = typer.Argument(..., help="IR folders, or Hugging Face folders / .gguf files (run in PyTorch)."),
-    device: str = typer.Option("CPU", help="OpenVINO device for IR models: CPU, GPU, AUTO ..."),
-    prompt_tokens: int = typer.Option(32, help="Prompt length in tokens (a different prompt each run)."),
-    new_tokens: int = typer.Option(128, help="Tokens generated per run (greedy, EOS ignored)."),
-    repeats: int = typer.Option(8, help="Measured runs per model, interleaved across models."),
-    warmup: int = typer.Option(1, help="Uncounted rounds first."),
-    baseline: int = typer.Option(1, help="Position of the baseline among MODELS, counting from 1."),
-    sparse_rate: Optional[float] = typer.Option(None, show_default="the IR's runtime configuration",
-                                                help="CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE for IR models."),
+    device: str = option_for(BenchConfig, "device"),
+    prompt_tokens: int = option_for(BenchConfig, "prompt_tokens"),
+    new_tokens: int = option_for(BenchConfig, "new_tokens"),
+    repeats: int = option_for(BenchConfig, "repeats"),
+    warmup: int = option_for(BenchConfig, "warmup"),
+    baseline: int = option_for(BenchConfig, "baseline"),
+    sparse_rate: Optional[float] = option_for(BenchConfig, "sparse_rate",
+                                              show_default="the IR's runtime configuration"),
     property: list[str] = typer.Option([], "--property", show_default="none",
                                        help="KEY=VALUE OpenVINO or genai property for IR models; repeatable."),
     adapter: list[str] = typer.Option([], "--adapter", show_default="none", help="Adapter for the k-th Hugging Face "
                                       "MODEL (PEFT or sqft-ov finetune folder); '-' for none; repeatable."),
-    torch_dtype: str = typer.Option("auto", help="PyTorch models: auto (the checkpoint's) | float32 | bfloat16 | float16."),
-    bandwidth_gib: float = typer.Option(1.0, help="Buffer of the memory read-bandwidth test (GiB); 0 skips it."),
+    torch_dtype: str = option_for(BenchConfig, "torch_dtype"),
+    bandwidth_gib: float = option_for(BenchConfig, "bandwidth_gib"),
     json_file: Optional[Path] = typer.Option(None, "--json", show_default="none",
                                              help="Write the full report (every run) as JSON."),
     markdown_file: Optional[Path] = typer.Option(None, "--markdown", show_default="none",
@@ -93,7 +93,7 @@ def bench(
 ) -> None:
     """Benchmark deployed models side by side: TTFT, decode/prefill speed, memory, size, bandwidth use."""
     from sqft_ov.io.ir import IR_FILE
-    from sqft_ov.measure.bench import BenchConfig, BenchModel
+    from sqft_ov.measure.bench import BenchModel
     from sqft_ov.measure.bench import bench as run_bench
     from sqft_ov.measure.bench.report import check_report_paths, context_lines, write_reports
 
@@ -125,7 +125,7 @@ def bench(
 def tune(
     path: Path = typer.Argument(..., metavar="MODEL", help="IR folder (runtime properties), or Hugging Face folder / "
                                 ".gguf file with --export-grid."),
-    budget_minutes: float = typer.Option(20.0, help="Stop timing new settings after this long (the rest are listed as not measured)."),
+    budget_minutes: float = option_for(TuneConfig, "budget_minutes"),
     apply: bool = typer.Option(False, "--apply", help="Write the best setting into the IR folder's runtime configuration."),
     export_grid: bool = typer.Option(False, "--export-grid", help="Re-export MODEL over INT4 group size, sym/asym and INT8/INT4 embeddings, and time each."),
     out: Optional[Path] = typer.Option(None, show_default="MODEL-export-grid",
@@ -138,22 +138,20 @@ def tune(
     modes: list[str] = typer.Option(["sym", "asym"], metavar="MODES", help="--export-grid: INT4 modes."),
     embeddings: list[str] = typer.Option(["int8", "int4"], metavar="FORMATS",
                                          help="--export-grid: embeddings/lm_head precision."),
-    device: str = typer.Option("CPU", help="OpenVINO device."),
-    prompt_tokens: int = typer.Option(32, help="Prompt length in tokens."),
-    new_tokens: int = typer.Option(64, help="Tokens generated per run."),
-    repeats: int = typer.Option(3, help="Measured runs per setting (the confirmation run uses twice as many)."),
-    warmup: int = typer.Option(1, help="Uncounted rounds first."),
-    max_logit_diff: Optional[float] = typer.Option(None, show_default="2x the current configuration's difference",
-                                                   help="Flag settings whose logits move more than this from the f32 "
-                                                        "reference."),
-    min_gain: float = typer.Option(0.03, help="A setting is adopted only if it decodes at least 1 + this times faster."),
-    profile: bool = typer.Option(True, help="Per-node profile of one decode step, current and best configuration."),
+    device: str = option_for(TuneConfig, "device"),
+    prompt_tokens: int = option_for(TuneConfig, "prompt_tokens"),
+    new_tokens: int = option_for(TuneConfig, "new_tokens"),
+    repeats: int = option_for(TuneConfig, "repeats"),
+    warmup: int = option_for(TuneConfig, "warmup"),
+    max_logit_diff: Optional[float] = option_for(TuneConfig, "max_logit_diff",
+                                                 show_default="2x the current configuration's difference"),
+    min_gain: float = option_for(TuneConfig, "min_gain"),
+    profile: bool = option_for(TuneConfig, "profile"),
     json_file: Optional[Path] = typer.Option(None, "--json", show_default="none", help="Write the full report as JSON."),
     overwrite: bool = typer.Option(False, help="Replace an existing --json file or --export-grid folder."),
 ) -> None:
     """Find the fastest runtime configuration of an IR (or the fastest INT4 export of a model) that keeps its outputs."""
     from sqft_ov.io.output import check_output_file, write_file_atomic
-    from sqft_ov.measure.tune import TuneConfig
     from sqft_ov.measure.tune import apply as apply_setting
     from sqft_ov.measure.tune.space import grid_from_options
 

@@ -5,21 +5,31 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from sqft_ov.adapters.config import (
-    ADAPTER_CONFIG, DEFAULT_LORA_DROPOUT, DEFAULT_LR, DEFAULT_RANK, DEFAULT_RANK_SPACE, DEFAULT_TARGETS, GRID_GROUP_SIZE,
-    FinetuneConfig,
-)
+from sqft_ov.adapters.config import ADAPTER_CONFIG, FinetuneConfig
 from sqft_ov.adapters.methods import method_for
 from sqft_ov.cli import tables
 from sqft_ov.cli.app import app, console, err_console, progress_bar, renamed
+from sqft_ov.cli.options import option_for
+from sqft_ov.config_fields import field_help
 from sqft_ov.errors import ConfigError, warn_deprecated
+from sqft_ov.io.sft_data import SFTFormat
 from sqft_ov.stages.export import DEFAULT_GROUP_SIZE, ExportConfig
 
-TRUST_REMOTE_CODE = "Allow the model folder's own Python code to run."
+TRUST_REMOTE_CODE = field_help(FinetuneConfig, "trust_remote_code")  # also for commands without a config field
+# SFTFormat's fields as the training commands (finetune, importance) word them; eval words them for scoring
+TRAINING_FORMAT = {"prompt_field": "Field with the prompt.",
+                   "response_field": "Field with the response (the loss is on it only).",
+                   "chat_template": "Wrap prompts in the tokenizer's chat template.",
+                   "max_length": "Longest tokenized example."}
+
+
+def format_option(name: str) -> Any:
+    """The option of SFTFormat field `name` for a command that trains on the data."""
+    return option_for(SFTFormat, name, help=TRAINING_FORMAT[name])
 
 
 @app.command("tiny-model")
@@ -50,6 +60,8 @@ def tiny_model(
 def sparsify(
     model: Path = typer.Argument(..., help="Hugging Face model folder, .gguf file, or smollm2."),
     sparse: Path = typer.Argument(..., metavar="SPARSE", help="Folder for the sparse model."),
+    # SparsityConfig's fields, written out: its module imports torch, which `sqft-ov --help` does not load
+    # (tests/test_config_source.py checks them against the fields)
     method: str = typer.Option("wanda", help="wanda | magnitude"),
     ratio: Optional[float] = typer.Option(None, show_default="0.5; N:M patterns: 1 - N/M",
                                           help="Share of each layer's weights to zero."),
@@ -80,28 +92,24 @@ def sparsify(
 def export(
     model: Path = typer.Argument(..., help="Hugging Face model folder, .gguf file, or smollm2."),
     ir: Path = typer.Argument(..., metavar="IR", help="Folder for the OpenVINO IR."),
-    weight_format: str = typer.Option(ExportConfig.weight_format, help="fp16 | int8 | int4 | int8-w8a8"),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", show_default="asym, or a merged model's trained grid",
-                                       help="Symmetric (no zero point) or asymmetric INT weights."),
-    group_size: Optional[int] = typer.Option(None, show_default=f"{DEFAULT_GROUP_SIZE}, or a merged model's trained grid",
-                                             help="INT4 group size along the input dimension; -1 per channel."),
-    group_size_fallback: str = typer.Option(ExportConfig.group_size_fallback, help=(
-        "auto | error | adjust | ignore: for layers the group size does not divide. auto: adjust (NNCF: the largest "
-        "power of two dividing the layer, at least 32, else INT8) when --group-size is not given, error when it is.")),
-    all_layers: bool = typer.Option(False, help="INT4 also for the embeddings and lm_head (default: INT8, as NNCF and optimum-cli)."),
+    weight_format: str = option_for(ExportConfig, "weight_format"),
+    sym: Optional[bool] = option_for(ExportConfig, "sym", "--sym/--asym",
+                                     show_default="asym, or a merged model's trained grid"),
+    group_size: Optional[int] = option_for(ExportConfig, "group_size",
+                                           show_default=f"{DEFAULT_GROUP_SIZE}, or a merged model's trained grid"),
+    group_size_fallback: str = option_for(ExportConfig, "group_size_fallback"),
+    all_layers: bool = option_for(ExportConfig, "all_layers"),
     dataset: Optional[Path] = typer.Option(None, show_default="none (needed by int8-w8a8)",
                                            help="Calibration text for int8-w8a8 static quantization."),
     calibration: Optional[Path] = typer.Option(None, hidden=True),  # the old name of --dataset
     text_field: list[str] = typer.Option([], show_default="the text column, or the only one",
                                          help="Field(s) holding the calibration text."),
-    num_samples: int = typer.Option(ExportConfig.num_samples, help="Calibration sequences (int8-w8a8)."),
-    seq_len: int = typer.Option(ExportConfig.seq_len, help="Tokens per calibration sequence (int8-w8a8)."),
-    sparse_rate: Optional[float] = typer.Option(None, show_default="none: not written",
-                                                help="Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."),
-    device: Optional[str] = typer.Option(None, show_default="none: not compiled",
-                                         help="Compile the IR on this device once to check it (CPU, GPU ...)."),
+    num_samples: int = option_for(ExportConfig, "num_samples"),
+    seq_len: int = option_for(ExportConfig, "seq_len"),
+    sparse_rate: Optional[float] = option_for(ExportConfig, "sparse_rate", show_default="none: not written"),
+    device: Optional[str] = option_for(ExportConfig, "device", show_default="none: not compiled"),
     overwrite: bool = typer.Option(False, help="Replace IR if it exists."),
-    trust_remote_code: bool = typer.Option(False, help=TRUST_REMOTE_CODE),
+    trust_remote_code: bool = option_for(ExportConfig, "trust_remote_code"),
 ) -> None:
     """Export to an OpenVINO IR folder (model with KV cache, tokenizer IRs) that keeps every zero."""
     from sqft_ov.stages.export import export as run_export
@@ -142,56 +150,46 @@ def finetune(
     model: Path = typer.Argument(..., help="Base model folder (e.g. the output of sparsify) or .gguf file."),
     data: Path = typer.Argument(..., help="Training data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
     adapter: Path = typer.Argument(..., metavar="ADAPTER", help="Folder for the trained adapter."),
-    method: str = typer.Option(FinetuneConfig.method, help="lora | sparsepeft | qa-sparsepeft"),
-    rank: int = typer.Option(DEFAULT_RANK, help="LoRA rank (without --nls)."),
-    nls: bool = typer.Option(False, help="Elastic ranks (Neural Low-rank adapter Search)."),
-    rank_space: list[str] = typer.Option(list(map(str, DEFAULT_RANK_SPACE)), metavar="RANKS",
-                                         help="Ranks NLS samples from: 32,24,16, or the option repeated."),
-    target_modules: list[str] = typer.Option(list(DEFAULT_TARGETS), metavar="NAMES",
-                                             help="Linear layers that get adapters (comma-separated or repeated), or "
-                                                  "all-linear: every linear layer of the decoder blocks, as in PEFT."),
+    method: str = option_for(FinetuneConfig, "method"),
+    rank: int = option_for(FinetuneConfig, "rank", note="without --nls"),
+    nls: bool = option_for(FinetuneConfig, "nls"),
+    rank_space: list[str] = option_for(FinetuneConfig, "rank_space", metavar="RANKS"),
+    target_modules: list[str] = option_for(FinetuneConfig, "target_modules", metavar="NAMES"),
     int4_base: bool = typer.Option(False, "--int4-base", help="lora: train on the base snapped to NNCF's INT4 grid "
                                    "(QLoRA-style); qa-sparsepeft always trains on the grid."),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", show_default="asym",
                                        help="INT4 grid without / with zero points (qa-sparsepeft; lora with --int4-base)."),
     int4_legacy: Optional[bool] = typer.Option(None, "--int4-sym/--int4-asym", hidden=True),  # old --sym/--asym
-    group_size: int = typer.Option(GRID_GROUP_SIZE, help="Group size of the INT4 grid trained on (export's "
-                                   f"post-training default is {DEFAULT_GROUP_SIZE}, as in optimum-cli)."),
-    prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
-    response_field: str = typer.Option("response", help="Field with the response (the loss is on it only)."),
-    chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
-    max_length: int = typer.Option(512, help="Longest tokenized example."),
-    lora_alpha: Optional[float] = typer.Option(None, show_default="2 x the largest rank", help="LoRA alpha."),
-    lora_dropout: float = typer.Option(DEFAULT_LORA_DROPOUT, help="Dropout on the adapters' input (lora, sparsepeft)."),
-    epochs: float = typer.Option(FinetuneConfig.epochs, help="Training epochs."),
-    max_steps: int = typer.Option(FinetuneConfig.max_steps, help="Stop after this many optimizer steps (overrides --epochs)."),
-    lr: float = typer.Option(DEFAULT_LR, help="Learning rate."),
-    range_lr: Optional[float] = typer.Option(
-        None, show_default="--lr", help="qa-sparsepeft: learning rate of the INT4 grid's ranges; 0 keeps the base's grid."),
-    batch_size: int = typer.Option(FinetuneConfig.batch_size, help="Examples per device and step."),
-    grad_accum: int = typer.Option(FinetuneConfig.grad_accum, help="Gradient accumulation steps."),
-    seed: int = typer.Option(FinetuneConfig.seed, help="Seed for data order, NLS sampling and initialisation."),
-    mlp_widths: str = typer.Option("", show_default="none: fixed widths", help="Elastic MLP widths (LoNAS), e.g. "
-                                   "--mlp-widths '1.0 0.75 0.5': fractions or channel counts."),
-    head_widths: str = typer.Option("", show_default="none: fixed widths", help="Elastic attention heads, e.g. "
-                                    "--head-widths '1.0 0.67': fractions or head counts (whole KV groups)."),
-    search_space: Optional[Path] = typer.Option(None, show_default="none", help="Per-block elastic widths: the "
-                                                "search_space.json that sqft-ov importance wrote (EFTNAS)."),
-    eval_split: float = typer.Option(FinetuneConfig.eval_split, help="Share of the data held out for validation."),
-    save_steps: int = typer.Option(FinetuneConfig.save_steps, help="Checkpoint every N steps (for --resume)."),
+    group_size: int = option_for(FinetuneConfig, "group_size", note=f"export's post-training default is "
+                                 f"{DEFAULT_GROUP_SIZE}, as in optimum-cli"),
+    prompt_field: str = format_option("prompt_field"),
+    response_field: str = format_option("response_field"),
+    chat_template: bool = format_option("chat_template"),
+    max_length: int = format_option("max_length"),
+    lora_alpha: Optional[float] = option_for(FinetuneConfig, "lora_alpha", show_default="2 x the largest rank"),
+    lora_dropout: float = option_for(FinetuneConfig, "lora_dropout"),
+    epochs: float = option_for(FinetuneConfig, "epochs"),
+    max_steps: int = option_for(FinetuneConfig, "max_steps"),
+    lr: float = option_for(FinetuneConfig, "lr"),
+    range_lr: Optional[float] = option_for(FinetuneConfig, "range_lr", show_default="--lr"),
+    batch_size: int = option_for(FinetuneConfig, "batch_size"),
+    grad_accum: int = option_for(FinetuneConfig, "grad_accum"),
+    seed: int = option_for(FinetuneConfig, "seed"),
+    mlp_widths: str = option_for(FinetuneConfig, "mlp_widths", default="", show_default="none: fixed widths"),
+    head_widths: str = option_for(FinetuneConfig, "head_widths", default="", show_default="none: fixed widths"),
+    search_space: Optional[Path] = option_for(FinetuneConfig, "search_space", show_default="none"),
+    eval_split: float = option_for(FinetuneConfig, "eval_split"),
+    save_steps: int = option_for(FinetuneConfig, "save_steps"),
     bf16: bool = typer.Option(False, "--bf16", help="Hold the frozen base in bfloat16 and train with bf16 autocast "
                               "(half the base's memory; the trained tensors keep their dtype, merge works in float32)."),
     fp16: bool = typer.Option(False, "--fp16", help="As --bf16 with float16 (GPUs without bf16)."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute each decoder "
-                                                "block's activations in backward instead of storing them."),
-    device: str = typer.Option(FinetuneConfig.device, help="Where to train: auto (CUDA, else XPU, else CPU) | cpu "
-                               "| cuda | xpu."),
+    gradient_checkpointing: bool = option_for(FinetuneConfig, "gradient_checkpointing", "--gradient-checkpointing"),
+    device: str = option_for(FinetuneConfig, "device"),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint of an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace ADAPTER if it exists."),
-    trust_remote_code: bool = typer.Option(False, help=TRUST_REMOTE_CODE),
+    trust_remote_code: bool = option_for(FinetuneConfig, "trust_remote_code"),
 ) -> None:
     """Train mergeable adapters: LoRA, SparsePEFT or QA-SparsePEFT, optionally with NLS."""
-    from sqft_ov.io.sft_data import SFTFormat
     from sqft_ov.stages.finetune import finetune as run_finetune
 
     config = FinetuneConfig(
@@ -267,21 +265,21 @@ def importance(
     data: Path = typer.Argument(..., help="Task data (prompt/response) whose loss gradients score the units."),
     ordered: Path = typer.Argument(..., metavar="ORDERED",
                                   help="Folder for the reordered model, search_space.json and importance.json."),
+    # ImportanceConfig's fields, written out as sparsify's above (its module imports torch)
     keep: float = typer.Option(0.9, help="Share of a block's MLP importance its smallest width keeps (the space's lower boundary)."),
     keep_heads: float = typer.Option(0.9, help="The same for its KV groups (attention heads)."),
     choices: int = typer.Option(3, help="MLP widths per block in the derived search space."),
     multiple: int = typer.Option(32, help="MLP widths are multiples of this."),
     num_samples: int = typer.Option(64, help="Training examples whose gradients are accumulated."),
     batch_size: int = typer.Option(8, help="Examples per backward pass."),
-    prompt_field: str = typer.Option("prompt", help="Field with the prompt."),
-    response_field: str = typer.Option("response", help="Field with the response (the loss is on it only)."),
-    chat_template: bool = typer.Option(False, help="Wrap prompts in the tokenizer's chat template."),
-    max_length: int = typer.Option(512, help="Longest tokenized example."),
+    prompt_field: str = format_option("prompt_field"),
+    response_field: str = format_option("response_field"),
+    chat_template: bool = format_option("chat_template"),
+    max_length: int = format_option("max_length"),
     overwrite: bool = typer.Option(False, help="Replace ORDERED if it exists."),
     trust_remote_code: bool = typer.Option(False, help=TRUST_REMOTE_CODE),
 ) -> None:
     """EFTNAS: score MLP channels and attention heads, reorder them most important first, derive the search space."""
-    from sqft_ov.io.sft_data import SFTFormat
     from sqft_ov.stages.importance import ImportanceConfig
     from sqft_ov.stages.importance import importance as run_importance
 

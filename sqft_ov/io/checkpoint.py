@@ -204,17 +204,28 @@ def read_tensor(index: dict[str, Path], name: str):
         return f.get_tensor(name)
 
 
+_FINGERPRINTS: dict[tuple, str] = {}  # (file, size, mtime_ns) of every weight file -> its sha256
+
+
 def model_fingerprint(path: str | Path) -> str:
-    """sha256 over the weight files: identifies the exact base a derived artifact came from."""
+    """sha256 over the weight files: identifies the exact base a derived artifact came from.
+
+    Cached per process by each file's path, size and modification time, so loading several adapters of one base
+    (search, merge, eval) hashes its gigabytes once; a rewritten file is hashed again.
+    """
     import hashlib
 
     path = check_model_dir(path)
-    digest = hashlib.sha256()
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
+    files = sorted(Path(path).glob("*.safetensors"))
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for file in files:
+            with open(file, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+        _FINGERPRINTS[key] = digest.hexdigest()
+    return _FINGERPRINTS[key]
 
 
 def decoder_linears(model) -> dict:

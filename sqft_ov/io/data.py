@@ -16,11 +16,18 @@ _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", "
 
 
 def load_table(path: str | Path):
-    """Load a local data file, saved dataset folder or Hub dataset (`org/name[:split]`) as a `datasets.Dataset`."""
+    """Load a local data file, saved dataset folder or Hub dataset (`org/name[:split]`) as a `datasets.Dataset`;
+    a `datasets.Dataset` or a list of row dicts (the in-memory verbs' data) is taken as it is."""
     import datasets
 
     from sqft_ov.io.hub import is_hub_dataset, load_hub_dataset
 
+    if isinstance(path, datasets.Dataset):
+        return path
+    if isinstance(path, list):
+        if not path or not all(isinstance(row, dict) for row in path):
+            raise SqftError("in-memory data must be a non-empty list of row dicts, e.g. {'prompt': ..., 'response': ...}")
+        return datasets.Dataset.from_list(path)
     if is_hub_dataset(path):  # before Path(), which drops a leading ./
         table = load_hub_dataset(path)
         if len(table) == 0:
@@ -100,7 +107,17 @@ def data_source(path: str | Path) -> str:
     """How a data argument is recorded in an output: a Hub dataset ID as given, a local path made absolute."""
     from sqft_ov.io.hub import is_hub_dataset
 
+    if not isinstance(path, (str, Path)):
+        return IN_MEMORY
     return str(path) if is_hub_dataset(path) else str(Path(path).expanduser().absolute())
+
+
+IN_MEMORY = "in-memory data"  # how a Dataset or list of rows given to an in-memory verb is named and recorded
+
+
+def data_name(data) -> str:
+    """A data argument as error messages name it."""
+    return str(data) if isinstance(data, (str, Path)) else IN_MEMORY
 
 
 def load_texts(path: str | Path, text_fields: Sequence[str] = ()) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqft_ov.errors import ConfigError, SqftError
-from sqft_ov.io.data import load_table
+from sqft_ov.io.data import data_name, load_table
 
 IGNORE_INDEX = -100  # label value the loss skips: prompt tokens and padding
 MESSAGES = "messages"  # the field of chat rows
@@ -32,6 +32,7 @@ class SFTFormat:
 def load_pairs(path: str | Path, fmt: SFTFormat) -> list[tuple[Prompt, str]]:
     """(prompt, response) of every row with a non-empty response: prompt/response rows, else chat rows."""
     table = load_table(path)
+    path = data_name(path)  # as messages name it
     columns = list(table.column_names)
     missing = [f for f in (fmt.prompt_field, fmt.response_field) if f not in columns]
     if missing and MESSAGES in columns:
@@ -109,7 +110,7 @@ def build_datasets(path: str | Path, tokenizer, fmt: SFTFormat, eval_split: floa
     rows = [tokenize_pair(tokenizer, p, r, fmt) for p, r in load_pairs(path, fmt)]
     rows = [r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])]
     if not rows:
-        raise ConfigError(f"every example of {path} is longer than --max-length {fmt.max_length} before its "
+        raise ConfigError(f"every example of {data_name(path)} is longer than --max-length {fmt.max_length} before its "
                           "response starts: raise --max-length")
     table = Dataset.from_list(rows)
     if eval_split == 0 or len(table) < 2:

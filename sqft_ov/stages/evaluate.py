@@ -26,17 +26,26 @@ from sqft_ov.stages.metrics import DEFAULT_METRIC, check_metric, score
 
 @dataclass
 class EvalConfig:
-    adapter: Path | None = None
-    sub_adapter: Path | None = None  # NLS adapters: CONFIG.json from search
+    adapter: Path | None = field(default=None, metadata={
+        "help": "Adapter for a Hugging Face MODEL (PEFT or sqft-ov finetune folder)."})
+    sub_adapter: Path | None = field(default=None, metadata={"help": "CONFIG.json from search, for an NLS adapter."})
     data_format: SFTFormat = field(default_factory=SFTFormat)
-    limit: int | None = None  # the first N examples
-    batch_size: int = 16  # PyTorch: rows per padded batch; OpenVINO: prompts in flight at once
-    max_new_tokens: int = 64
-    device: str = "CPU"  # an OpenVINO device for IR models; for PyTorch ones auto | cpu | cuda | xpu (CPU = cpu)
+    limit: int | None = field(default=None, metadata={"help": "Evaluate the first N examples only."})
+    # PyTorch: rows per padded batch; OpenVINO: prompts in flight at once
+    batch_size: int = field(default=16, metadata={"help": "Examples per generation batch."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest generated answer."})
+    device: str = field(default="CPU", metadata={"help": "OpenVINO device for an IR (CPU, GPU, AUTO ...); for a "
+                                                         "PyTorch model auto | cpu | cuda | xpu (CPU = cpu)."})
     properties: dict[str, str] = field(default_factory=dict)  # OpenVINO properties on top of runtime_config.json
-    torch_dtype: str = "float32"  # PyTorch models: float32 | bfloat16 | float16 | auto
-    loss: bool = True  # also the response loss beside a generation metric (the loss metric always computes it)
-    metric: str = DEFAULT_METRIC  # exact | contains | loss (sqft_ov.stages.metrics)
+    torch_dtype: str = field(default="float32", metadata={
+        "help": "PyTorch models: float32 | bfloat16 | float16 | auto."})
+    # the loss metric always computes it
+    loss: bool = field(default=True, metadata={
+        "help": "Also the teacher-forced response loss: one more forward pass per batch, about as costly as the "
+                "generation's prompt pass; --no-loss to skip it."})
+    metric: str = field(default=DEFAULT_METRIC, metadata={  # sqft_ov.stages.metrics
+        "help": "exact: the final '####' number where the reference has one, else the normalised text; contains: "
+                "the reference inside the generation; loss: no generation, response loss and perplexity only."})
     stop: tuple[str, ...] = ()  # text answers end at the first of these (and at EOS)
 
     def __post_init__(self) -> None:

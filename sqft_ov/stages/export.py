@@ -16,34 +16,47 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from sqft_ov.errors import ConfigError, ExportIntegrityError
+from sqft_ov.io.grid import Int4Grid, carry_grid, grid_of
 from sqft_ov.io.ir import save_over
 from sqft_ov.io.output import atomic_output, check_output, kill_point
+from sqft_ov.stages.export_convert import convert_folder, model_converter
 from sqft_ov.stages.export_groups import (FALLBACKS, describe_plan, grouped_input_sizes, plan_group_sizes,
                                           resolve_fallback)
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4", "int8-w8a8")
 DEFAULT_GROUP_SIZE = 128  # INT4 post-training, as optimum-cli and NNCF (a merged QA-SparsePEFT keeps its trained grid)
 PROVENANCE = "sqft_export.json"
-_OPTIMUM_DTYPE = {"fp16": "fp16", "int8": "int8", "int4": "int4", "int8-w8a8": "int8"}
 
 
 @dataclass
 class ExportConfig:
-    weight_format: str = "int4"
-    sym: bool | None = None  # default: asymmetric (or the trained grid's, for a merged QA-SparsePEFT folder)
-    group_size: int | None = None  # INT4; -1: per output channel; None: DEFAULT_GROUP_SIZE or the trained grid's
-    group_size_fallback: str = "auto"  # adjust for the default group size, error for an explicit one
-    all_layers: bool = False  # INT4 also for embeddings and lm_head (NNCF keeps them INT8 by default)
+    weight_format: str = field(default="int4", metadata={"help": " | ".join(WEIGHT_FORMATS)})
+    sym: bool | None = field(default=None, metadata={  # None: asymmetric, or a merged QA-SparsePEFT's trained grid
+        "help": "Symmetric (no zero point) or asymmetric INT weights."})
+    group_size: int | None = field(default=None, metadata={  # None: DEFAULT_GROUP_SIZE or the trained grid's
+        "help": "INT4 group size along the input dimension; -1 per channel."})
+    group_size_fallback: str = field(default="auto", metadata={"help": (
+        "auto | error | adjust | ignore: for layers the group size does not divide. auto: adjust (NNCF: the largest "
+        "power of two dividing the layer, at least 32, else INT8) when --group-size is not given, error when it is.")})
+    all_layers: bool = field(default=False, metadata={
+        "help": "INT4 also for the embeddings and lm_head (default: INT8, as NNCF and optimum-cli)."})
     calibration: str | None = None  # int8-w8a8 only
     text_fields: tuple[str, ...] = ()
-    num_samples: int = 128
-    seq_len: int = 512
-    sparse_rate: float | None = None
-    device: str | None = None  # compile the IR there once to check that it loads
-    trust_remote_code: bool = False
+    num_samples: int = field(default=128, metadata={"help": "Calibration sequences (int8-w8a8)."})
+    seq_len: int = field(default=512, metadata={"help": "Tokens per calibration sequence (int8-w8a8)."})
+    sparse_rate: float | None = field(default=None, metadata={
+        "help": "Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."})
+    device: str | None = field(default=None, metadata={
+        "help": "Compile the IR on this device once to check it (CPU, GPU ...)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own Python code to run."})
 
     def __post_init__(self) -> None:
         if self.weight_format not in WEIGHT_FORMATS:
@@ -84,14 +97,13 @@ class ExportReport:
         return sum(w["ir_zeros"] for w in self.weights.values()) / max(1, sum(w["numel"] for w in self.weights.values()))
 
 
-def _plan_groups(model_dir: Path, config: ExportConfig) -> dict:
+def _plan_groups(sizes: dict[str, int], config: ExportConfig) -> dict:
     """Fail before the (long) conversion when INT4 groups cannot tile a layer and no fallback applies;
     otherwise the settings saying which layers get which group size."""
     if config.weight_format != "int4":
         return {}
     group_size = config.group_size or DEFAULT_GROUP_SIZE
     fallback = resolve_fallback(config.group_size_fallback, config.group_size is not None)
-    sizes = grouped_input_sizes(model_dir, config.all_layers)
     plan = plan_group_sizes(sizes, group_size, fallback, config.group_size is not None)
     return {"group_size_fallback": fallback, "group_sizes": describe_plan(plan, sizes, group_size),
             "group_size_exceptions": plan}
@@ -127,15 +139,12 @@ def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | 
     return settings
 
 
-def _quantize_w8a8(ir_dir: Path, model_dir: Path, config: ExportConfig) -> dict:
+def _quantize_w8a8(ir_dir: Path, tokenizer, config: ExportConfig) -> dict:
     from datasets import Dataset
     from optimum.intel import OVConfig, OVModelForCausalLM, OVQuantizationConfig, OVQuantizer
-    from transformers import AutoTokenizer
 
     from sqft_ov.io.data import load_texts, token_chunks
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
-                                              trust_remote_code=config.trust_remote_code)
     chunks = token_chunks(tokenizer, load_texts(config.calibration, config.text_fields), config.num_samples, config.seq_len)
     rows = Dataset.from_dict({"input_ids": [c[0].tolist() for c in chunks],
                               "attention_mask": [[1] * c.shape[1] for c in chunks]})
@@ -151,7 +160,7 @@ def _quantize_w8a8(ir_dir: Path, model_dir: Path, config: ExportConfig) -> dict:
     return {"calibration": str(Path(config.calibration).absolute()), "calibration_samples": len(chunks)}
 
 
-def _check_grid(grid: dict, config: ExportConfig) -> None:
+def _check_grid(grid: Int4Grid, config: ExportConfig) -> None:
     """A merged QA-SparsePEFT folder already holds INT4 values: refuse anything that would re-quantize them."""
     if config.weight_format != "int4":
         raise ConfigError(f"this model was merged onto a trained INT4 grid: export it with --weight-format int4 "
@@ -159,127 +168,39 @@ def _check_grid(grid: dict, config: ExportConfig) -> None:
     if config.all_layers:
         raise ConfigError("--all-layers would re-quantize the embeddings and lm_head of a model merged onto a trained "
                           "INT4 grid to a grid it was not trained on: drop --all-layers")
-    if config.group_size not in (None, grid["group_size"]):
+    if config.group_size not in (None, grid.group_size):
         raise ConfigError(f"--group-size {config.group_size} conflicts with the trained INT4 grid's group size "
-                          f"{grid['group_size']}: drop --group-size")
-    if config.sym is not None and config.sym != grid["sym"]:
+                          f"{grid.group_size}: drop --group-size")
+    if config.sym is not None and config.sym != grid.sym:
         raise ConfigError(f"--{'sym' if config.sym else 'asym'} conflicts with the trained INT4 grid "
-                          f"({'sym' if grid['sym'] else 'asym'}metric): drop the flag")
+                          f"({'sym' if grid.sym else 'asym'}metric): drop the flag")
 
 
-def _export_on_grid(model_dir: Path, out: Path, grid: dict, grids: dict, config: ExportConfig) -> dict:
-    """Write the merged weights' own INT4 codes: NNCF quantizers set to the saved grid, stripped to packed INT4.
+def folder_zeros(model_dir: Path) -> Callable[[str], "torch.Tensor | None"]:
+    """Where each weight of a model folder is exactly zero, read one tensor at a time (None: not in the folder)."""
+    from sqft_ov.io.checkpoint import read_tensor, safetensors_index
 
-    The weights already lie on the grid, so quantizing them with it reproduces their codes exactly; optimum's
-    `export_from_model` then keeps the packed INT4 tensors bit for bit.
-    """
-    import nncf
-    import torch
-    from optimum.exporters.openvino.convert import export_from_model, export_tokenizer
-
-    from sqft_ov.adapters.qa_lora import compress_with_lora, load_grid
-    from sqft_ov.io.checkpoint import load_causal_lm
-
-    model, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=torch.float32)
-    model = compress_with_lora(model, grid["sym"], grid["group_size"], rank=1, nls=False, masked=False,
-                               init_adapters=False)
-    load_grid(model, grids)
-    example = {"input_ids": torch.ones(1, 8, dtype=torch.long)}
-    model = nncf.strip(model, do_copy=False, strip_format=nncf.StripFormat.DQ, example_input=example)
-    export_from_model(model, out, task="text-generation-with-past", preprocessors=[tokenizer],
-                      trust_remote_code=config.trust_remote_code)
-    export_tokenizer(tokenizer, out, task="text-generation-with-past")
-    return {"nncf_mode": "int4_sym" if grid["sym"] else "int4_asym", "group_size": grid["group_size"],
-            "sym": grid["sym"], "trained_int4_grid": True}
+    index = safetensors_index(model_dir)
+    return lambda name: read_tensor(index, name) == 0 if name in index else None
 
 
-def _convert(model_dir: Path, out: Path, config: ExportConfig, model_config) -> dict:
-    """optimum-intel's conversion of a folder (a cut sub-network: of the model sqft-ov loads for it)."""
-    from optimum.exporters.openvino import main_export
-    from optimum.intel import OVConfig
-
-    from sqft_ov.io.blocks import WIDTHS_KEY
-
-    if getattr(model_config, WIDTHS_KEY, None):
-        return _export_cut(model_dir, out, config)
-    # The dtype optimum-cli passes for each format (it decides the loading precision: 16-bit checkpoints stay
-    # 16-bit); an explicit OVConfig also stops optimum from silently compressing models of 1e9+ parameters
-    # to INT8 when fp16 was asked for.
-    main_export(str(model_dir), out, task="text-generation-with-past", convert_tokenizer=True,
-                ov_config=OVConfig(dtype=_OPTIMUM_DTYPE[config.weight_format]),
-                trust_remote_code=config.trust_remote_code, local_files_only=True)
-    return {}
-
-
-def _cut_export_config(model, tokenizer):
-    """optimum-intel's export config for the model, with dummy KV caches of each block's own KV head count.
-
-    optimum traces the model with one KV-cache shape for every block (from config.json); a sub-network whose
-    blocks kept different numbers of KV groups needs each block's own (the IR then carries them).
-    """
-    import optimum.exporters.openvino  # noqa: F401  (registers the OpenVINO export configs)
-    from optimum.exporters.tasks import TasksManager
-
-    from sqft_ov.io.blocks import layer_widths
-
-    widths = layer_widths(model.config)
-    constructor = TasksManager.get_exporter_config_constructor(model=model, exporter="openvino",
-                                                               task="text-generation-with-past",
-                                                               library_name="transformers")
-    base = constructor.func
-    pkv = base.DUMMY_PKV_GENERATOR_CLASS
-
-    class PerBlockPastKeyValues(pkv):
-        def generate(self, input_name, framework="pt", int_dtype="int64", float_dtype="fp32"):
-            pairs = super().generate(input_name, framework=framework, int_dtype=int_dtype, float_dtype=float_dtype)
-            return [(k[:, :w.kv_groups].contiguous(), v[:, :w.kv_groups].contiguous())
-                    for (k, v), w in zip(pairs, widths)]
-
-    cut = type(f"Cut{base.__name__}", (base,), {
-        "DUMMY_PKV_GENERATOR_CLASS": PerBlockPastKeyValues,
-        "DUMMY_INPUT_GENERATOR_CLASSES": tuple(PerBlockPastKeyValues if c is pkv else c
-                                               for c in base.DUMMY_INPUT_GENERATOR_CLASSES)})
-    return cut(model.config, int_dtype="int64", float_dtype="fp32", preprocessors=[tokenizer], use_past_in_inputs=True,
-               **constructor.keywords)
-
-
-def _export_cut(model_dir: Path, out: Path, config: ExportConfig) -> dict:
-    """A sub-network with per-block widths (`sqft_layer_widths`): loaded by sqft-ov, converted by optimum-intel."""
-    import torch
-    from optimum.exporters.openvino.convert import export_from_model, export_tokenizer
-    from optimum.intel import OVConfig
-
-    from sqft_ov.io.checkpoint import load_causal_lm
-
-    model, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=torch.float32)
-    export_from_model(model, out, task="text-generation-with-past", preprocessors=[tokenizer],
-                      ov_config=OVConfig(dtype=_OPTIMUM_DTYPE[config.weight_format]),
-                      custom_export_configs={"model": _cut_export_config(model, tokenizer)},
-                      trust_remote_code=config.trust_remote_code)
-    export_tokenizer(tokenizer, out, task="text-generation-with-past")
-    return {"per_block_widths": True}
-
-
-def verify_zeros(ir_dir: Path, model_dir: Path) -> dict[str, dict]:
+def verify_zeros(ir_dir: Path, source_zeros: Callable[[str], "torch.Tensor | None"]) -> dict[str, dict]:
     """Per weight: zeros in the source, zeros in the dequantized IR, and how many source zeros stayed zero."""
     import torch
 
-    from sqft_ov.io.checkpoint import read_tensor, safetensors_index
     from sqft_ov.io.ir import iter_ir_weights
 
-    index = safetensors_index(model_dir)
     out = {}
     for weight in iter_ir_weights(ir_dir):
-        if weight.name not in index:
+        source_zero = source_zeros(weight.name)
+        if source_zero is None:
             continue  # e.g. a tied lm_head: its source is the embedding, checked under that name
-        source = read_tensor(index, weight.name)
-        if tuple(source.shape) != weight.values.shape:
+        if tuple(source_zero.shape) != weight.values.shape:
             raise ExportIntegrityError(f"IR weight {weight.name} has shape {weight.values.shape}, source "
-                                       f"{tuple(source.shape)}")
-        # Compared in torch, in each side's own dtype: numpy's float16 ops are slow, and no f32 copy is needed.
-        source_zero = source == 0
+                                       f"{tuple(source_zero.shape)}")
+        # Compared in torch: numpy's float16 ops are slow.
         ir_zero = torch.from_numpy(weight.values) == 0
-        out[weight.name] = {"storage": weight.storage, "numel": source.numel(),
+        out[weight.name] = {"storage": weight.storage, "numel": source_zero.numel(),
                             "source_zeros": int(torch.count_nonzero(source_zero)),
                             "ir_zeros": int(torch.count_nonzero(ir_zero)),
                             "zeros_kept": int(torch.count_nonzero(source_zero & ir_zero))}
@@ -321,37 +242,30 @@ def _check_compiles(ir_dir: Path, device: str) -> dict:
     return result
 
 
-def export(model_dir: str | Path, output: str | Path, config: ExportConfig | None = None,
-           overwrite: bool = False) -> ExportReport:
-    """Convert, compress, verify and record; OUTPUT appears only when all of it succeeded."""
-    import openvino as ov
+def _prepare(config: ExportConfig, grid: Int4Grid | None, sizes: dict[str, int]) -> dict:
+    """Every check that can fail before the conversion; the INT4 group plan (empty on a trained grid)."""
+    from sqft_ov.io.hub import is_hub_dataset
 
-    from sqft_ov import __version__
-    from sqft_ov.io.checkpoint import (check_folder_finite, check_model_dir, load_config, require_safetensors,
-                                       require_tokenizer)
-
-    config = config or ExportConfig()
-    model_dir = check_model_dir(model_dir)
-    model_config = load_config(model_dir, config.trust_remote_code)
-    require_safetensors(model_dir)
-    require_tokenizer(model_dir)
-    check_output(output, overwrite, inputs=(model_dir,))
-    check_folder_finite(model_dir)
     if config.device:
         from sqft_ov.io.runtime import check_device
 
         check_device(config.device)
-    from sqft_ov.io.grid import read_grid
-    from sqft_ov.io.hub import is_hub_dataset
-
-    trained = read_grid(model_dir)
     groups = {}
-    if trained is not None:
-        _check_grid(trained[0], config)
+    if grid is not None:
+        _check_grid(grid, config)
     else:
-        groups = _plan_groups(model_dir, config)
+        groups = _plan_groups(sizes, config)
     if config.calibration and not (Path(config.calibration).expanduser().exists() or is_hub_dataset(config.calibration)):
         raise ConfigError(f"calibration file {config.calibration} does not exist")
+    return groups
+
+
+def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: str, convert: Callable[[Path], dict],
+           source_zeros: Callable, tokenizer: Callable, trained_grid: bool, groups: dict) -> ExportReport:
+    """Convert (`convert(folder)`), compress, verify and record; OUTPUT appears only when all of it succeeded."""
+    import openvino as ov
+
+    from sqft_ov import __version__
 
     start = time.perf_counter()
     logging_disabled = logging.root.manager.disable  # optimum's conversion re-enables every log level after it
@@ -359,29 +273,25 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         settings = {"weight_format": config.weight_format}
         phases: dict[str, float] = {}
         mark = time.perf_counter()
-        if trained is not None:
-            settings |= _export_on_grid(model_dir, tmp, *trained, config)
-        else:
-            settings |= _convert(model_dir, tmp, config, model_config)
+        settings |= convert(tmp)
         logging.disable(logging_disabled)
         xml = tmp / "openvino_model.xml"
         if not (tmp / "openvino_tokenizer.xml").is_file():
-            raise ExportIntegrityError(f"the tokenizer of {model_dir} could not be converted to OpenVINO: genai needs "
+            raise ExportIntegrityError(f"the tokenizer of {source} could not be converted to OpenVINO: genai needs "
                                        "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
         phases["convert"] = time.perf_counter() - mark
         kill_point("export-converted")
         mark = time.perf_counter()
-        if trained is None and config.weight_format in ("int4", "int8"):
+        if not trained_grid and config.weight_format in ("int4", "int8"):
             settings |= {"sym": bool(config.sym)}
-            provenance = {"sqft_ov_version": __version__, "source": str(model_dir)}
+            provenance = {"sqft_ov_version": __version__, "source": source}
             settings |= compress_ir(xml, config, provenance) | groups
         elif config.weight_format == "int8-w8a8":
-            settings |= _quantize_w8a8(tmp, model_dir, config)
+            settings |= _quantize_w8a8(tmp, tokenizer(), config)
         phases["compress"] = time.perf_counter() - mark
-        report = ExportReport(output=str(Path(output).absolute()), source=str(model_dir), settings=settings,
-                              phases=phases)
+        report = ExportReport(output=str(Path(output).absolute()), source=source, settings=settings, phases=phases)
         mark = time.perf_counter()
-        report.weights = verify_zeros(tmp, model_dir)
+        report.weights = verify_zeros(tmp, source_zeros)
         phases["verify_zeros"] = time.perf_counter() - mark
         lost = {k: w["source_zeros"] - w["zeros_kept"] for k, w in report.weights.items()
                 if w["zeros_kept"] != w["source_zeros"]}
@@ -397,3 +307,63 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
         (tmp / PROVENANCE).write_text(json.dumps({**asdict(report), "sqft_ov_version": __version__,
                                                   "openvino_version": ov.get_version()}, indent=2))
     return report
+
+
+MODEL_IN_MEMORY = "model in memory"
+
+
+def export_model(model, tokenizer, output: str | Path, config: ExportConfig | None = None,
+                 overwrite: bool = False) -> ExportReport:
+    """Export a transformers model in memory (e.g. `merge_model`'s, which carries its INT4 grid) to an IR folder.
+
+    Compression and the zero check are `export`'s. A model carrying a trained INT4 grid is converted in place
+    (NNCF's strip without a copy), so it is spent afterwards: export a `copy.deepcopy` to keep using it.
+    """
+    from sqft_ov.io.checkpoint import check_finite
+
+    config = config or ExportConfig()
+    output = check_output(output, overwrite)
+    check_finite(model.named_parameters(), MODEL_IN_MEMORY)
+    grid = grid_of(model)
+    groups = _prepare(config, grid, grouped_input_sizes(model, config.all_layers))
+    zeros = {name: tensor == 0 for name, tensor in model.state_dict().items()}  # before any in-place conversion
+    return _write(output, overwrite, config, MODEL_IN_MEMORY, model_converter(model, tokenizer, config), zeros.get,
+                  lambda: tokenizer, grid is not None, groups)
+
+
+def export(model_dir: str | Path, output: str | Path, config: ExportConfig | None = None,
+           overwrite: bool = False) -> ExportReport:
+    """Export a Hugging Face folder: optimum-intel's `main_export` for a plain one (as optimum-cli), `export_model`'s
+    conversion for one only sqft-ov loads (a trained INT4 grid, per-block widths); OUTPUT appears only when all of it
+    succeeded."""
+    import torch
+
+    from sqft_ov.io.blocks import WIDTHS_KEY
+    from sqft_ov.io.checkpoint import (check_folder_finite, check_model_dir, load_causal_lm, load_config,
+                                       require_safetensors, require_tokenizer)
+
+    config = config or ExportConfig()
+    model_dir = check_model_dir(model_dir)
+    model_config = load_config(model_dir, config.trust_remote_code)
+    require_safetensors(model_dir)
+    require_tokenizer(model_dir)
+    check_output(output, overwrite, inputs=(model_dir,))
+    check_folder_finite(model_dir)
+    grid = Int4Grid.read(model_dir)
+    groups = _prepare(config, grid, grouped_input_sizes(model_dir, config.all_layers))
+
+    def tokenizer():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                             trust_remote_code=config.trust_remote_code)
+
+    if grid is not None or getattr(model_config, WIDTHS_KEY, None):
+        def convert(out: Path) -> dict:  # loaded inside the atomic output, as main_export loads
+            model, tok = load_causal_lm(model_dir, config.trust_remote_code, dtype=torch.float32)
+            carry_grid(model, grid)
+            return model_converter(model, tok, config)(out)
+    else:
+        convert = partial(convert_folder, model_dir, config=config)
+    return _write(output, overwrite, config, str(model_dir), convert, folder_zeros(model_dir), tokenizer,
+                  grid is not None, groups)

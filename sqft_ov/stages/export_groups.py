@@ -23,20 +23,21 @@ def resolve_fallback(fallback: str, explicit_group_size: bool) -> str:
     return "error" if explicit_group_size else "adjust"
 
 
-def grouped_input_sizes(model_dir: Path, all_layers: bool) -> dict[str, int]:
-    """Input size of every weight NNCF groups: the decoder linears (and embeddings / lm_head with all_layers)."""
+def grouped_input_sizes(source, all_layers: bool) -> dict[str, int]:
+    """Input size of every weight NNCF groups: the decoder linears (and embeddings / lm_head with all_layers),
+    from a model folder's safetensors headers or from a model in memory."""
     from safetensors import safe_open
 
-    sizes = {}
-    for file in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                shape = f.get_slice(name).get_shape()
-                # NNCF keeps embeddings and lm_head in INT8 (per channel): only the decoder linears are grouped.
-                backup = "embed" in name or "lm_head" in name
-                if len(shape) == 2 and name.endswith(".weight") and (all_layers or not backup):
-                    sizes[name] = shape[1]
-    return sizes
+    if isinstance(source, (str, Path)):
+        shapes = {}
+        for file in sorted(Path(source).glob("*.safetensors")):
+            with safe_open(file, framework="pt") as f:
+                shapes |= {name: f.get_slice(name).get_shape() for name in f.keys()}
+    else:
+        shapes = {name: list(t.shape) for name, t in source.state_dict().items()}
+    # NNCF keeps embeddings and lm_head in INT8 (per channel): only the decoder linears are grouped.
+    return {name: shape[1] for name, shape in shapes.items()
+            if len(shape) == 2 and name.endswith(".weight") and (all_layers or not ("embed" in name or "lm_head" in name))}
 
 
 def _adjusted(size: int, fallback: str) -> int | str:

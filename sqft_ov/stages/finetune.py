@@ -30,7 +30,8 @@ from sqft_ov.adapters.adapted import Adapted
 from sqft_ov.adapters.config import ADAPTER_CONFIG, TRAINABLE, FinetuneConfig
 from sqft_ov.errors import SqftError
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "progress_callback"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "Trained", "finetune", "finetune_model", "progress_callback",
+           "save_adapter"]
 
 
 def _trainer_class():
@@ -245,21 +246,122 @@ def _training_args(config: FinetuneConfig, run_dir: Path, device: str):
         lr_scheduler_type="linear", warmup_steps=0, logging_nan_inf_filter=False)  # a NaN loss must show
 
 
+@dataclass
+class Trained:
+    """What `finetune_model` hands back: the adapted model after training, and how the training went."""
+
+    adapted: Adapted
+    train_loss: list[float]
+    eval_loss: float | None
+    steps: int
+    step_seconds: list[float]
+    world_size: int
+    device: str  # the torch device type it trained on
+    log_history: list[dict]
+    tensors: dict[str, torch.Tensor]  # the trained tensors by stable name (gathered from every shard)
+    gathered: dict | None = None  # a sharded (FSDP) run's full state dict, for PEFT's files
+    nls_history: list | None = None  # the NLS / elastic-width configurations sampled, with their losses
+    main_process: bool = True  # whether this process writes outputs (the others of a distributed run do not)
+
+
+def finetune_model(model, tokenizer, data, config: FinetuneConfig, *, checkpoints: str | Path | None = None,
+                   resume_from: str | None = None, callbacks: list | None = None, on_progress=None,
+                   label: str = "finetune") -> Trained:
+    """Train adapters of `config.method` on a transformers model in memory; `data` is a file, folder, Hub dataset,
+    `datasets.Dataset` or list of rows.
+
+    The model is adapted in place (as PEFT's `get_peft_model`) and cast to `config.precision`; `Trained.adapted`
+    is what `merge_model` and `search` take. Training is Hugging Face `Trainer`'s, so `accelerate launch` runs it
+    on several processes. `checkpoints`: a folder for Trainer's checkpoints every `save_steps` (None: a temporary
+    one, removed at the end); `resume_from`: one of them. `on_progress(done, total, label)` gets the steps.
+    """
+    import tempfile
+
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    from sqft_ov.adapters.elastic import resolve_space
+    from sqft_ov.adapters.nls import RankSampler, blocks_of
+    from sqft_ov.io.device import torch_device
+    from sqft_ov.io.sft_data import ResponseCollator, build_datasets
+
+    device = torch_device(config.device)
+    set_seed(config.seed)  # here, not before loading: the same adapters whether the model came from a folder or not
+    if config.precision != "fp32":
+        model.to(config.torch_dtype)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_set, eval_set = build_datasets(data, tokenizer, config.data_format, config.eval_split, config.seed)
+    space = resolve_space(config, model.config)
+    adapted = Adapted.build(model, config, space=space)
+    if config.gradient_checkpointing:
+        adapted.enable_gradient_checkpointing()
+
+    sampler = None
+    if config.nls or space is not None:
+        blocks = blocks_of(adapted.adapted_weights)
+        sampler = RankSampler(blocks, config.rank_space if config.nls else (config.rank,), config.seed,
+                              adapted.set_ranks if config.nls else None, space,
+                              adapted.set_widths if space is not None else None)
+    scratch = None if checkpoints is not None else tempfile.TemporaryDirectory(prefix="sqft-ov-run-")
+    args = _training_args(config, Path(checkpoints if checkpoints is not None else scratch.name), device)
+    timer = _step_timer()
+    extra = [timer, _divergence_guard(adapted)] + ([sampler] if sampler else [])
+    if on_progress is not None:
+        extra.append(progress_callback(on_progress, label))
+    trainer = _trainer_class()(model=adapted.model, args=args, train_dataset=train_set,
+                               data_collator=ResponseCollator(tokenizer.pad_token_id), adapted=adapted,
+                               sampler=sampler, callbacks=extra + list(callbacks or []))
+    _check_sharding(trainer, resume_from is not None)
+    trainer.remove_callback(PrinterCallback)  # the loss goes to loss_log.json instead (steps: on_progress)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+        eval_loss = trainer.evaluate(eval_set)["eval_loss"] if eval_set is not None else None
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    tensors, gathered = _trained_state(trainer, adapted)
+    return Trained(adapted, [h["loss"] for h in trainer.state.log_history if "loss" in h], eval_loss,
+                   trainer.state.global_step, timer.seconds, args.world_size, args.device.type,
+                   trainer.state.log_history, tensors, gathered, sampler.history if sampler else None,
+                   trainer.is_world_process_zero())
+
+
+def save_adapter(trained: Trained, tokenizer, folder: Path, config: FinetuneConfig, base: str | Path, data) -> None:
+    """A finetune OUTPUT folder: `sqft_adapter.json` (naming `base`, a model folder, and its fingerprint), the
+    trained tensors, the method's PEFT files, the loss log, the tokenizer and, with NLS, the sampled configurations."""
+    from safetensors.torch import save_file
+
+    from sqft_ov.adapters.elastic import SPACE_FILE
+    from sqft_ov.adapters.nls import HISTORY
+
+    adapted = trained.adapted
+    record = _record(config, base, data, adapted, trained.steps, trained.world_size, trained.eval_loss,
+                     trained.train_loss, trained.step_seconds, trained.device)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(record, indent=2))
+    (folder / "loss_log.json").write_text(json.dumps(trained.log_history, indent=2))
+    save_file(trained.tensors, folder / TRAINABLE)
+    _write_peft(adapted, folder, trained.gathered)
+    tokenizer.save_pretrained(folder)
+    if trained.nls_history is not None:
+        (folder / HISTORY).write_text(json.dumps(trained.nls_history, indent=2))
+    if adapted.widths is not None:
+        (folder / SPACE_FILE).write_text(json.dumps(adapted.widths.space.to_dict(), indent=2))
+
+
 def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config: FinetuneConfig,
              resume: bool = False, overwrite: bool = False,
              callbacks: list | None = None, on_progress=None) -> FinetuneResult:
-    """Train adapters on `data` and write them to OUTPUT (atomically, on the main process).
+    """`finetune_model` on a model folder (or Hub ID, or .gguf), its adapters written to OUTPUT (atomically, on the
+    main process); checkpoints beside OUTPUT until it is written, so a killed run can `resume`.
 
     `on_progress(done, total, label)` gets the optimizer steps (label `finetune OUTPUT-NAME`).
     """
     from transformers import set_seed
 
-    from sqft_ov.adapters.elastic import SPACE_FILE, resolve_space
-    from sqft_ov.adapters.nls import HISTORY, RankSampler, blocks_of
     from sqft_ov.io.checkpoint import check_model_dir, load_causal_lm
     from sqft_ov.io.device import torch_device
     from sqft_ov.io.output import atomic_output, check_output
-    from sqft_ov.io.sft_data import ResponseCollator, build_datasets
 
     output = check_output(output, overwrite, inputs=(model_dir, data))
     model_dir = check_model_dir(model_dir)  # a Hub ID or .gguf: the local folder the record names as base
@@ -270,55 +372,12 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
     if not resume and run_dir.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         shutil.rmtree(run_dir)  # a fresh run: stale checkpoints of another one must not be resumed
     set_seed(config.seed)
-    device = torch_device(config.device)  # before loading: a missing device fails at once
+    torch_device(config.device)  # before loading: a missing device fails at once
     base, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=config.torch_dtype)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    train_set, eval_set = build_datasets(data, tokenizer, config.data_format, config.eval_split, config.seed)
-    space = resolve_space(config, base.config)
-    adapted = Adapted.build(base, config, space=space)
-    if config.gradient_checkpointing:
-        adapted.enable_gradient_checkpointing()
-
-    sampler = None
-    if config.nls or space is not None:
-        blocks = blocks_of(adapted.adapted_weights)
-        sampler = RankSampler(blocks, config.rank_space if config.nls else (config.rank,), config.seed,
-                              adapted.set_ranks if config.nls else None, space,
-                              adapted.set_widths if space is not None else None)
-    args = _training_args(config, run_dir, device)
-    from transformers.trainer_callback import PrinterCallback
-
-    timer = _step_timer()
-    extra = [timer, _divergence_guard(adapted)] + ([sampler] if sampler else [])
-    if on_progress is not None:
-        extra.append(progress_callback(on_progress, f"finetune {output.name}"))
-    trainer = _trainer_class()(model=adapted.model, args=args, train_dataset=train_set,
-                               data_collator=ResponseCollator(tokenizer.pad_token_id), adapted=adapted,
-                               sampler=sampler, callbacks=extra + list(callbacks or []))
-    _check_sharding(trainer, checkpoint is not None)
-    trainer.remove_callback(PrinterCallback)  # the loss goes to loss_log.json instead (steps: on_progress)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    eval_loss = trainer.evaluate(eval_set)["eval_loss"] if eval_set is not None else None
-    train_loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-
-    trained, gathered = _trained_state(trainer, adapted)
-    if trainer.is_world_process_zero():
-        from safetensors.torch import save_file
-
+    trained = finetune_model(base, tokenizer, data, config, checkpoints=run_dir, resume_from=checkpoint,
+                             callbacks=callbacks, on_progress=on_progress, label=f"finetune {output.name}")
+    if trained.main_process:
         with atomic_output(output, overwrite) as tmp:
-            record = _record(config, model_dir, data, adapted, trainer.state.global_step, args.world_size,
-                             eval_loss, train_loss, timer.seconds, args.device.type)
-            (tmp / ADAPTER_CONFIG).write_text(json.dumps(record, indent=2))
-            (tmp / "loss_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
-            save_file(trained, tmp / TRAINABLE)
-            _write_peft(adapted, tmp, gathered)
-            tokenizer.save_pretrained(tmp)
-            if sampler is not None:
-                (tmp / HISTORY).write_text(json.dumps(sampler.history, indent=2))
-            if space is not None:
-                (tmp / SPACE_FILE).write_text(json.dumps(space.to_dict(), indent=2))
+            save_adapter(trained, tokenizer, tmp, config, model_dir, data)
         shutil.rmtree(run_dir, ignore_errors=True)
-    return FinetuneResult(output, train_loss, eval_loss, trainer.state.global_step)
-
-
+    return FinetuneResult(output, trained.train_loss, trained.eval_loss, trained.steps)

@@ -30,12 +30,15 @@ SCORES_FILE = "importance.json"
 
 @dataclass
 class ImportanceConfig:
-    keep: float = 0.9  # share of a block's MLP importance its smallest width must keep (EFTNAS boundary)
-    keep_heads: float = 0.9  # the same for its KV groups
-    choices: int = 3  # MLP widths per block in the derived space, from the full width down to the boundary
-    multiple: int = 32  # MLP widths are multiples of this (INT4 groups and SIMD tiles stay whole)
-    num_samples: int = 64  # training examples whose gradients are accumulated
-    batch_size: int = 8
+    keep: float = field(default=0.9, metadata={  # EFTNAS's boundary
+        "help": "Share of a block's MLP importance its smallest width keeps (the space's lower boundary)."})
+    keep_heads: float = field(default=0.9, metadata={"help": "The same for its KV groups (attention heads)."})
+    choices: int = field(default=3, metadata={  # from the full width down to the boundary
+        "help": "MLP widths per block in the derived search space."})
+    multiple: int = field(default=32, metadata={  # INT4 groups and SIMD tiles stay whole
+        "help": "MLP widths are multiples of this."})
+    num_samples: int = field(default=64, metadata={"help": "Training examples whose gradients are accumulated."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per backward pass."})
     data_format: SFTFormat = field(default_factory=SFTFormat)
     seed: int = 42
 

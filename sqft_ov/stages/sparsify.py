@@ -29,9 +29,10 @@ METHODS = ("wanda", "magnitude")
 
 @dataclass
 class SparsityConfig:
-    method: str = "wanda"
-    ratio: float | None = None  # defaults to 0.5 (unstructured) or 1 - N/M (N:M)
-    pattern: str = "unstructured"  # or "N:M", e.g. "2:4"
+    method: str = field(default="wanda", metadata={"help": " | ".join(METHODS)})
+    ratio: float | None = field(default=None, metadata={  # None: 0.5 (unstructured) or 1 - N/M (N:M)
+        "help": "Share of each layer's weights to zero."})
+    pattern: str = field(default="unstructured", metadata={"help": "unstructured, or N:M such as 2:4"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -51,16 +51,19 @@ class BenchModel:
 
 @dataclass
 class BenchConfig:
-    device: str = "CPU"
-    prompt_tokens: int = 32
-    new_tokens: int = 128
-    repeats: int = 8
-    warmup: int = 1
-    baseline: int = 1  # position of the baseline among the models, counting from 1
-    sparse_rate: float | None = None  # CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE for IR models
+    device: str = field(default="CPU", metadata={"help": "OpenVINO device for IR models: CPU, GPU, AUTO ..."})
+    prompt_tokens: int = field(default=32, metadata={"help": "Prompt length in tokens (a different prompt each run)."})
+    new_tokens: int = field(default=128, metadata={"help": "Tokens generated per run (greedy, EOS ignored)."})
+    repeats: int = field(default=8, metadata={"help": "Measured runs per model, interleaved across models."})
+    warmup: int = field(default=1, metadata={"help": "Uncounted rounds first."})
+    baseline: int = field(default=1, metadata={"help": "Position of the baseline among MODELS, counting from 1."})
+    sparse_rate: float | None = field(default=None, metadata={
+        "help": "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE for IR models."})
     properties: dict[str, str] = field(default_factory=dict)  # OpenVINO / genai properties for IR models
-    torch_dtype: str = "auto"  # PyTorch models: the checkpoint's dtype, or one of TORCH_DTYPES
-    bandwidth_gib: float = 1.0  # buffer of the memory read test; 0 skips it
+    torch_dtype: str = field(default="auto", metadata={  # TORCH_DTYPES, or the checkpoint's dtype
+        "help": "PyTorch models: auto (the checkpoint's) | float32 | bfloat16 | float16."})
+    bandwidth_gib: float = field(default=1.0, metadata={
+        "help": "Buffer of the memory read-bandwidth test (GiB); 0 skips it."})
     probe: tuple[list[int], int] | None = None  # (prompt ids, n): each model's greedy tokens, reported at the end
 
     def __post_init__(self) -> None:

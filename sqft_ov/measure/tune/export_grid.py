@@ -90,7 +90,7 @@ def export_grid(model_dir: str | Path, output: str | Path, config: TuneConfig | 
 
     `on_progress(done, total, label)` follows the exports (`export grid`) and each bench run."""
     from sqft_ov.io.checkpoint import check_model_dir
-    from sqft_ov.io.grid import read_grid
+    from sqft_ov.io.grid import Int4Grid
     from sqft_ov.io.ir import IR_FILE
     from sqft_ov.io.output import atomic_output, check_output
     from sqft_ov.measure.bench.runner import BenchConfig, BenchModel, bench
@@ -102,7 +102,7 @@ def export_grid(model_dir: str | Path, output: str | Path, config: TuneConfig | 
     if (model_dir / IR_FILE).is_file():
         raise ModelFolderError(f"{model_dir} is an IR: --export-grid re-exports a Hugging Face model folder "
                                "(tune an IR's runtime properties without --export-grid)")
-    if read_grid(model_dir) is not None:
+    if Int4Grid.read(model_dir) is not None:
         raise ConfigError(f"{model_dir} was merged onto a trained INT4 grid (QA-SparsePEFT): its group size and mode "
                           "are fixed, so there is no export grid to try; run the grid on the base model before "
                           "fine-tuning, or tune the exported IR's runtime properties")

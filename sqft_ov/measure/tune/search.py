@@ -11,7 +11,7 @@ tolerance is reported, flagged, and never chosen.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqft_ov.errors import ConfigError, ModelFolderError, SqftError
@@ -21,18 +21,24 @@ from sqft_ov.measure.tune.space import PIPELINE_DEFAULTS, check_properties, defa
 
 @dataclass
 class TuneConfig:
-    device: str = "CPU"
-    prompt_tokens: int = 32
-    new_tokens: int = 64
-    repeats: int = 3
-    warmup: int = 1
-    budget_minutes: float = 20.0
-    max_logit_diff: float | None = None  # None: twice the current configuration's own difference (or 1 % of |logit|)
-    min_gain: float = 0.03  # a setting is adopted only if its median paired decode ratio is at least 1 + min_gain
+    device: str = field(default="CPU", metadata={"help": "OpenVINO device."})
+    prompt_tokens: int = field(default=32, metadata={"help": "Prompt length in tokens."})
+    new_tokens: int = field(default=64, metadata={"help": "Tokens generated per run."})
+    repeats: int = field(default=3, metadata={
+        "help": "Measured runs per setting (the confirmation run uses twice as many)."})
+    warmup: int = field(default=1, metadata={"help": "Uncounted rounds first."})
+    budget_minutes: float = field(default=20.0, metadata={
+        "help": "Stop timing new settings after this long (the rest are listed as not measured)."})
+    # None: twice the current configuration's own difference (or 1 % of |logit|)
+    max_logit_diff: float | None = field(default=None, metadata={
+        "help": "Flag settings whose logits move more than this from the f32 reference."})
+    min_gain: float = field(default=0.03, metadata={  # of the median paired decode ratio
+        "help": "A setting is adopted only if it decodes at least 1 + this times faster."})
     grid: dict[str, list[dict[str, str]]] | None = None  # None: space.default_grid()
     batch_size: int = 4  # settings per interleaved bench run (each one a process holding the model)
     probe_tokens: int = 8
-    profile: bool = True
+    profile: bool = field(default=True, metadata={
+        "help": "Per-node profile of one decode step, current and best configuration."})
     profile_steps: int = 8
     bandwidth_gib: float = 1.0
 
