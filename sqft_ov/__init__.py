@@ -6,11 +6,11 @@ memory; the folder verbs beside them load, call it and save (Hugging Face layout
     in memory (model in, model or report out)                  folders
     sparsify(model, SparsityConfig(...), calibration)           sparsify_folder(model, out, config, calibration)
     finetune_model(model, tokenizer, data, FinetuneConfig())    finetune(model, data, out, config)
-    merge_model(trained.adapted) -> (merged model, report)      merge(adapter, out, sub_adapter)
+    search_model(trained.adapted, tokenizer, "hill-climb", val)  search(adapter, "hill-climb")  # NLS sub-adapter
+    merge_model(trained.adapted, sub) -> (merged model, report)  merge(adapter, out, sub_adapter)
     export_model(model, tokenizer, ir, ExportConfig(...))       export(model, ir, config)
 
     importance(model, data, out)                                # EFTNAS: reorder, derive a width space
-    search(adapter, "hill-climb")                               # an NLS sub-adapter (and widths)
     evaluate(ir_or_model, data, EvalConfig(...)); bench([...], BenchConfig(...)); tune(ir, TuneConfig(...))
     write_ovms_repository(ir, repo, OvmsConfig(name=...))       # serve it with OpenVINO Model Server
 
@@ -42,7 +42,7 @@ _API = {
     "FinetuneConfig": "sqft_ov.adapters.config", "SFTFormat": "sqft_ov.io.sft_data",
     "FinetuneResult": "sqft_ov.stages.finetune", "finetune": "sqft_ov.stages.finetune",
     "Trained": "sqft_ov.stages.finetune", "finetune_model": "sqft_ov.stages.finetune",
-    "SearchResult": "sqft_ov.stages.search", "search": "sqft_ov.stages.search",
+    "SearchResult": "sqft_ov.stages.search", "search": "sqft_ov.stages.search", "search_model": "sqft_ov.stages.search",
     "load_adapted": "sqft_ov.adapters.adapted", "load_for_inference": "sqft_ov.adapters.adapted",
     "ImportanceConfig": "sqft_ov.stages.importance", "ImportanceReport": "sqft_ov.stages.importance",
     "importance": "sqft_ov.stages.importance", "WidthSpace": "sqft_ov.adapters.elastic",

@@ -15,7 +15,7 @@ import torch
 from conftest import FIELDS, STEPS
 
 from sqft_ov import (ExportConfig, FinetuneConfig, Int4Grid, export, export_model, finetune_model, merge,
-                     merge_model)
+                     merge_model, search, search_model)
 from sqft_ov.errors import SqftError
 from sqft_ov.io.checkpoint import load_causal_lm, model_fingerprint
 from sqft_ov.io.grid import grid_of
@@ -75,6 +75,33 @@ def test_in_memory_pipeline_equals_the_folder_pipeline(trained, sparse_models, s
                                    atol=1e-6, err_msg=name)
         np.testing.assert_array_equal(mine[name] == 0, theirs[name] == 0)
     assert (ir / "openvino_tokenizer.xml").is_file() and (ir / "sqft_export.json").is_file()
+
+
+@pytest.mark.slow
+def test_nls_search_in_memory_equals_the_folder_search(trained, sparse_models, sft_data, workdir):
+    rows = [json.loads(line) for line in sft_data.read_text().splitlines()]
+    model, tokenizer = load_causal_lm(sparse_models["llama"], dtype=torch.float32)
+    nls = dict(TRAIN, nls=True, rank_space=(16, 12, 8))
+    done = finetune_model(model, tokenizer, rows, FinetuneConfig(method="sparsepeft", **nls))
+    assert done.nls_history and len(done.nls_history) == STEPS
+    validation = rows[:16]
+    chosen = search_model(done.adapted, tokenizer, "hill-climb", validation, budget=6)
+    (workdir / "validation.jsonl").write_text("\n".join(json.dumps(r) for r in validation) + "\n")
+    on_disk = search(trained("sparsepeft", nls=True), "hill-climb", workdir / "validation.jsonl", budget=6)
+    assert chosen.ranks == on_disk.ranks and len(chosen.evaluated) == len(on_disk.evaluated)
+    assert chosen.validation_loss == pytest.approx(on_disk.validation_loss, rel=1e-5)
+    heuristic = search_model(done.adapted, tokenizer, "most-activated", history=done.nls_history)
+    assert heuristic.ranks == search(trained("sparsepeft", nls=True), "most-activated").ranks
+    with pytest.raises(SqftError, match="validation="):
+        search_model(done.adapted, tokenizer, "hill-climb")
+    merged, report = merge_model(done.adapted, chosen)
+    assert report.ranks == chosen.ranks and report.base_zeros_kept == report.base_zeros > 0
+    on_disk.save(workdir / "sub-memory-vs-folder.json", [16, 12, 8])
+    folder = workdir / "merged-memory-vs-folder-nls"
+    merge(trained("sparsepeft", nls=True), folder, workdir / "sub-memory-vs-folder.json", overwrite=True)
+    reloaded, _ = load_causal_lm(folder, dtype=torch.float32)
+    for name, weight in reloaded.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[name], weight, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_export_model_of_a_plain_model_and_its_refusals(sparse_models, workdir):

@@ -188,8 +188,9 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
     return adapted, tokenizer, record
 
 
-def activate(adapted: Adapted, sub_adapter: str | Path | None = None) -> list[int] | None:
-    """Activate a sub-network (CONFIG.json from search; default: the largest ranks and widths).
+def activate(adapted: Adapted, sub_adapter=None) -> list[int] | None:
+    """Activate a sub-network (a CONFIG.json from search, or its `SearchResult`; default: the largest ranks and
+    widths).
 
     Returns the ranks per block (None without NLS); the widths, if elastic, are in `adapted.widths.active`.
     """

@@ -117,30 +117,42 @@ class RankSampler(TrainerCallback):
             self.apply_widths(self.space.largest())
 
 
-def load_sub_adapter(path: str | Path, rank_space: list[int], blocks: int) -> list[int]:
-    """Ranks from a CONFIG.json, checked against the adapter's rank space and block count."""
-    try:
-        ranks = json.loads(Path(path).read_text())["ranks"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise SqftError(f"cannot read a sub-adapter configuration from {path}: expected JSON with 'ranks'") from exc
-    if len(ranks) != blocks:
-        raise AdapterMismatchError(f"{path} has {len(ranks)} ranks but the adapter has {blocks} decoder blocks")
+def load_sub_adapter(source, rank_space: list[int], blocks: int) -> list[int]:
+    """Ranks from a CONFIG.json (or a `SearchResult` in memory), checked against the adapter's rank space and
+    block count."""
+    if hasattr(source, "ranks"):
+        ranks = source.ranks
+    else:
+        try:
+            ranks = json.loads(Path(source).read_text())["ranks"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise SqftError(f"cannot read a sub-adapter configuration from {source}: expected JSON with "
+                            "'ranks'") from exc
+    where = "the search result" if hasattr(source, "ranks") else source
+    if ranks is None or len(ranks) != blocks:
+        raise AdapterMismatchError(f"{where} has {len(ranks or [])} ranks but the adapter has {blocks} decoder blocks")
     outside = [r for r in ranks if r not in rank_space]
     if outside:
-        raise AdapterMismatchError(f"{path}: rank {outside[0]} is outside the adapter's rank space {rank_space}")
-    return ranks
+        raise AdapterMismatchError(f"{where}: rank {outside[0]} is outside the adapter's rank space {rank_space}")
+    return list(ranks)
 
 
-def load_sub_widths(path: str | Path, space) -> list:
-    """Widths per block from a CONFIG.json, checked against the super-network's search space."""
+def load_sub_widths(source, space) -> list:
+    """Widths per block from a CONFIG.json (or a `SearchResult` in memory), checked against the super-network's
+    search space."""
     from sqft_ov.io.blocks import BlockWidth
 
-    try:
-        widths = [BlockWidth(int(w["mlp"]), int(w["kv_groups"])) for w in json.loads(Path(path).read_text())["widths"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SqftError(f"cannot read sub-network widths from {path}: expected JSON with 'widths' "
-                        "([{\"mlp\": ..., \"kv_groups\": ...}, ...] per block)") from exc
+    if hasattr(source, "widths"):
+        widths, where = source.widths or [], "the search result"
+    else:
+        where = source
+        try:
+            widths = [BlockWidth(int(w["mlp"]), int(w["kv_groups"]))
+                      for w in json.loads(Path(source).read_text())["widths"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SqftError(f"cannot read sub-network widths from {source}: expected JSON with 'widths' "
+                            "([{\"mlp\": ..., \"kv_groups\": ...}, ...] per block)") from exc
     if not space.contains(widths):
-        raise AdapterMismatchError(f"{path}: its widths are outside the adapter's search space (or for another number "
+        raise AdapterMismatchError(f"{where}: its widths are outside the adapter's search space (or for another number "
                                    "of blocks): use a CONFIG.json that search wrote for this adapter")
     return widths

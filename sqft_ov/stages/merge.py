@@ -52,12 +52,13 @@ def _sample_batch(tokenizer, record: dict, n: int = 4) -> dict:
 
 
 @torch.no_grad()
-def merge_model(adapted, sub_adapter: str | Path | None = None, sample: dict | None = None):
+def merge_model(adapted, sub_adapter=None, sample: dict | None = None):
     """Merge an `Adapted` model in memory at target precision: (the plain merged model, MergeReport).
 
     The merge happens in place, in float32 (no second copy of the base; a bf16-trained model is cast first), so
-    `adapted` is spent afterwards. A QA-SparsePEFT model comes back carrying its trained INT4 grid
-    (`sqft_ov.io.grid.grid_of(model)`), which `export_model` writes as is. `sample` (tokenized inputs, e.g.
+    `adapted` is spent afterwards. `sub_adapter`: the NLS / elastic-width sub-network, a `SearchResult` (from
+    `search_model`) or the CONFIG.json search wrote (default: the largest). A QA-SparsePEFT model comes back
+    carrying its trained INT4 grid (`sqft_ov.io.grid.grid_of(model)`), which `export_model` writes as is. `sample` (tokenized inputs, e.g.
     `tokenizer(texts, return_tensors="pt", padding=True)`) measures the largest logit difference between the
     trained model and the merged one.
     """

@@ -101,31 +101,21 @@ def _from_history(strategy: str, space: _Space, history: list[dict], fits, max_s
     return min(losses, key=lambda k: sum(losses[k]) / len(losses[k]))
 
 
-def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None = None, budget: int = 20,
-           base: str | Path | None = None, batch_size: int = 8, max_size: float | None = None) -> SearchResult:
-    """Choose a sub-network. `max_size` (elastic widths): the largest share of the full decoder's linear
-    weights the sub-network may keep; hill-climb never leaves it, the heuristics fail if they do."""
-    from sqft_ov.adapters.adapted import read_record
-    from sqft_ov.adapters.nls import HISTORY, blocks_of
-    from sqft_ov.io.checkpoint import load_config
-
+def _check(strategy: str, max_size: float | None, nls: bool, elastic: bool, what: str) -> None:
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown --strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if max_size is not None and not 0 < max_size <= 1:
         raise ConfigError(f"--max-size must be in (0, 1], got {max_size}")
-    adapter_dir = Path(adapter_dir)
-    record = read_record(adapter_dir)
-    if not record["nls"] and not record.get("widths"):
-        raise ConfigError(f"{adapter_dir} was trained without --nls or elastic widths: there is nothing to search")
-    if max_size is not None and not record.get("widths"):
+    if not nls and not elastic:
+        raise ConfigError(f"{what} was trained without --nls or elastic widths: there is nothing to search")
+    if max_size is not None and not elastic:
         raise ConfigError("--max-size bounds the base's widths: the adapter was trained without elastic widths")
-    n_blocks = len(blocks_of(record["adapted_weights"]))
-    widths_space = shape = None
-    if record.get("widths"):  # shares of the decoder need the model's shape (NLS alone needs no model)
-        shape = Shape.of(load_config(base or record["base"]))
-        widths_space = WidthSpace.from_dict(record["widths"], shape, "the adapter's record")
-    rank_axis = sorted(record["rank_space"], reverse=True)
-    space = _Space([rank_axis] * n_blocks if record["nls"] else [], widths_space)
+
+
+def _choose(strategy: str, space: _Space, shape: Shape | None, history, scorer, budget: int,
+            max_size: float | None) -> SearchResult:
+    """The search itself. `history()`: the sampled configurations and their losses (the heuristics);
+    `scorer(share)`: (score(point) -> validation loss, evaluated, cache) for hill-climb."""
 
     def share(point: tuple) -> float | None:
         widths = space.split(point)[1]
@@ -146,12 +136,12 @@ def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None
         return result({"max": space.pick(lambda a: a[0]), "min": space.pick(lambda a: a[-1]),
                        "median": median}[strategy])
     if strategy in ("most-activated", "min-loss"):
-        history = json.loads((adapter_dir / HISTORY).read_text())
-        if not history:
+        entries = history()
+        if not entries:
             raise SqftError("no sampling history in the adapter: was it trained with --nls or elastic widths?")
-        return result(_from_history(strategy, space, history, fits, max_size))
+        return result(_from_history(strategy, space, entries, fits, max_size))
 
-    score, evaluated, cache = _scorer(adapter_dir, base, validation, batch_size, space, share)
+    score, evaluated, cache = scorer(share)
     start = median if fits(median) else space.pick(lambda axis: axis[-1])
     if not fits(start):
         raise ConfigError(f"even the smallest sub-network keeps {share(start):.0%} of the decoder's weights, above "
@@ -177,19 +167,80 @@ def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None
     return result(best, best_loss if math.isfinite(best_loss) else None, evaluated)
 
 
-def _scorer(adapter_dir: Path, base, validation, batch_size: int, space: _Space, share):
-    """score(point) -> held-out loss of that sub-network (cached), and the list of what was evaluated."""
-    from sqft_ov.adapters.adapted import load_adapted
-    from sqft_ov.adapters.nls import blocks_of, expand
-    from sqft_ov.io.sft_data import ResponseCollator, SFTFormat, build_datasets
+def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None = None, budget: int = 20,
+           base: str | Path | None = None, batch_size: int = 8, max_size: float | None = None) -> SearchResult:
+    """Choose a sub-network of a finetune OUTPUT folder. `max_size` (elastic widths): the largest share of the full
+    decoder's linear weights the sub-network may keep; hill-climb never leaves it, the heuristics fail if they do.
+    The heuristics read the folder's record only; hill-climb loads the model (`search_model` on it)."""
+    from sqft_ov.adapters.adapted import read_record
+    from sqft_ov.adapters.nls import HISTORY, blocks_of
+    from sqft_ov.io.checkpoint import load_config
 
-    adapted, tokenizer, record = load_adapted(adapter_dir, base)
+    adapter_dir = Path(adapter_dir)
+    record = read_record(adapter_dir)
+    _check(strategy, max_size, record["nls"], bool(record.get("widths")), str(adapter_dir))
+    n_blocks = len(blocks_of(record["adapted_weights"]))
+    widths_space = shape = None
+    if record.get("widths"):  # shares of the decoder need the model's shape (NLS alone needs no model)
+        shape = Shape.of(load_config(base or record["base"]))
+        widths_space = WidthSpace.from_dict(record["widths"], shape, "the adapter's record")
+    rank_axis = sorted(record["rank_space"], reverse=True)
+    space = _Space([rank_axis] * n_blocks if record["nls"] else [], widths_space)
+
+    def scorer(share):
+        from sqft_ov.adapters.adapted import load_adapted
+
+        from sqft_ov.io.data import IN_MEMORY
+
+        if validation is None and record["data"] == IN_MEMORY:
+            raise ConfigError(f"{adapter_dir} was trained on data in memory: pass --validation DATA to score on")
+        adapted, tokenizer, _ = load_adapted(adapter_dir, base)
+        held_out = validation if validation is not None else record["data"]
+        split = 0.0 if validation is not None else record["eval_split"]
+        return _scorer(adapted, tokenizer, held_out, split, batch_size, space, share)
+
+    return _choose(strategy, space, shape, lambda: json.loads((adapter_dir / HISTORY).read_text()), scorer, budget,
+                   max_size)
+
+
+def search_model(adapted, tokenizer, strategy: str, validation=None, history: list[dict] | None = None,
+                 budget: int = 20, batch_size: int = 8, max_size: float | None = None) -> SearchResult:
+    """Choose a sub-network of an `Adapted` model in memory (`Trained.adapted`); `merge_model` takes the result.
+
+    `history`: the sampled configurations (`Trained.nls_history`) for `most-activated` / `min-loss`; `validation`:
+    held-out data (file, `datasets.Dataset` or rows) that `hill-climb` scores; the model's ranks and widths are
+    left at the last configuration scored (merge_model sets the chosen one).
+    """
+    from sqft_ov.adapters.nls import blocks_of
+
+    config = adapted.config
+    _check(strategy, max_size, config.nls, adapted.widths is not None, "the model")
+    widths_space = adapted.widths.space if adapted.widths is not None else None
+    shape = Shape.of(adapted.model.config) if widths_space is not None else None
+    n_blocks = len(blocks_of(adapted.adapted_weights))
+    space = _Space([sorted(config.rank_space, reverse=True)] * n_blocks if config.nls else [], widths_space)
+
+    def scorer(share):
+        if validation is None:
+            raise ConfigError("hill-climb scores sub-networks on held-out data: pass validation=")
+        return _scorer(adapted, tokenizer, validation, 0.0, batch_size, space, share)
+
+    return _choose(strategy, space, shape, lambda: history or [], scorer, budget, max_size)
+
+
+def _scorer(adapted, tokenizer, data, eval_split: float, batch_size: int, space: _Space, share):
+    """score(point) -> held-out loss of that sub-network (cached), and the list of what was evaluated. With
+    `eval_split` 0 all of `data` is held out; else its held-out split as finetune made it."""
+    from sqft_ov.adapters.nls import blocks_of, expand
+    from sqft_ov.io.sft_data import ResponseCollator, build_datasets
+
     blocks = blocks_of(adapted.adapted_weights)
-    fmt = SFTFormat(**record["data_format"])
-    if validation is not None:
-        held_out, _ = build_datasets(validation, tokenizer, fmt, 0.0, record["seed"])
+    config = adapted.config
+    adapted.model.eval()
+    if eval_split == 0:
+        held_out, _ = build_datasets(data, tokenizer, config.data_format, 0.0, config.seed)
     else:
-        _, held_out = build_datasets(record["data"], tokenizer, fmt, record["eval_split"], record["seed"])
+        _, held_out = build_datasets(data, tokenizer, config.data_format, eval_split, config.seed)
         if held_out is None:
             raise ConfigError("the adapter was trained without a held-out split: pass --validation DATA")
     collate = ResponseCollator(tokenizer.pad_token_id or 0)
