@@ -5,8 +5,8 @@ Same recipe, plan and data as `sqft-ov quickstart --fast` (its Wanda 50 % base o
 model, 200 steps, the plan's learning rate and group size); the only change is `--bf16
 --gradient-checkpointing`. Each run ends as the recipe ends: sub-adapter search, merge on the trained INT4
 grid, INT4 IR, exact match in OpenVINO. No hyperparameter is chosen here, so the test problems are scored
-once per run. The difference is reported per seed (paired: same seed, same problems) and as an interval that
-covers both the seeds' spread and a bootstrap over the test problems.
+once per run. The difference is reported per seed (paired: same seed, same problems) and as a hierarchical
+bootstrap interval (seeds, then test problems, resampled: sqft_ov.measure.intervals).
 
     python benchmarks/precision.py                 # 3 seeds, ~25 min on 2 cores
 """
@@ -26,6 +26,7 @@ def main() -> None:
     import numpy as np
 
     from sqft_ov.measure.bench.machine import machine_context
+    from sqft_ov.measure.intervals import interval
     from sqft_ov.quickstart.arithmetic import pretraining_text, write_task
     from sqft_ov.quickstart.comparison import QuickstartPlan, bootstrap_means
     from sqft_ov.quickstart.foundation import FoundationConfig, foundation_model
@@ -65,14 +66,13 @@ def main() -> None:
 
     accuracy = {name: [r.accuracy for r in rows] for name, rows in runs.items()}
     per_seed = [b - a for a, b in zip(accuracy["fp32"], accuracy["bf16+ckpt"])]
-    draws = bootstrap_means(runs["bf16+ckpt"]) - bootstrap_means(runs["fp32"])
-    problems = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
-    covering = [min(problems[0], min(per_seed)), max(problems[1], max(per_seed))]
+    draws = bootstrap_means(runs["bf16+ckpt"], "bf16+ckpt") - bootstrap_means(runs["fp32"], "fp32")
+    difference_ci = interval(draws)  # seeds and problems resampled (hierarchical bootstrap)
     results = {"plan": {"steps": plan.steps, "batch_size": plan.batch_size, "lr": options.get("lr"),
                         "group_size": options.get("group_size"), "train_examples": plan.train_examples},
                "test_examples": args.test, "seeds": args.seeds, "accuracy": accuracy, "seconds": seconds,
                "difference_per_seed": per_seed, "difference_mean": float(np.mean(per_seed)),
-               "difference_ci95_problems": problems, "difference_interval_seeds_and_problems": covering,
+               "difference_ci95_seeds_and_problems": difference_ci,
                "machine": machine_context()}
     print(f"\nQA-SparsePEFT + NLS, {len(args.seeds)} seeds x {args.test} test problems")
     for name in SETTINGS:
@@ -80,7 +80,7 @@ def main() -> None:
               " ".join(f"{a:.1%}" for a in accuracy[name]) + f"  train+merge+export+eval {np.mean(seconds[name]):.0f} s")
     print(f"  bf16+ckpt - fp32: mean {100 * np.mean(per_seed):+.1f} points, per seed "
           + " ".join(f"{100 * d:+.1f}" for d in per_seed)
-          + f"; interval (seeds and problems) {100 * covering[0]:+.1f} to {100 * covering[1]:+.1f}")
+          + f"; interval (seeds and problems) {100 * difference_ci[0]:+.1f} to {100 * difference_ci[1]:+.1f}")
     target = ROOT / "benchmarks" / "results" / "precision-qa-sparsepeft-nls.json"
     target.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {target}")

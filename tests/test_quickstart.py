@@ -343,11 +343,14 @@ def test_seeded_rows_report_mean_and_spread(tmp_path):
     assert table["QA-SparsePEFT"]["relative_to_lora"] == pytest.approx(1.0)
     assert table["Dense (no FT)"]["merged"] == "-" and table["Dense (no FT)"]["runs"] == 1
     assert accuracy_text(table["LoRA"]) == "70.0% (60.0%–80.0%, 2 seeds)"
-    low, high = table["LoRA"]["accuracy_ci95"]  # bootstrap over the 10 problems, both seeds resampled alike
+    low, high = table["LoRA"]["accuracy_ci95"]  # hierarchical bootstrap: the 2 seeds, then the 10 problems
     assert 0.3 < low < 0.7 < high <= 1.0 and table["Dense (no FT)"]["accuracy_ci95"][1] <= 0.4
     assert f"| LoRA | 70.0% (60.0%–80.0%, 2 seeds) | {low:.1%}–{high:.1%} | 100.0% | - |" in result.markdown()
     low, high = table["QA-SparsePEFT"]["difference_to_lora_ci95"]  # 7 vs 8 and 6 of the same problems
     assert -0.3 < low <= 0.0 <= high < 0.3
+    low, high = table["QA-SparsePEFT"]["relative_to_lora_ci95"]  # the ratio's interval, on the same draws
+    assert low <= 1.0 <= high and f"| QA-SparsePEFT | 70.0% (7.0%" not in result.markdown()
+    assert f"| 100.0% ({low:.1%}–{high:.1%}) |" in result.markdown()
 
     def seeds_of(plan):
         seeds = {}

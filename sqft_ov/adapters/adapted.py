@@ -159,6 +159,7 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
     from safetensors.torch import load_file
 
     from sqft_ov.io.checkpoint import load_causal_lm, model_fingerprint
+    from sqft_ov.io.prompt_format import mark_prompt_format
 
     adapter_dir = Path(adapter_dir)
     record = read_record(adapter_dir)
@@ -176,6 +177,10 @@ def load_adapted(adapter_dir: str | Path, base: str | Path | None = None, check_
                             data_format=SFTFormat(**record["data_format"]), eval_split=record["eval_split"],
                             seed=record["seed"])
     model, tokenizer = load_causal_lm(base, dtype=dtype)
+    # how training prompted the model (older records: known only where the template was asked for)
+    templated = record.get("chat_template_applied", True if record["data_format"].get("chat_template") else None)
+    if templated is not None:
+        mark_prompt_format(model.config, templated)
     space = None
     if record.get("widths"):
         from sqft_ov.adapters.elastic import WidthSpace

@@ -108,6 +108,7 @@ def export(
     seq_len: int = option_for(ExportConfig, "seq_len"),
     sparse_rate: Optional[float] = option_for(ExportConfig, "sparse_rate", show_default="none: not written"),
     device: Optional[str] = option_for(ExportConfig, "device", show_default="none: not compiled"),
+    chat_template: str = option_for(ExportConfig, "chat_template"),
     overwrite: bool = typer.Option(False, help="Replace IR if it exists."),
     trust_remote_code: bool = option_for(ExportConfig, "trust_remote_code"),
 ) -> None:
@@ -119,7 +120,7 @@ def export(
                           group_size_fallback=group_size_fallback, all_layers=all_layers,
                           calibration=str(calibration) if calibration else None, text_fields=tuple(text_field),
                           num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate, device=device,
-                          trust_remote_code=trust_remote_code)
+                          chat_template=chat_template, trust_remote_code=trust_remote_code)
     with err_console.status(f"exporting {model} to OpenVINO ({weight_format})"):
         report = run_export(model, ir, config, overwrite)
     console.print(tables.export_table(report))

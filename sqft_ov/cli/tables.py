@@ -222,15 +222,15 @@ def loader_lines(arguments: list[str]) -> str:
 
 def quickstart_table(result, title: str) -> Table:
     """The quickstart's rows, one per method: accuracy as mean (min–max over seeds) where trained several times."""
-    from sqft_ov.quickstart.comparison import accuracy_text, interval_text, percent_text, speed_text
+    from sqft_ov.quickstart.comparison import accuracy_text, interval_text, ratio_text, speed_text
 
     table = Table(title=title)
-    for col in ("method", "accuracy", "95 % interval", "vs LoRA", "− LoRA (paired 95 %)", "precision", "merged",
+    for col in ("method", "accuracy", "95 % interval", "vs LoRA (95 %)", "− LoRA (paired 95 %)", "precision", "merged",
                 "sparsity", "size MiB", "decode tok/s"):
         table.add_column(col, justify="left" if col in ("method", "precision", "merged") else "right")
     for row in result.table_rows():
         size = "-" if row["size_mib"] is None else f"{row['size_mib']:.1f}"
-        table.add_row(row["method"], accuracy_text(row), interval_text(row), percent_text(row["relative_to_lora"]),
+        table.add_row(row["method"], accuracy_text(row), interval_text(row), ratio_text(row),
                       interval_text(row, "difference_to_lora_ci95"), row["precision"],
                       row["merged"], f"{row['sparsity']:.1%}", size, speed_text(row["decode_tokens_per_s"]))
     return table

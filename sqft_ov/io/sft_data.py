@@ -90,6 +90,11 @@ def prompt_ids(tokenizer, prompt: Prompt, fmt: SFTFormat) -> list[int]:
     return tokenizer(render_prompt(tokenizer, prompt, fmt.chat_template), add_special_tokens=not templated)["input_ids"]
 
 
+def prompts_templated(path: str | Path, fmt: SFTFormat) -> bool:
+    """Whether training wraps the prompts in the chat template: asked for, or chat rows (always templated)."""
+    return fmt.chat_template or any(not isinstance(prompt, str) for prompt, _ in load_pairs(path, fmt))
+
+
 def tokenize_pair(tokenizer, prompt: Prompt, response: str, fmt: SFTFormat) -> dict[str, list[int]]:
     """input_ids = prompt + response + eos; labels mask the prompt so only the response is learned."""
     head = prompt_ids(tokenizer, prompt, fmt)

@@ -27,7 +27,6 @@ FOUNDATION, DENSE, WANDA = "Foundation (dense, no FT)", "Dense (no FT)", "Wanda 
 NAS_ROWS = ("LoNAS", "EFTNAS")  # trained on the dense base, one seed: their comparison is with their own full widths
 REAL_SEEDED = ("LoRA", "QA-SparsePEFT")  # on a real model (~15-35 min a recipe here) only these are re-trained
 ALL_LINEARS = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"  # a Llama block's linears
-BOOTSTRAP = 2000  # resamples of the test problems for a row's 95 % interval
 
 
 @dataclass(frozen=True)
@@ -103,25 +102,26 @@ class QuickstartResult:
         return groups
 
     def table_rows(self) -> list[dict]:
-        import numpy as np
+        from sqft_ov.measure.intervals import interval, ratio_interval
 
         groups = self.grouped()
         learned = self.reference_problem() is None
         ref = _mean([r.accuracy for r in groups["LoRA"]]) if learned else None
-        ref_draws = bootstrap_means(groups["LoRA"]) if learned else None
+        ref_draws = bootstrap_means(groups["LoRA"], "LoRA") if learned else None
         out = []
         for label, runs in groups.items():
             accuracies = [r.accuracy for r in runs if r.accuracy is not None]
             first = runs[0]
             mean = _mean(accuracies)
-            draws = bootstrap_means(runs)
-            interval = None if draws is None else [float(np.percentile(draws, q)) for q in (2.5, 97.5)]
-            paired = None  # the same resampled problems for both rows: the test set's noise cancels
+            draws = bootstrap_means(runs, label)
+            accuracy_ci = None if draws is None else interval(draws)
+            paired = ratio = None  # the same resampled problems for both rows: the test set's noise cancels
             if draws is not None and ref_draws is not None and draws.shape == ref_draws.shape and label != "LoRA":
-                paired = [float(np.percentile(draws - ref_draws, q)) for q in (2.5, 97.5)]
+                paired, ratio = interval(draws - ref_draws), ratio_interval(draws, ref_draws)
             out.append({"method": label, "accuracy": mean, "accuracy_min": min(accuracies, default=None),
                         "accuracy_max": max(accuracies, default=None), "runs": len(runs),
-                        "accuracy_ci95": interval, "difference_to_lora_ci95": paired,
+                        "accuracy_ci95": accuracy_ci, "difference_to_lora_ci95": paired,
+                        "relative_to_lora_ci95": ratio,
                         "seeds": [r.seed for r in runs if r.seed is not None],
                         "relative_to_lora": mean / ref if ref and mean is not None else None,
                         "precision": first.precision,
@@ -136,12 +136,12 @@ class QuickstartResult:
         return entry["size_bytes"] / 2**20 if entry and entry.get("size_bytes") else None
 
     def markdown(self) -> str:
-        lines = ["| method | accuracy (min–max over seeds) | 95 % interval | vs LoRA | − LoRA, points (paired 95 %) | "
+        lines = ["| method | accuracy (min–max over seeds) | 95 % interval | vs LoRA (95 %) | − LoRA, points (paired 95 %) | "
                  "deployed precision | merged | sparsity | size MiB | decode tok/s |",
                  "|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]
         for row in self.table_rows():
             lines.append(f"| {row['method']} | {accuracy_text(row)} | {interval_text(row)} | "
-                         f"{percent_text(row['relative_to_lora'])} | {interval_text(row, 'difference_to_lora_ci95')} | "
+                         f"{ratio_text(row)} | {interval_text(row, 'difference_to_lora_ci95')} | "
                          f"{row['precision']} | {row['merged']} | {row['sparsity']:.1%} | "
                          f"{'-' if row['size_mib'] is None else format(row['size_mib'], '.1f')} | "
                          f"{speed_text(row['decode_tokens_per_s'])} |")
@@ -172,21 +172,25 @@ def interval_text(row: dict, key: str = "accuracy_ci95") -> str:
     return f"{100 * interval[0]:+.1f} to {100 * interval[1]:+.1f}"
 
 
-def bootstrap_means(runs: list[Deployment], resamples: int = BOOTSTRAP):
-    """A row's mean accuracy over its seeds, for each of `resamples` resamplings of the test problems.
+def ratio_text(row: dict) -> str:
+    """The ratio to LoRA with its paired 95 % interval (seeds and problems resampled)."""
+    ratio, ci = row["relative_to_lora"], row.get("relative_to_lora_ci95")
+    return percent_text(ratio) + (f" ({ci[0]:.1%}–{ci[1]:.1%})" if ratio is not None and ci else "")
 
-    Seeds measure the training noise, the bootstrap the test set's: with 200 problems one problem is 0.5
-    points, and a difference inside both is not a difference. The draws are the same for every row (a fixed
-    generator), so two rows' draws can be subtracted: a paired interval for their difference.
-    """
+
+def bootstrap_means(runs: list[Deployment], label: str = "", resamples: int | None = None):
+    """A row's mean accuracy for each hierarchical resample (seeds, then test problems, on problem draws shared
+    by every row so that rows subtract into paired differences: `sqft_ov.measure.intervals`); None without
+    per-problem results."""
     import numpy as np
+
+    from sqft_ov.measure.intervals import RESAMPLES, hierarchical_means, problem_draws
 
     rows = [[s["correct"] for s in r.evaluation.samples] for r in runs if r.evaluation and r.evaluation.samples]
     if not rows or len({len(r) for r in rows}) != 1:
         return None
     correct = np.asarray(rows, dtype=np.float64)  # seeds x problems
-    draws = np.random.default_rng(0).integers(0, correct.shape[1], size=(resamples, correct.shape[1]))
-    return correct[:, draws].mean(axis=(0, 2))
+    return hierarchical_means(correct, problem_draws(correct.shape[1], resamples or RESAMPLES), label)
 
 
 def _mean(values: list) -> float | None:

@@ -24,6 +24,7 @@ from sqft_ov.errors import ConfigError, ExportIntegrityError
 from sqft_ov.io.grid import Int4Grid, carry_grid, grid_of
 from sqft_ov.io.ir import save_over
 from sqft_ov.io.output import atomic_output, check_output, kill_point
+from sqft_ov.io.prompt_format import drop_chat_template, should_drop, trained_with_chat_template
 from sqft_ov.stages.export_convert import convert_folder, model_converter
 from sqft_ov.stages.export_groups import (FALLBACKS, describe_plan, grouped_input_sizes, plan_group_sizes,
                                           resolve_fallback)
@@ -56,6 +57,9 @@ class ExportConfig:
         "help": "Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."})
     device: str | None = field(default=None, metadata={
         "help": "Compile the IR on this device once to check it (CPU, GPU ...)."})
+    chat_template: str = field(default="auto", metadata={"help": (
+        "auto | keep | drop: the chat template in the IR's tokenizer, which openvino_genai applies to a string prompt "
+        "by default. auto: drop it for a model sqft-ov fine-tuned on plain prompts, keep it otherwise.")})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own Python code to run."})
 
     def __post_init__(self) -> None:
@@ -70,6 +74,7 @@ class ExportConfig:
             raise ConfigError("--weight-format int8-w8a8 quantizes activations statically: pass --dataset FILE")
         if self.all_layers and self.weight_format != "int4":
             raise ConfigError("--all-layers applies to --weight-format int4 only")
+        should_drop(self.chat_template, None)  # an unknown choice fails here
         if self.sparse_rate is not None and not 0 < self.sparse_rate <= 1:
             raise ConfigError(f"--sparse-rate must be in (0, 1], got {self.sparse_rate}")
 
@@ -261,7 +266,8 @@ def _prepare(config: ExportConfig, grid: Int4Grid | None, sizes: dict[str, int])
 
 
 def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: str, convert: Callable[[Path], dict],
-           source_zeros: Callable, tokenizer: Callable, trained_grid: bool, groups: dict) -> ExportReport:
+           source_zeros: Callable, tokenizer: Callable, trained_grid: bool, groups: dict,
+           trained_chat: bool | None = None) -> ExportReport:
     """Convert (`convert(folder)`), compress, verify and record; OUTPUT appears only when all of it succeeded."""
     import openvino as ov
 
@@ -280,6 +286,9 @@ def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: st
             raise ExportIntegrityError(f"the tokenizer of {source} could not be converted to OpenVINO: genai needs "
                                        "openvino_tokenizer.xml (check that the folder has tokenizer.json)")
         phases["convert"] = time.perf_counter() - mark
+        dropped = should_drop(config.chat_template, trained_chat) and drop_chat_template(tmp)
+        settings["chat_template"] = "dropped" if dropped else "kept"
+        settings["trained_with_chat_template"] = trained_chat
         kill_point("export-converted")
         mark = time.perf_counter()
         if not trained_grid and config.weight_format in ("int4", "int8"):
@@ -328,7 +337,7 @@ def export_model(model, tokenizer, output: str | Path, config: ExportConfig | No
     groups = _prepare(config, grid, grouped_input_sizes(model, config.all_layers))
     zeros = {name: tensor == 0 for name, tensor in model.state_dict().items()}  # before any in-place conversion
     return _write(output, overwrite, config, MODEL_IN_MEMORY, model_converter(model, tokenizer, config), zeros.get,
-                  lambda: tokenizer, grid is not None, groups)
+                  lambda: tokenizer, grid is not None, groups, trained_with_chat_template(model.config))
 
 
 def export(model_dir: str | Path, output: str | Path, config: ExportConfig | None = None,
@@ -366,4 +375,4 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     else:
         convert = partial(convert_folder, model_dir, config=config)
     return _write(output, overwrite, config, str(model_dir), convert, folder_zeros(model_dir), tokenizer,
-                  grid is not None, groups)
+                  grid is not None, groups, trained_with_chat_template(model_config))

@@ -205,6 +205,7 @@ def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: in
     from sqft_ov import __version__
     from sqft_ov.io.checkpoint import model_fingerprint
     from sqft_ov.io.data import data_source
+    from sqft_ov.io.prompt_format import trained_with_chat_template
 
     return {
         "sqft_ov_version": __version__, "method": config.method, "nls": config.nls,
@@ -215,6 +216,7 @@ def _record(config: FinetuneConfig, model_dir, data, adapted: Adapted, steps: in
                          if config.int4 else None),
         "base": str(Path(model_dir).absolute()), "base_fingerprint": model_fingerprint(model_dir),
         "data": data_source(data), "data_format": asdict(config.data_format),
+        "chat_template_applied": trained_with_chat_template(adapted.model.config),
         "eval_split": config.eval_split, "seed": config.seed, "adapted_weights": adapted.adapted_weights,
         "widths": adapted.widths.space.to_dict() if adapted.widths is not None else None,
         "precision": config.precision, "gradient_checkpointing": config.gradient_checkpointing, "device": device,
@@ -283,7 +285,8 @@ def finetune_model(model, tokenizer, data, config: FinetuneConfig, *, checkpoint
     from sqft_ov.adapters.elastic import resolve_space
     from sqft_ov.adapters.nls import RankSampler, blocks_of
     from sqft_ov.io.device import torch_device
-    from sqft_ov.io.sft_data import ResponseCollator, build_datasets
+    from sqft_ov.io.prompt_format import mark_prompt_format
+    from sqft_ov.io.sft_data import ResponseCollator, build_datasets, prompts_templated
 
     device = torch_device(config.device)
     set_seed(config.seed)  # here, not before loading: the same adapters whether the model came from a folder or not
@@ -292,6 +295,7 @@ def finetune_model(model, tokenizer, data, config: FinetuneConfig, *, checkpoint
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_set, eval_set = build_datasets(data, tokenizer, config.data_format, config.eval_split, config.seed)
+    mark_prompt_format(model.config, prompts_templated(data, config.data_format))  # export reads it (io/prompt_format)
     space = resolve_space(config, model.config)
     adapted = Adapted.build(model, config, space=space)
     if config.gradient_checkpointing:
