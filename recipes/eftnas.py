@@ -21,7 +21,7 @@ from sqft_ov import FinetuneConfig, ImportanceConfig, SFTFormat, deployed_sparsi
 from sqft_ov.adapters.config import GRID_GROUP_SIZE
 from sqft_ov.adapters.elastic import width_multiple
 from sqft_ov.recipe import (
-    Bf16, GradientCheckpointing, TrainDevice, memory_options,
+    Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Option, Out,
     Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
 )
@@ -51,6 +51,9 @@ def recipe(
     bf16: Bf16 = False,
     gradient_checkpointing: GradientCheckpointing = False,
     device: TrainDevice = "auto",
+    teacher: Teacher = None,
+    distill_weight: DistillWeight = 1.0,
+    temperature: Temperature = 1.0,
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
@@ -59,7 +62,7 @@ def recipe(
     train, test = task_files(data, test)
     prompts = SFTFormat(chat_template=chat_template)
     check_scoring(test or train, prompts, metric)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
+    out = fresh_output(out, overwrite, inputs=(model, data, test, teacher))
     # Derived widths are whole INT4 groups (and SIMD tiles of 32): the cut sub-network exports with group_size.
     scoring = ImportanceConfig(keep=keep, keep_heads=keep_heads, choices=choices, multiple=width_multiple(group_size),
                                data_format=prompts, seed=seed)
@@ -67,7 +70,9 @@ def recipe(
     space = out / "search_space.json"
     shutil.copy2(ordered / "search_space.json", space)
     method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
-    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method=method, nls=True, rank_space=rank_space,
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device),
+                            **distill_options(teacher, distill_weight, temperature),
+                            method=method, nls=True, rank_space=rank_space,
                             search_space=str(space), max_steps=steps, lr=lr, batch_size=batch_size,
                             eval_split=0.05, data_format=prompts, seed=seed)
     return deploy_super_network("EFTNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,

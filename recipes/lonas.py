@@ -28,7 +28,7 @@ from sqft_ov.io.blocks import Shape
 from sqft_ov.io.checkpoint import load_config
 from sqft_ov.stages.export_groups import grouped_input_sizes, plan_group_sizes
 from sqft_ov.recipe import (
-    Bf16, GradientCheckpointing, TrainDevice, memory_options,
+    Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Option, Out,
     Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
 )
@@ -86,6 +86,9 @@ def recipe(
     bf16: Bf16 = False,
     gradient_checkpointing: GradientCheckpointing = False,
     device: TrainDevice = "auto",
+    teacher: Teacher = None,
+    distill_weight: DistillWeight = 1.0,
+    temperature: Temperature = 1.0,
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
@@ -94,11 +97,13 @@ def recipe(
     train, test = task_files(data, test)
     prompts = SFTFormat(chat_template=chat_template)
     check_scoring(test or train, prompts, metric)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
+    out = fresh_output(out, overwrite, inputs=(model, data, test, teacher))
     ordered = importance(model, train, out / "ordered", ImportanceConfig(data_format=prompts, seed=seed)).output
     method = "sparsepeft" if deployed_sparsity(ordered) > 0 else "lora"  # a sparse base stays sparse (SQFT)
     channels = fit_mlp_widths(Shape.of(load_config(ordered)), parse_widths(mlp_widths, "--mlp-widths"), group_size)
-    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method=method, nls=True, rank_space=rank_space,
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device),
+                            **distill_options(teacher, distill_weight, temperature),
+                            method=method, nls=True, rank_space=rank_space,
                             mlp_widths=channels, head_widths=tuple(head_widths.split()),
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05, data_format=prompts,
                             seed=seed)

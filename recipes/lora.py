@@ -22,7 +22,7 @@ from sqft_ov import (
 from sqft_ov.adapters.config import DEFAULT_RANK, GRID_GROUP_SIZE
 from sqft_ov.errors import ConfigError, warn_deprecated
 from sqft_ov.recipe import (
-    Bf16, GradientCheckpointing, TrainDevice, memory_options,
+    Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Option, Out,
     Overwrite, Seed, Steps, Sym, Targets, Test, check_scoring, fresh_output, task_files,
 )
@@ -53,6 +53,9 @@ def recipe(
     bf16: Bf16 = False,
     gradient_checkpointing: GradientCheckpointing = False,
     device: TrainDevice = "auto",
+    teacher: Teacher = None,
+    distill_weight: DistillWeight = 1.0,
+    temperature: Temperature = 1.0,
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
@@ -67,9 +70,11 @@ def recipe(
     train, test = task_files(data, test)
     prompts = SFTFormat(chat_template=chat_template)
     check_scoring(test or train, prompts, metric)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
+    out = fresh_output(out, overwrite, inputs=(model, data, test, teacher))
     scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)
-    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device),
+                            **distill_options(teacher, distill_weight, temperature),
+                            method="lora", rank=rank, int4=int4, group_size=group_size, max_steps=steps, lr=lr,
                             batch_size=batch_size, eval_split=0.05, data_format=prompts, seed=seed,
                             target_modules=target_modules)
     adapter = finetune(model, train, out / "adapter", config, on_progress=on_progress).output

@@ -19,7 +19,7 @@ from sqft_ov import (
 )
 from sqft_ov.adapters.config import DEFAULT_RANK, GRID_GROUP_SIZE
 from sqft_ov.recipe import (
-    Bf16, GradientCheckpointing, TrainDevice, memory_options,
+    Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Nls,
     Option, Out, Overwrite, Rank, RankSpace, Seed, SparseBase, Steps, Sym, Targets, Test, check_scoring, fresh_output,
     task_files,
@@ -47,6 +47,9 @@ def recipe(
     bf16: Bf16 = False,
     gradient_checkpointing: GradientCheckpointing = False,
     device: TrainDevice = "auto",
+    teacher: Teacher = None,
+    distill_weight: DistillWeight = 1.0,
+    temperature: Temperature = 1.0,
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
@@ -55,8 +58,10 @@ def recipe(
     train, test = task_files(data, test)
     prompts = SFTFormat(chat_template=chat_template)
     check_scoring(test or train, prompts, metric)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
-    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method="qa-sparsepeft", rank=rank, nls=nls,
+    out = fresh_output(out, overwrite, inputs=(model, data, test, teacher))
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device),
+                            **distill_options(teacher, distill_weight, temperature),
+                            method="qa-sparsepeft", rank=rank, nls=nls,
                             rank_space=rank_space, int4="sym" if sym else "asym",
                             group_size=group_size, max_steps=steps, lr=lr, range_lr=range_lr, batch_size=batch_size,
                             eval_split=0.05, data_format=prompts, seed=seed, target_modules=target_modules)

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from sqft_ov import EvalConfig, FinetuneConfig, SFTFormat, deployed_sparsity, evaluate, finetune, search
 from sqft_ov.recipe import (
-    Bf16, GradientCheckpointing, TrainDevice, memory_options,
+    Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric,
     Option, Out, Overwrite, RankSpace, Seed, SparseBase, Steps, Targets, Test, check_scoring, fresh_output, task_files,
 )
@@ -38,6 +38,9 @@ def recipe(
     bf16: Bf16 = False,
     gradient_checkpointing: GradientCheckpointing = False,
     device: TrainDevice = "auto",
+    teacher: Teacher = None,
+    distill_weight: DistillWeight = 1.0,
+    temperature: Temperature = 1.0,
     eval_limit: EvalLimit = None,
     metric: Metric = "exact",
     overwrite: Overwrite = False,
@@ -46,8 +49,10 @@ def recipe(
     train, test = task_files(data, test)
     prompts = SFTFormat(chat_template=chat_template)
     check_scoring(test or train, prompts, metric)
-    out = fresh_output(out, overwrite, inputs=(model, data, test))
-    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device), method="lora", nls=True, rank_space=rank_space,
+    out = fresh_output(out, overwrite, inputs=(model, data, test, teacher))
+    config = FinetuneConfig(**memory_options(bf16, gradient_checkpointing, device),
+                            **distill_options(teacher, distill_weight, temperature),
+                            method="lora", nls=True, rank_space=rank_space,
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05,
                             data_format=prompts, seed=seed, target_modules=target_modules)
     adapter = finetune(model, train, out / "adapter", config, on_progress=on_progress).output

@@ -78,11 +78,20 @@ Bf16 = Annotated[bool, Option("--bf16", help="Train with the frozen base in bflo
 GradientCheckpointing = Annotated[bool, Option("--gradient-checkpointing",
                                                help=field_help(FinetuneConfig, "gradient_checkpointing"))]
 TrainDevice = Annotated[str, Option(help=field_help(FinetuneConfig, "device"))]
+Teacher = Annotated[Optional[Path], Option(show_default="none: no distillation",
+                                          help=field_help(FinetuneConfig, "teacher"))]
+DistillWeight = Annotated[float, Option(help=field_help(FinetuneConfig, "distill_weight"))]
+Temperature = Annotated[float, Option(help=field_help(FinetuneConfig, "temperature"))]
 
 
 def memory_options(bf16: bool, gradient_checkpointing: bool, device: str) -> dict:
     """The recipes' --bf16 / --gradient-checkpointing / --device as FinetuneConfig fields."""
     return {"precision": "bf16" if bf16 else "fp32", "gradient_checkpointing": gradient_checkpointing, "device": device}
+
+
+def distill_options(teacher: str | Path | None, distill_weight: float, temperature: float) -> dict:
+    """The recipes' --teacher / --distill-weight / --temperature as FinetuneConfig fields."""
+    return {"teacher": str(teacher) if teacher else None, "distill_weight": distill_weight, "temperature": temperature}
 
 
 @dataclass

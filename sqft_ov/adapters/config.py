@@ -88,6 +88,19 @@ class FinetuneConfig:
         "help": "Elastic attention heads, e.g. --head-widths '1.0 0.67': fractions or head counts (whole KV groups)."})
     search_space: str | None = field(default=None, metadata={
         "help": "Per-block elastic widths: the search_space.json that sqft-ov importance wrote (EFTNAS)."})
+    # Knowledge distillation (sqft_ov/stages/distill.py): task loss + distill_weight * T^2 * KL(teacher || student)
+    # over the response tokens. NNCF's distillation_qat_with_lora example and Minitron train on the KL alone at T = 1;
+    # here the task loss stays and the KL is added with weight 1 by default.
+    teacher: str | None = field(default=None, metadata={
+        "help": "Distil from this model: a model folder (e.g. the dense base or a merged model) or a finetune output "
+                "(base + adapter); frozen, in the training precision, with the student's vocabulary."})
+    distill_weight: float = field(default=1.0, metadata={
+        "help": "With --teacher: the loss is the task loss + this x T^2 x KL(teacher || student) over the response "
+                "tokens; 0 logs the KL without training on it (NNCF's QAT-with-LoRA example and Minitron train on "
+                "the KL alone)."})
+    temperature: float = field(default=1.0, metadata={
+        "help": "With --teacher: softmax temperature T of both models' logits (1, as in NNCF's example and "
+                "Minitron)."})
 
     def __post_init__(self) -> None:
         from sqft_ov.adapters.nls import check_rank_space  # nls imports transformers: only when checked
@@ -115,6 +128,7 @@ class FinetuneConfig:
             self.head_widths = parse_widths(tuple(self.head_widths), "--head-widths")
             if self.search_space and (self.mlp_widths or self.head_widths):
                 raise ConfigError("--search-space already lists every block's widths: drop --mlp-widths / --head-widths")
+        self._check_distillation()
         self.target_modules = split_list(self.target_modules)
         if not self.target_modules:
             raise ConfigError("--target-modules needs at least one module name")
@@ -133,6 +147,19 @@ class FinetuneConfig:
             if not ok:
                 rule = "in [0, 1)" if flag == "--eval-split" else "-1 or positive" if flag == "--group-size" else "positive"
                 raise ConfigError(f"{flag} must be {rule}, got {value}")
+
+    def _check_distillation(self) -> None:
+        """--distill-weight >= 0 and --temperature > 0, both only with --teacher (left at their defaults without)."""
+        if not (self.distill_weight >= 0 and math.isfinite(self.distill_weight)):
+            raise ConfigError(f"--distill-weight must be 0 or positive, got {self.distill_weight}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"--temperature must be positive, got {self.temperature}")
+        if self.teacher is not None and not str(self.teacher).strip():
+            raise ConfigError("--teacher is empty: pass a model folder or a finetune output folder")
+        self.teacher = str(self.teacher) if self.teacher is not None else None
+        if self.teacher is None and (self.distill_weight, self.temperature) != (1.0, 1.0):
+            raise ConfigError("--distill-weight and --temperature set knowledge distillation, which needs --teacher "
+                              "MODEL: add it, or leave them at their defaults")
 
     @property
     def elastic(self) -> bool:

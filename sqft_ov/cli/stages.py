@@ -186,6 +186,9 @@ def finetune(
     fp16: bool = typer.Option(False, "--fp16", help="As --bf16 with float16 (GPUs without bf16)."),
     gradient_checkpointing: bool = option_for(FinetuneConfig, "gradient_checkpointing", "--gradient-checkpointing"),
     device: str = option_for(FinetuneConfig, "device"),
+    teacher: Optional[Path] = option_for(FinetuneConfig, "teacher", show_default="none: no distillation"),
+    distill_weight: float = option_for(FinetuneConfig, "distill_weight"),
+    temperature: float = option_for(FinetuneConfig, "temperature"),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint of an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace ADAPTER if it exists."),
     trust_remote_code: bool = option_for(FinetuneConfig, "trust_remote_code"),
@@ -201,7 +204,8 @@ def finetune(
         seed=seed, eval_split=eval_split, save_steps=save_steps, trust_remote_code=trust_remote_code,
         mlp_widths=tuple(mlp_widths.replace(",", " ").split()), head_widths=tuple(head_widths.replace(",", " ").split()),
         search_space=str(search_space) if search_space else None, precision=precision_flag(bf16, fp16),
-        gradient_checkpointing=gradient_checkpointing, device=device)
+        gradient_checkpointing=gradient_checkpointing, device=device, teacher=str(teacher) if teacher else None,
+        distill_weight=distill_weight, temperature=temperature)
     with progress_bar() as on_progress:
         result = run_finetune(model, data, adapter, config, resume=resume, overwrite=overwrite,
                               on_progress=on_progress)

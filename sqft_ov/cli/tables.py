@@ -57,6 +57,8 @@ def finetune_table(result, label: str) -> Table:
     rows = [("steps", str(result.steps))]
     if result.train_loss:
         rows.append(("train loss (first -> last)", f"{result.train_loss[0]:.4f} -> {result.train_loss[-1]:.4f}"))
+    if getattr(result, "distill_loss", None):  # T^2 x KL to the teacher per response token, in the train loss
+        rows.append(("distill loss (first -> last)", f"{result.distill_loss[0]:.4f} -> {result.distill_loss[-1]:.4f}"))
     rows.append(("validation loss", "-" if result.eval_loss is None else f"{result.eval_loss:.4f}"))
     return field_table(f"{label} adapter: {result.output}", rows)
 

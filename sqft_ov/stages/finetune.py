@@ -29,6 +29,7 @@ import torch
 from sqft_ov.adapters.adapted import Adapted
 from sqft_ov.adapters.config import ADAPTER_CONFIG, TRAINABLE, FinetuneConfig
 from sqft_ov.errors import SqftError
+from sqft_ov.stages.distill import Distiller, load_teacher, teacher_source
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "Trained", "finetune", "finetune_model", "progress_callback",
            "save_adapter"]
@@ -39,11 +40,12 @@ def _trainer_class():
     from transformers import Trainer
 
     class SqftTrainer(Trainer):
-        """Checkpoints hold only the trainable tensors; NLS losses are recorded per step."""
+        """Checkpoints hold only the trainable tensors; NLS losses are recorded per step; a `Distiller` adds its
+        teacher's KL to the training loss (sqft_ov/stages/distill.py) and its share to the loss log."""
 
-        def __init__(self, *args, adapted: Adapted, sampler=None, **kwargs):
+        def __init__(self, *args, adapted: Adapted, sampler=None, distiller=None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.adapted, self.sampler = adapted, sampler
+            self.adapted, self.sampler, self.distiller = adapted, sampler, distiller
 
         def create_optimizer(self, model=None):
             """The method's parameter groups where it has its own (QA-SparsePEFT: the INT4 ranges at `grid_lr`)."""
@@ -54,11 +56,16 @@ def _trainer_class():
             return super().create_optimizer(model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
             if self.sampler is not None and model.training:
-                loss = result[0] if return_outputs else result
-                self.sampler.record(float(loss.detach()))
-            return result
+                self.sampler.record(float(loss.detach()))  # the task loss: what search's min-loss compares
+            if self.distiller is not None and model.training:
+                loss = self.distiller.add_to(self, loss, outputs, inputs, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            extra = self.distiller.logged() if self.distiller is not None and "loss" in logs else {}
+            super().log({**logs, **extra}, *args, **kwargs)
 
         def _save(self, output_dir=None, state_dict=None):
             output_dir = output_dir or self.args.output_dir
@@ -127,6 +134,7 @@ class FinetuneResult:
     train_loss: list[float]
     eval_loss: float | None
     steps: int
+    distill_loss: list[float] | None = None  # with a teacher: T^2 x KL per response token, each logged step
 
 
 def _step_timer():
@@ -264,6 +272,7 @@ class Trained:
     gathered: dict | None = None  # a sharded (FSDP) run's full state dict, for PEFT's files
     nls_history: list | None = None  # the NLS / elastic-width configurations sampled, with their losses
     main_process: bool = True  # whether this process writes outputs (the others of a distributed run do not)
+    distillation: dict | None = None  # the teacher (path, kind, fingerprint), distill_weight and temperature
 
 
 def finetune_model(model, tokenizer, data, config: FinetuneConfig, *, checkpoints: str | Path | None = None,
@@ -276,6 +285,7 @@ def finetune_model(model, tokenizer, data, config: FinetuneConfig, *, checkpoint
     is what `merge_model` and `search` take. Training is Hugging Face `Trainer`'s, so `accelerate launch` runs it
     on several processes. `checkpoints`: a folder for Trainer's checkpoints every `save_steps` (None: a temporary
     one, removed at the end); `resume_from`: one of them. `on_progress(done, total, label)` gets the steps.
+    With `config.teacher` the loss adds the teacher's KL (loaded here; see `sqft_ov.stages.distill`).
     """
     import tempfile
 
@@ -289,6 +299,7 @@ def finetune_model(model, tokenizer, data, config: FinetuneConfig, *, checkpoint
     from sqft_ov.io.sft_data import ResponseCollator, build_datasets, prompts_templated
 
     device = torch_device(config.device)
+    teacher, distillation = load_teacher(config, model, tokenizer) if config.teacher else (None, None)
     set_seed(config.seed)  # here, not before loading: the same adapters whether the model came from a folder or not
     if config.precision != "fp32":
         model.to(config.torch_dtype)
@@ -309,13 +320,14 @@ def finetune_model(model, tokenizer, data, config: FinetuneConfig, *, checkpoint
                               adapted.set_widths if space is not None else None)
     scratch = None if checkpoints is not None else tempfile.TemporaryDirectory(prefix="sqft-ov-run-")
     args = _training_args(config, Path(checkpoints if checkpoints is not None else scratch.name), device)
+    distiller = Distiller(teacher, config.distill_weight, config.temperature).to(args.device) if teacher else None
     timer = _step_timer()
     extra = [timer, _divergence_guard(adapted)] + ([sampler] if sampler else [])
     if on_progress is not None:
         extra.append(progress_callback(on_progress, label))
     trainer = _trainer_class()(model=adapted.model, args=args, train_dataset=train_set,
                                data_collator=ResponseCollator(tokenizer.pad_token_id), adapted=adapted,
-                               sampler=sampler, callbacks=extra + list(callbacks or []))
+                               sampler=sampler, callbacks=extra + list(callbacks or []), distiller=distiller)
     _check_sharding(trainer, resume_from is not None)
     trainer.remove_callback(PrinterCallback)  # the loss goes to loss_log.json instead (steps: on_progress)
     try:
@@ -328,7 +340,7 @@ def finetune_model(model, tokenizer, data, config: FinetuneConfig, *, checkpoint
     return Trained(adapted, [h["loss"] for h in trainer.state.log_history if "loss" in h], eval_loss,
                    trainer.state.global_step, timer.seconds, args.world_size, args.device.type,
                    trainer.state.log_history, tensors, gathered, sampler.history if sampler else None,
-                   trainer.is_world_process_zero())
+                   trainer.is_world_process_zero(), distillation)
 
 
 def save_adapter(trained: Trained, tokenizer, folder: Path, config: FinetuneConfig, base: str | Path, data) -> None:
@@ -342,6 +354,7 @@ def save_adapter(trained: Trained, tokenizer, folder: Path, config: FinetuneConf
     adapted = trained.adapted
     record = _record(config, base, data, adapted, trained.steps, trained.world_size, trained.eval_loss,
                      trained.train_loss, trained.step_seconds, trained.device)
+    record["distillation"] = trained.distillation  # None, or the teacher's path and fingerprint, weight, temperature
     (folder / ADAPTER_CONFIG).write_text(json.dumps(record, indent=2))
     (folder / "loss_log.json").write_text(json.dumps(trained.log_history, indent=2))
     save_file(trained.tensors, folder / TRAINABLE)
@@ -367,8 +380,10 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
     from sqft_ov.io.device import torch_device
     from sqft_ov.io.output import atomic_output, check_output
 
-    output = check_output(output, overwrite, inputs=(model_dir, data))
+    output = check_output(output, overwrite, inputs=(model_dir, data, config.teacher))
     model_dir = check_model_dir(model_dir)  # a Hub ID or .gguf: the local folder the record names as base
+    if config.teacher:
+        teacher_source(config.teacher)  # a bad --teacher fails before the student loads
     run_dir = _run_dir(output)
     checkpoint = _latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
@@ -384,4 +399,5 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
         with atomic_output(output, overwrite) as tmp:
             save_adapter(trained, tokenizer, tmp, config, model_dir, data)
         shutil.rmtree(run_dir, ignore_errors=True)
-    return FinetuneResult(output, trained.train_loss, trained.eval_loss, trained.steps)
+    distill_loss = [h["distill_loss"] for h in trained.log_history if "distill_loss" in h] if config.teacher else None
+    return FinetuneResult(output, trained.train_loss, trained.eval_loss, trained.steps, distill_loss)
