@@ -23,7 +23,7 @@ from sqft_ov.adapters.elastic import width_multiple
 from sqft_ov.recipe import (
     Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Option, Out,
-    Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
+    Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files, validation_file,
 )
 from sqft_ov.recipes.lonas import GroupSize, MaxSize, Model, deploy_super_network
 
@@ -76,4 +76,4 @@ def recipe(
                             search_space=str(space), max_steps=steps, lr=lr, batch_size=batch_size,
                             eval_split=0.05, data_format=prompts, seed=seed)
     return deploy_super_network("EFTNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,
-                                on_progress, metric)
+                                on_progress, metric, validation_file(data))

@@ -30,7 +30,7 @@ from sqft_ov.stages.export_groups import grouped_input_sizes, plan_group_sizes
 from sqft_ov.recipe import (
     Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Option, Out,
-    Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files,
+    Overwrite, RankSpace, Seed, Steps, Test, check_scoring, fresh_output, task_files, validation_file,
 )
 
 Model = Annotated[Path, Option(help="Model folder (dense, or sparse from sqft-ov sparsify) or .gguf file.")]
@@ -43,8 +43,9 @@ GroupSize = Annotated[int, Option(help="INT4 group size of the IRs (MLP width fr
 
 def deploy_super_network(label: str, model: Path, train: Path, test: Path | None, out: Path, config: FinetuneConfig,
                          max_size: float, group_size: int, eval_limit: int | None, on_progress,
-                         metric: str = "exact") -> list[Deployment]:
-    """Train the super-network, cut the searched sub-network and the full one, export both INT4, evaluate both."""
+                         metric: str = "exact", validation: Path | None = None) -> list[Deployment]:
+    """Train the super-network, cut the searched sub-network (scored on `validation`, else on data held out of
+    `train`) and the full one, export both INT4, evaluate both."""
     prompts = config.data_format
     model_config = load_config(model)
     # Every layer of every sub-network must be whole INT4 groups: a misfit fails here, not at export after training.
@@ -56,7 +57,7 @@ def deploy_super_network(label: str, model: Path, train: Path, test: Path | None
     for name, folder, strategy, limit in ((f"{label} (full widths)", out / "full", "max", None),
                                           (label, out, "hill-climb", max(max_size, smallest))):
         folder.mkdir(parents=True, exist_ok=True)
-        chosen = search(adapter, strategy, budget=12, max_size=limit)
+        chosen = search(adapter, strategy, validation, budget=12, max_size=limit)
         chosen.save(folder / "sub_network.json", list(config.rank_space))
         merge(adapter, folder / "merged", folder / "sub_network.json")
         ir = export(folder / "merged", folder / "ir", ExportConfig(weight_format="int4", group_size=group_size)).output
@@ -108,4 +109,4 @@ def recipe(
                             max_steps=steps, lr=lr, batch_size=batch_size, eval_split=0.05, data_format=prompts,
                             seed=seed)
     return deploy_super_network("LoNAS", ordered, train, test, out, config, max_size, group_size, eval_limit,
-                                on_progress, metric)
+                                on_progress, metric, validation_file(data))

@@ -22,7 +22,7 @@ from sqft_ov.recipe import (
     Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric, Nls,
     Option, Out, Overwrite, Rank, RankSpace, Seed, SparseBase, Steps, Sym, Targets, Test, check_scoring, fresh_output,
-    task_files,
+    task_files, validation_file,
 )
 
 
@@ -69,7 +69,8 @@ def recipe(
     sub_adapter = None
     if nls:
         sub_adapter = out / "sub_adapter.json"
-        search(out / "adapter", "hill-climb", budget=12).save(sub_adapter, list(config.rank_space))
+        chosen = search(out / "adapter", "hill-climb", validation_file(data), budget=12)
+        chosen.save(sub_adapter, list(config.rank_space))
     merge(out / "adapter", out / "merged", sub_adapter)
     ir = export(out / "merged", out / "ir", ExportConfig(weight_format="int4")).output  # on the trained grid
     scoring = EvalConfig(limit=eval_limit, data_format=prompts, loss=False, metric=metric)

@@ -18,6 +18,7 @@ from sqft_ov.recipe import (
     Bf16, DistillWeight, GradientCheckpointing, Teacher, Temperature, TrainDevice, distill_options, memory_options,
     BATCH_SIZE, LR, RANK_SPACE, STEPS, TARGETS, BatchSize, ChatTemplate, Data, Deployment, EvalLimit, Lr, Metric,
     Option, Out, Overwrite, RankSpace, Seed, SparseBase, Steps, Targets, Test, check_scoring, fresh_output, task_files,
+    validation_file,
 )
 from sqft_ov.stages.search import STRATEGIES
 
@@ -57,7 +58,7 @@ def recipe(
                             data_format=prompts, seed=seed, target_modules=target_modules)
     adapter = finetune(model, train, out / "adapter", config, on_progress=on_progress).output
     sub_adapter = out / "sub_adapter.json"
-    search(adapter, strategy, budget=12).save(sub_adapter, list(config.rank_space))
+    search(adapter, strategy, validation_file(data), budget=12).save(sub_adapter, list(config.rank_space))
     scoring = EvalConfig(adapter=adapter, sub_adapter=sub_adapter, limit=eval_limit, data_format=prompts,
                          loss=False, metric=metric)
     evaluation = evaluate(model, test or train, scoring, on_progress)

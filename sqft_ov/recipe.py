@@ -19,7 +19,7 @@ from sqft_ov.config_fields import default_and_help, field_help, shown
 from sqft_ov.errors import ConfigError, SqftError
 from sqft_ov.stages.evaluate import EvalReport
 
-TRAIN_FILE, TEST_FILE = "train.jsonl", "test.jsonl"
+TRAIN_FILE, TEST_FILE, VALIDATION_FILE = "train.jsonl", "test.jsonl", "validation.jsonl"
 
 # A recipe is a tuned plan (a few hundred steps on small task data), so some of its defaults differ from the
 # finetune stage's (sqft_ov/adapters/config.py) on purpose; the options' help says where. The quickstart's
@@ -55,7 +55,8 @@ class Option:
 # The options every recipe shares, as `sqft-ov run` shows them (plain defaults when called from Python); the help
 # of a FinetuneConfig field is the field's (tests/test_config_source.py checks the recipes' options against it).
 SparseBase = Annotated[Path, Option(help="Sparse base model folder (e.g. the output of sqft-ov sparsify).")]
-Data = Annotated[Path, Option(help="Training data, or a folder with train.jsonl and test.jsonl.")]
+Data = Annotated[Path, Option(help="Training data, or a folder with train.jsonl, test.jsonl and (scored by "
+                                   "searches) validation.jsonl.")]
 Out = Annotated[Path, Option(help="Folder for everything the recipe writes.")]
 Test = Annotated[Optional[Path], Option(show_default="DATA/test.jsonl, else DATA", help="Evaluation data.")]
 Nls = Annotated[bool, Option(help="Elastic ranks, then a sub-adapter chosen by search.")]  # what the recipe does
@@ -130,6 +131,13 @@ class Deployment:
                 "sub_adapter": str(self.sub_adapter) if self.sub_adapter else None, "merged": self.merged,
                 "precision": self.precision, "sparsity": self.sparsity, "accuracy": self.accuracy, "seed": self.seed,
                 "evaluation": self.evaluation.to_dict() if self.evaluation else None}
+
+
+def validation_file(data: str | Path) -> Path | None:
+    """DATA/validation.jsonl where --data is a folder holding one: the held-out problems a recipe's search scores
+    sub-networks on (else search holds out part of the training data), never the test problems."""
+    path = Path(data).expanduser() / VALIDATION_FILE
+    return path if path.is_file() else None
 
 
 def task_files(data: str | Path, test: str | Path | None = None) -> tuple[Path, Path | None]:

@@ -316,15 +316,21 @@ def test_run_recipe_through_the_cli(tmp_path, sparse_models, workdir):
 def test_qa_sparsepeft_recipe_with_nls(tmp_path, sparse_models):
     from sqft_ov.recipes import qa_sparsepeft
 
-    task = write_task(tmp_path / "task", 64, 8)
+    task = write_task(tmp_path / "task", 64, 8, validation=8)
     (row,) = qa_sparsepeft.recipe(model=sparse_models["llama"], data=task["train"].parent, out=tmp_path / "qa",
                                   nls=True, rank_space="8 4", steps=3, batch_size=4)
     assert row.label == "QA-SparsePEFT + NLS" and row.merged and row.sparsity >= 0.5
     assert row.evaluation.engine == "openvino" and row.evaluation.examples == 8
+    # the sub-adapter was chosen on the validation problems, never on the test ones
+    chosen = json.loads((tmp_path / "qa" / "sub_adapter.json").read_text())
+    assert chosen["scored_on"] == str(task["validation"].absolute()) and chosen["evaluated"]
+    splits = {name: {json.loads(line)["prompt"] for line in path.read_text().splitlines()} for name, path in task.items()}
+    assert not (splits["validation"] & splits["test"]) and not (splits["validation"] & splits["train"])
 
 
 def test_seeded_rows_report_mean_and_spread(tmp_path):
-    from sqft_ov.quickstart.comparison import QuickstartPlan, QuickstartResult, _recipe_runs, accuracy_text
+    from sqft_ov.quickstart.comparison import QuickstartPlan, QuickstartResult, _recipe_runs
+    from sqft_ov.quickstart.table_text import accuracy_text
     from sqft_ov.recipe import Deployment
     from sqft_ov.stages.evaluate import EvalReport
 

@@ -224,7 +224,7 @@ def loader_lines(arguments: list[str]) -> str:
 
 def quickstart_table(result, title: str) -> Table:
     """The quickstart's rows, one per method: accuracy as mean (min–max over seeds) where trained several times."""
-    from sqft_ov.quickstart.comparison import accuracy_text, interval_text, ratio_text, speed_text
+    from sqft_ov.quickstart.table_text import accuracy_text, interval_text, ratio_text, speed_text
 
     table = Table(title=title)
     for col in ("method", "accuracy", "95 % interval", "vs LoRA (95 %)", "− LoRA (paired 95 %)", "precision", "merged",

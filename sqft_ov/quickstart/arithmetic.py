@@ -128,21 +128,28 @@ def pretraining_text(n: int, seed: int = 0) -> list[str]:
     return [p.prompt + p.response for p in problems("foundation", n, seed)]
 
 
-def write_task(out: str | Path, train: int = 2000, test: int = 200, seed: int = 0) -> dict[str, Path]:
-    """The downstream task as JSONL files (`prompt`, `response`, `answer`, `kind`); test never overlaps train."""
+def write_task(out: str | Path, train: int = 2000, test: int = 200, seed: int = 0,
+               validation: int = 0) -> dict[str, Path]:
+    """The downstream task as JSONL files (`prompt`, `response`, `answer`, `kind`): train, and disjoint from it
+    and from each other, `validation` problems (choices: sub-adapters, hyperparameters) and `test` problems
+    (scored once per final row)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train_rows = [p.row() for p in problems("downstream", train, seed)]
-    seen = {r["prompt"] for r in train_rows}
-    test_rows: list[dict] = []
-    for p in problems("downstream", 20 * test, seed + 1):
-        if len(test_rows) == test:
-            break
-        if p.prompt not in seen:
-            seen.add(p.prompt)
-            test_rows.append(p.row())
+    splits = {"train": [p.row() for p in problems("downstream", train, seed)]}
+    seen = {r["prompt"] for r in splits["train"]}
+    fresh = (p for p in problems("downstream", 20 * (test + validation), seed + 1) if p.prompt not in seen)
+    for name, n in (("test", test), ("validation", validation)):  # test first: the same test set as before
+        rows: list[dict] = []
+        for p in fresh:
+            if len(rows) == n:
+                break
+            if p.prompt not in seen:
+                seen.add(p.prompt)
+                rows.append(p.row())
+        if n:
+            splits[name] = rows
     paths = {}
-    for name, rows in (("train", train_rows), ("test", test_rows)):
+    for name, rows in splits.items():
         paths[name] = out / f"{name}.jsonl"
         tmp = paths[name].with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqft_ov.errors import ConfigError, SqftError  # noqa: F401 (SqftError: callers catch it from here)
 from sqft_ov.io.output import check_output, write_file_atomic
+from sqft_ov.quickstart.table_text import accuracy_text, interval_text, ratio_text, speed_text
 from sqft_ov.recipe import Deployment
 
 RESULTS_JSON, RESULTS_MD = "quickstart.json", "quickstart.md"
@@ -51,6 +52,7 @@ class QuickstartPlan:
     qa_group_size: int | None = None  # None: the recipe's default (64)
     target_modules: str | None = None  # the linears that get adapters; None: each recipe's default
     nas_rows: bool = False  # LoNAS / EFTNAS super-networks on the dense base (one seed: their own comparison)
+    validation_examples: int = 100  # held out of train and test: what searches score sub-networks on
 
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
@@ -155,29 +157,6 @@ class QuickstartResult:
                 "deployments": [r.to_dict() for r in self.rows], "bench": self.bench}
 
 
-def accuracy_text(row: dict) -> str:
-    if row["accuracy"] is None:
-        return "-"
-    if row["runs"] < 2:
-        return f"{row['accuracy']:.1%}"
-    return f"{row['accuracy']:.1%} ({row['accuracy_min']:.1%}–{row['accuracy_max']:.1%}, {row['runs']} seeds)"
-
-
-def interval_text(row: dict, key: str = "accuracy_ci95") -> str:
-    interval = row.get(key)
-    if not interval:
-        return "-"
-    if key == "accuracy_ci95":
-        return f"{interval[0]:.1%}–{interval[1]:.1%}"
-    return f"{100 * interval[0]:+.1f} to {100 * interval[1]:+.1f}"
-
-
-def ratio_text(row: dict) -> str:
-    """The ratio to LoRA with its paired 95 % interval (seeds and problems resampled)."""
-    ratio, ci = row["relative_to_lora"], row.get("relative_to_lora_ci95")
-    return percent_text(ratio) + (f" ({ci[0]:.1%}–{ci[1]:.1%})" if ratio is not None and ci else "")
-
-
 def bootstrap_means(runs: list[Deployment], label: str = "", resamples: int | None = None):
     """A row's mean accuracy for each hierarchical resample (seeds, then test problems, on problem draws shared
     by every row so that rows subtract into paired differences: `sqft_ov.measure.intervals`); None without
@@ -196,14 +175,6 @@ def bootstrap_means(runs: list[Deployment], label: str = "", resamples: int | No
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
-
-
-def percent_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def speed_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
 
 
 def is_seeded(plan: QuickstartPlan, label: str) -> bool:
@@ -328,7 +299,7 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
                       overwrite=True)  # a resumed run's: the same plan, or more seeds
 
     t = time.perf_counter()
-    task = write_task(out / "task", plan.train_examples, plan.test_examples)
+    task = write_task(out / "task", plan.train_examples, plan.test_examples, validation=plan.validation_examples)
     (out / "calibration.txt").write_text("\n".join(pretraining_text(256, seed=1)) + "\n")
     sparse = out / "sparse-wanda50"
     if not (resume and sparse.is_dir()):  # written atomically: if it is there, it is whole

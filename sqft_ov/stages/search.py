@@ -32,10 +32,11 @@ class SearchResult:
     evaluated: list[dict] = field(default_factory=list)
     widths: list[BlockWidth] | None = None  # elastic base widths per block (LoNAS / EFTNAS super-networks)
     decoder_share: float | None = None  # the sub-network's decoder linear weights / the full model's
+    scored_on: str | None = None  # hill-climb: the held-out data its validation losses come from
 
     def save(self, path: str | Path, rank_space: list[int]) -> None:
         data = {"strategy": self.strategy, "ranks": self.ranks, "rank_space": rank_space,
-                "validation_loss": self.validation_loss, "evaluated": self.evaluated}
+                "validation_loss": self.validation_loss, "evaluated": self.evaluated, "scored_on": self.scored_on}
         if self.widths is not None:
             data |= {"widths": [asdict(w) for w in self.widths], "decoder_share": self.decoder_share}
         Path(path).write_text(json.dumps(data, indent=2))
@@ -199,8 +200,12 @@ def search(adapter_dir: str | Path, strategy: str, validation: str | Path | None
         split = 0.0 if validation is not None else record["eval_split"]
         return _scorer(adapted, tokenizer, held_out, split, batch_size, space, share)
 
-    return _choose(strategy, space, shape, lambda: json.loads((adapter_dir / HISTORY).read_text()), scorer, budget,
-                   max_size)
+    result = _choose(strategy, space, shape, lambda: json.loads((adapter_dir / HISTORY).read_text()), scorer, budget,
+                     max_size)
+    if result.evaluated:
+        result.scored_on = (str(Path(validation).absolute()) if validation is not None
+                            else f"{record['data']} (the {record['eval_split']:.0%} held out of training)")
+    return result
 
 
 def search_model(adapted, tokenizer, strategy: str, validation=None, history: list[dict] | None = None,

@@ -1,0 +1,34 @@
+"""How the quickstart's table writes its figures: accuracy with its seeds, intervals, ratios, speeds."""
+
+from __future__ import annotations
+
+
+def accuracy_text(row: dict) -> str:
+    if row["accuracy"] is None:
+        return "-"
+    if row["runs"] < 2:
+        return f"{row['accuracy']:.1%}"
+    return f"{row['accuracy']:.1%} ({row['accuracy_min']:.1%}–{row['accuracy_max']:.1%}, {row['runs']} seeds)"
+
+
+def interval_text(row: dict, key: str = "accuracy_ci95") -> str:
+    interval = row.get(key)
+    if not interval:
+        return "-"
+    if key == "accuracy_ci95":
+        return f"{interval[0]:.1%}–{interval[1]:.1%}"
+    return f"{100 * interval[0]:+.1f} to {100 * interval[1]:+.1f}"
+
+
+def ratio_text(row: dict) -> str:
+    """The ratio to LoRA with its paired 95 % interval (seeds and problems resampled)."""
+    ratio, ci = row["relative_to_lora"], row.get("relative_to_lora_ci95")
+    return percent_text(ratio) + (f" ({ci[0]:.1%}–{ci[1]:.1%})" if ratio is not None and ci else "")
+
+
+def percent_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def speed_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
