@@ -328,6 +328,18 @@ def test_qa_sparsepeft_recipe_with_nls(tmp_path, sparse_models):
     assert not (splits["validation"] & splits["test"]) and not (splits["validation"] & splits["train"])
 
 
+def test_dense_qa_lora_row_is_qa_sparsepeft_on_the_dense_base(tmp_path, tiny_models):
+    """The quickstart's Dense QA-LoRA row: the same recipe on a base without zeros, merged on its INT4 grid."""
+    from sqft_ov.recipes import qa_sparsepeft
+
+    task = write_task(tmp_path / "task", 64, 8)
+    (row,) = qa_sparsepeft.recipe(model=tiny_models["llama"], data=task["train"].parent, out=tmp_path / "dense",
+                                  steps=3, batch_size=4)
+    # zeros only where a code sits on its group's zero point (12.8 % here), not Wanda's half
+    assert row.merged and "int4" in row.precision and row.sparsity < 0.3
+    assert row.evaluation.engine == "openvino" and row.evaluation.examples == 8
+
+
 def test_seeded_rows_report_mean_and_spread(tmp_path):
     from sqft_ov.quickstart.comparison import QuickstartPlan, QuickstartResult, _recipe_runs
     from sqft_ov.quickstart.table_text import accuracy_text
@@ -365,11 +377,12 @@ def test_seeded_rows_report_mean_and_spread(tmp_path):
         return seeds
 
     real = seeds_of(QuickstartPlan.make(False, real_model=True, seeds=3))
-    assert real["LoRA"] == real["QA-SparsePEFT"] == [42, 43, 44] and real["Shears"] == [42]
+    assert real["LoRA"] == real["QA-SparsePEFT"] == real["Dense QA-LoRA"] == [42, 43, 44] and real["Shears"] == [42]
     full = seeds_of(QuickstartPlan.make(False))  # the embedded full run: every fine-tuned row, 3 seeds
-    assert len(full) == 8 and full["LoNAS"] == full["EFTNAS"] == [42]  # NAS rows: one seed, their own comparison
+    assert len(full) == 9 and full["LoNAS"] == full["EFTNAS"] == [42]  # NAS rows: one seed, their own comparison
     assert all(seeds == [42, 43, 44] for name, seeds in full.items() if "NAS" not in name)
     assert all(seeds == [42] for seeds in seeds_of(QuickstartPlan.make(True)).values())
+    assert "Dense QA-LoRA" not in seeds_of(QuickstartPlan.make(True))  # --fast stays a smoke test
     assert QuickstartPlan.make(True).seeds == 1 and QuickstartPlan.make(False, real_model=True).chat_template
 
 
@@ -384,7 +397,8 @@ def test_real_model_plan_trains_the_compared_rows_first_and_tables_them_in_order
     runs = _recipe_runs(plan)
     assert all(options["target_modules"] == ALL_LINEARS for name, _, options in runs)  # every linear adapted
     order = [(name, options["seed"]) for name, _, options in training_order(plan, runs)]
-    assert order[:4] == [("LoRA", 42), ("QA-SparsePEFT", 42), ("LoRA", 43), ("QA-SparsePEFT", 43)]
+    assert order[:6] == [("LoRA", 42), ("QA-SparsePEFT", 42), ("Dense QA-LoRA", 42), ("LoRA", 43),
+                         ("QA-SparsePEFT", 43), ("Dense QA-LoRA", 43)]
     assert sorted(order) == sorted((name, options["seed"]) for name, _, options in runs)
     assert training_order(QuickstartPlan.make(False), _recipe_runs(QuickstartPlan.make(False))) == \
         _recipe_runs(QuickstartPlan.make(False))  # the embedded run trains in the table's order

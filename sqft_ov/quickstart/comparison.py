@@ -2,8 +2,10 @@
 
 base model (the foundation model pretrained here and cached, or `--model`: a Hugging Face folder, a .gguf
 file or `smollm2`) -> Wanda 50 % -> every recipe (LoRA, LoRA merged then INT4 post-training, Shears,
-SparsePEFT, QA-SparsePEFT, with and without NLS; in the full embedded run also LoNAS and EFTNAS on the dense
-base, each as its searched sub-network and its full-width super-network) -> merge -> export -> exact match
+SparsePEFT, QA-SparsePEFT, with and without NLS; except with --fast also Dense QA-LoRA, QA-SparsePEFT's recipe on
+the dense base, whose difference to QA-SparsePEFT is what the sparsity costs; in the full embedded run also LoNAS
+and EFTNAS on the dense base, each as its searched sub-network and its full-width super-network; searches score
+on the task's validation split, the test split is scored once per row) -> merge -> export -> exact match
 through OpenVINO -> decode speed and size through `bench`. The table mirrors SQFT's: accuracy (mean and min–max over seeds where a row
 is trained with several), accuracy relative to unmerged LoRA, deployed precision, merged or not, sparsity
 of the deployed weights, decode tokens/s.
@@ -26,7 +28,11 @@ RUN_ROWS = "deployments.json"  # in each recipe run's folder once it finished: w
 PLAN_JSON = "plan.json"  # the plan OUT was started with: --resume refuses another
 FOUNDATION, DENSE, WANDA = "Foundation (dense, no FT)", "Dense (no FT)", "Wanda 50 % (no FT)"
 NAS_ROWS = ("LoNAS", "EFTNAS")  # trained on the dense base, one seed: their comparison is with their own full widths
-REAL_SEEDED = ("LoRA", "QA-SparsePEFT")  # on a real model (~15-35 min a recipe here) only these are re-trained
+# QA-SparsePEFT's recipe on the dense base (NNCF's QAT + LoRA on INT4, merged on its grid; the mask is all ones):
+# what the sparsity costs is this row minus QA-SparsePEFT
+DENSE_QA = "Dense QA-LoRA"
+# on a real model (~15-35 min a recipe here) only these are re-trained
+REAL_SEEDED = ("LoRA", "QA-SparsePEFT", DENSE_QA)
 ALL_LINEARS = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"  # a Llama block's linears
 
 
@@ -53,15 +59,16 @@ class QuickstartPlan:
     target_modules: str | None = None  # the linears that get adapters; None: each recipe's default
     nas_rows: bool = False  # LoNAS / EFTNAS super-networks on the dense base (one seed: their own comparison)
     validation_examples: int = 100  # held out of train and test: what searches score sub-networks on
+    dense_qa: bool = True  # the Dense QA-LoRA row (not in --fast)
 
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
         if not real_model:  # --fast: 200 steps, where LoRA is past the cliff (README, "--fast")
-            plan = cls(True, 1200, 100, 200, False, 1, 16) if fast else cls(False, 2000, 200, 600, True, 3, 32,
+            plan = cls(True, 1200, 100, 200, False, 1, 16, dense_qa=False) if fast else cls(False, 2000, 200, 600, True, 3, 32,
                                                                              seeds=3, nas_rows=True)
         elif fast:
             plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 1e-3, True, (16, 256),
-                       qa_group_size=32)
+                       qa_group_size=32, validation_examples=16, dense_qa=False)
         else:  # QA-SparsePEFT at LoRA's lr and group 32 (3e-4 / g64 left it at 14 %), adapters on all seven
             # linears for 160 steps (5 linears x 80 steps left it at 84 % of LoRA): README, real-model section
             plan = cls(False, 800, 300, 160, True, 3, 32, True, 2, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
@@ -193,6 +200,8 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
             ("SparsePEFT", sparsepeft.recipe, tuned), ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True, **tuned}),
             ("QA-SparsePEFT", qa_sparsepeft.recipe, qa), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
                                                           {"nls": True, **qa})]
+    if plan.dense_qa:
+        runs.append((DENSE_QA, qa_sparsepeft.recipe, qa))
     if plan.nas_rows:
         runs += [("LoNAS", lonas.recipe, lr), ("EFTNAS", eftnas.recipe, lr)]
     out = []
@@ -344,9 +353,12 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on
             made_by[name, options["seed"]] = [Deployment.from_dict(d) for d in json.loads(done.read_text())]
             say(f"recipe {name} (seed {options['seed']}): finished before, kept")
             continue
-        made = recipe(out=out / folder, **{**common, "model": dense if name in NAS_ROWS else sparse}, **options)
+        on_dense = name in NAS_ROWS or name == DENSE_QA
+        made = recipe(out=out / folder, **{**common, "model": dense if on_dense else sparse}, **options)
         for deployment in made:
             deployment.seed = options["seed"]
+            if name == DENSE_QA:
+                deployment.label = DENSE_QA
         write_file_atomic(done, json.dumps([d.to_dict() for d in made], indent=2, default=str))
         made_by[name, options["seed"]] = made
         stage(f"recipe {name} (seed {options['seed']})", t)
