@@ -412,3 +412,46 @@ def test_real_model_plan_trains_the_compared_rows_first_and_tables_them_in_order
     rows = _recipe_rows(plan, tmp_path, tmp_path, True, None, said.append, None)
     assert [(r.label, r.seed) for r in rows] == [(name, options["seed"]) for name, _, options in runs]
     assert said[0] == "recipe LoRA (seed 42): finished before, kept" and "QA-SparsePEFT (seed 42)" in said[1]
+
+
+def test_learning_rates_are_chosen_on_validation_and_kept_on_resume(tmp_path, monkeypatch):
+    """choose_on_validation: one run per learning rate scored on task/validation.jsonl, the best kept (ties: the
+    smaller), every score in choices.json; a resumed run reads them back instead of training again."""
+    from dataclasses import replace
+
+    from sqft_ov.quickstart.choices import CHOICES_JSON, choose_on_validation
+    from sqft_ov.quickstart.comparison import QuickstartPlan
+    from sqft_ov.recipe import Deployment
+    from sqft_ov.recipes import lora, qa_sparsepeft
+
+    planted = {("lora", 1e-3): 0.5, ("lora", 3e-3): 0.7, ("qa", 1e-3): 0.6, ("qa", 3e-3): 0.6}
+    calls = []
+
+    def fake(kind):
+        def recipe(out, lr, test, **options):
+            calls.append((kind, lr, Path(test).name, options.get("merged")))
+            return [Deployment(kind, kind, out, None, None, True, "int4", 0.5,
+                               evaluation=_report(planted[kind, lr]))]
+        return recipe
+
+    monkeypatch.setattr(lora, "recipe", fake("lora"))
+    monkeypatch.setattr(qa_sparsepeft, "recipe", fake("qa"))
+    plan = replace(QuickstartPlan.make(True), lr_choices=(1e-3, 3e-3))
+    chosen = choose_on_validation(plan, tmp_path, tmp_path / "sparse", resume=False, say=lambda line: None)
+    assert (chosen.lr, chosen.qa_lr) == (3e-3, 1e-3)  # LoRA: the better one; QA-SparsePEFT: a tie, the smaller
+    assert {c[2] for c in calls} == {"validation.jsonl"} and len(calls) == 4
+    assert all(merged is False for kind, _, _, merged in calls if kind == "lora")  # unmerged LoRA is the score
+    record = json.loads((tmp_path / CHOICES_JSON).read_text())
+    assert record["scores"]["LoRA"] == {"0.001": 0.5, "0.003": 0.7} and record["split"] == "validation.jsonl"
+    calls.clear()
+    again = choose_on_validation(plan, tmp_path, tmp_path / "sparse", resume=True, say=lambda line: None)
+    assert (again.lr, again.qa_lr) == (3e-3, 1e-3) and not calls
+    assert choose_on_validation(QuickstartPlan.make(True), tmp_path, tmp_path, False) == QuickstartPlan.make(True)
+
+
+def _report(accuracy: float):
+    from sqft_ov.stages.evaluate import EvalReport
+
+    correct = round(accuracy * 10)
+    return EvalReport("m", None, "openvino", "validation.jsonl", 10, correct, 0, None, 0, 1.0,
+                      [{"correct": i < correct} for i in range(10)])

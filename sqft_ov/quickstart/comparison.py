@@ -60,19 +60,20 @@ class QuickstartPlan:
     nas_rows: bool = False  # LoNAS / EFTNAS super-networks on the dense base (one seed: their own comparison)
     validation_examples: int = 100  # held out of train and test: what searches score sub-networks on
     dense_qa: bool = True  # the Dense QA-LoRA row (not in --fast)
+    lr_choices: tuple[float, ...] = ()  # learning rates LoRA's and QA-SparsePEFT's are chosen from, on validation
 
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
         if not real_model:  # --fast: 200 steps, where LoRA is past the cliff (README, "--fast")
-            plan = cls(True, 1200, 100, 200, False, 1, 16, dense_qa=False) if fast else cls(False, 2000, 200, 600, True, 3, 32,
-                                                                             seeds=3, nas_rows=True)
+            plan = cls(True, 1200, 100, 200, False, 1, 16, dense_qa=False) if fast else \
+                cls(False, 2000, 200, 600, True, 3, 32, seeds=3, nas_rows=True, lr_choices=(1e-3, 3e-3))
         elif fast:
             plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 1e-3, True, (16, 256),
                        qa_group_size=32, validation_examples=16, dense_qa=False)
         else:  # QA-SparsePEFT at LoRA's lr and group 32 (3e-4 / g64 left it at 14 %), adapters on all seven
             # linears for 160 steps (5 linears x 80 steps left it at 84 % of LoRA): README, real-model section
             plan = cls(False, 800, 300, 160, True, 3, 32, True, 2, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
-                       qa_group_size=32, target_modules=ALL_LINEARS)
+                       qa_group_size=32, target_modules=ALL_LINEARS, lr_choices=(3e-4, 1e-3, 3e-3))
         return plan if seeds is None else replace(plan, seeds=seeds)
 
 
@@ -86,6 +87,7 @@ class QuickstartResult:
     seconds: float
     base: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)  # choices.json: learning rates chosen on validation, with scores
 
     @property
     def reference(self) -> Deployment:
@@ -158,7 +160,7 @@ class QuickstartResult:
         return "\n".join(lines + ([f"\nNote: {problem}."] if problem else [])) + "\n"
 
     def to_dict(self) -> dict:
-        return {"base": self.base, "plan": self.plan.__dict__, "seconds": self.seconds,
+        return {"base": self.base, "plan": self.plan.__dict__, "choices": self.choices, "seconds": self.seconds,
                 "stage_seconds": self.stage_seconds, "reference_problem": self.reference_problem(),
                 "table": self.table_rows(),
                 "deployments": [r.to_dict() for r in self.rows], "bench": self.bench}
@@ -188,14 +190,20 @@ def is_seeded(plan: QuickstartPlan, label: str) -> bool:
     return plan.seeded is None or label in plan.seeded
 
 
-def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
-    """(label, recipe, options) per fine-tuned row, a run per seed for the seeded rows."""
-    from sqft_ov.recipes import eftnas, lonas, lora, qa_sparsepeft, shears, sparsepeft
-
+def row_options(plan: QuickstartPlan) -> tuple[dict, dict, dict]:
+    """The recipe options the plan sets: (learning rate only, LoRA-family rows, QA rows)."""
     lr = {} if plan.lr is None else {"lr": plan.lr}
     tuned = lr | ({} if plan.target_modules is None else {"target_modules": plan.target_modules})
     qa = tuned | ({} if plan.qa_lr is None else {"lr": plan.qa_lr}) | ({} if plan.qa_group_size is None
                                                                     else {"group_size": plan.qa_group_size})
+    return lr, tuned, qa
+
+
+def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
+    """(label, recipe, options) per fine-tuned row, a run per seed for the seeded rows."""
+    from sqft_ov.recipes import eftnas, lonas, lora, qa_sparsepeft, shears, sparsepeft
+
+    lr, tuned, qa = row_options(plan)
     runs = [("LoRA", lora.recipe, tuned), ("Shears", shears.recipe, tuned),
             ("SparsePEFT", sparsepeft.recipe, tuned), ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True, **tuned}),
             ("QA-SparsePEFT", qa_sparsepeft.recipe, qa), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
@@ -269,6 +277,7 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
     import shutil
 
     from sqft_ov.quickstart.arithmetic import pretraining_text, write_task
+    from sqft_ov.quickstart.choices import CHOICES_JSON, choose_on_validation
     from sqft_ov.quickstart.foundation import FoundationConfig
     from sqft_ov.stages.evaluate import EvalConfig, evaluate
     from sqft_ov.stages.sparsify import SparsityConfig, deployed_sparsity, sparsify_folder
@@ -323,13 +332,18 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
             for label, path in ((base_label, base), (WANDA, sparse))]
     stage("sparsify + evaluate the bases", t)
 
+    t = time.perf_counter()
+    plan = choose_on_validation(plan, out, sparse, resume, on_progress, say)
+    if plan.lr_choices:
+        stage("learning rates chosen on the validation split", t)
     rows += _recipe_rows(plan, out, sparse, resume, on_progress, say, stage, dense=base)
 
     t = time.perf_counter()
     report, decode = _bench(rows, plan, on_progress)
     stage("bench", t)
 
-    result = QuickstartResult(out, plan, rows, decode, report, time.perf_counter() - start, str(base), stages)
+    choices = json.loads((out / CHOICES_JSON).read_text()) if plan.lr_choices else {}
+    result = QuickstartResult(out, plan, rows, decode, report, time.perf_counter() - start, str(base), stages, choices)
     if problem := result.reference_problem():
         say(f"warning: {problem}")
     write_file_atomic(out / RESULTS_JSON, json.dumps(result.to_dict(), indent=2, default=str), overwrite=resume)

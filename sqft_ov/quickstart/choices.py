@@ -1,0 +1,55 @@
+"""The quickstart's learning rates, chosen on the task's validation split, never on its test split.
+
+LoRA's learning rate (every LoRA-family row's) and QA-SparsePEFT's (the QA rows') are each chosen from the
+plan's `lr_choices` by one run per value (seed 42) scored on `task/validation.jsonl`; the table's runs then
+train with the chosen values and the test problems are scored once per final row. Each choice run leaves its
+`deployments.json`, so `--resume` keeps it; `choices.json` records every score and what was chosen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from sqft_ov.io.output import write_file_atomic
+from sqft_ov.recipe import VALIDATION_FILE, Deployment
+
+CHOICES_JSON = "choices.json"
+CHOICE_SEED = 42
+
+
+def _score(recipe, folder: Path, resume: bool, options: dict) -> float:
+    """Validation accuracy of one choice run (read back when `resume` finds it finished)."""
+    done = folder / "deployments.json"
+    if resume and done.is_file():
+        return Deployment.from_dict(json.loads(done.read_text())[0]).accuracy
+    made = recipe(out=folder, **options)
+    write_file_atomic(done, json.dumps([d.to_dict() for d in made], indent=2, default=str))
+    return made[0].accuracy  # LoRA: unmerged; QA-SparsePEFT: its merged INT4 IR
+
+
+def choose_on_validation(plan, out: Path, sparse: Path, resume: bool, on_progress=None, say=print):
+    """The plan with `lr` and `qa_lr` chosen on validation (the plan itself when it has no `lr_choices`);
+    ties go to the smaller learning rate."""
+    from sqft_ov.quickstart.comparison import row_options
+    from sqft_ov.recipes import lora, qa_sparsepeft
+
+    if not plan.lr_choices:
+        return plan
+    _, tuned, qa = row_options(plan)
+    common = dict(model=sparse, data=out / "task", test=out / "task" / VALIDATION_FILE, steps=plan.steps,
+                  batch_size=plan.batch_size, chat_template=plan.chat_template, seed=CHOICE_SEED, overwrite=True,
+                  on_progress=on_progress)
+    record: dict = {"split": VALIDATION_FILE, "seed": CHOICE_SEED, "scores": {}, "chosen": {}}
+    for key, name, recipe, options in (("lr", "LoRA", lora.recipe, {**tuned, "merged": False}),
+                                       ("qa_lr", "QA-SparsePEFT", qa_sparsepeft.recipe, qa)):
+        scores = {}
+        for lr in plan.lr_choices:
+            folder = out / "choose" / f"{name.lower()}-lr{lr:g}"
+            scores[lr] = _score(recipe, folder, resume, {**common, **options, "lr": lr})
+            say(f"choice {name} lr {lr:g}: {scores[lr]:.1%} on validation")
+        record["scores"][name] = {f"{lr:g}": score for lr, score in scores.items()}
+        record["chosen"][key] = max(plan.lr_choices, key=lambda lr: (scores[lr], -lr))
+    write_file_atomic(out / CHOICES_JSON, json.dumps(record, indent=2), overwrite=True)
+    return replace(plan, **record["chosen"])
