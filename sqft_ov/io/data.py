@@ -103,6 +103,9 @@ def _check_json_lines(path: Path) -> None:
                                 "one example such as {\"prompt\": ..., \"response\": ...}")
 
 
+IN_MEMORY = "in-memory data"  # how a Dataset or list of rows given to an in-memory verb is named and recorded
+
+
 def data_source(path: str | Path) -> str:
     """How a data argument is recorded in an output: a Hub dataset ID as given, a local path made absolute."""
     from sqft_ov.io.hub import is_hub_dataset
@@ -110,9 +113,6 @@ def data_source(path: str | Path) -> str:
     if not isinstance(path, (str, Path)):
         return IN_MEMORY
     return str(path) if is_hub_dataset(path) else str(Path(path).expanduser().absolute())
-
-
-IN_MEMORY = "in-memory data"  # how a Dataset or list of rows given to an in-memory verb is named and recorded
 
 
 def data_name(data) -> str:

@@ -321,7 +321,7 @@ def finetune(model_dir: str | Path, data: str | Path, output: str | Path, config
         raise SqftError(f"--resume: no checkpoint in {run_dir} (a run writes them every --save-steps steps)")
     if not resume and run_dir.exists() and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         shutil.rmtree(run_dir)  # a fresh run: stale checkpoints of another one must not be resumed
-    set_seed(config.seed)
+    set_seed(config.seed)  # also before loading: weights a checkpoint lacks are initialised the same every run
     torch_device(config.device)  # before loading: a missing device fails at once
     base, tokenizer = load_causal_lm(model_dir, config.trust_remote_code, dtype=config.torch_dtype)
     trained = finetune_model(base, tokenizer, data, config, checkpoints=run_dir, resume_from=checkpoint,
