@@ -267,6 +267,21 @@ def test_help_lists_the_options():
     assert "data-aware int4" in result.output
 
 
+def test_what_nncf_refuses_late_is_one_line(fp16_ir, calibration_txt, monkeypatch, tmp_path):
+    """A refusal only NNCF can make (it depends on the model's graph) is a ConfigError, not a traceback."""
+    import nncf
+
+    def refuses(model, **kwargs):
+        raise nncf.UnsupportedModelError("Transposed activations are not supported yet for the GPTQ algorithm")
+
+    monkeypatch.setattr(nncf, "compress_weights", refuses)
+    config = ExportConfig(weight_format="int4", gptq=True, calibration=str(calibration_txt), num_samples=1, seq_len=8)
+    with pytest.raises(ConfigError, match="^NNCF refuses this compression of the model: Transposed activations"):
+        compress_ir(fp16_ir / "openvino_model.xml", config, {}, into=tmp_path / "openvino_model.xml",
+                    chunks=chunks_for(fp16_ir, calibration_txt, config))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_ir_input_is_one_line():
     import openvino as ov
     import openvino.opset13 as ops

@@ -2,11 +2,11 @@
 
 The conversion itself is optimum-intel's (`main_export`: stateful model with KV cache, tokenizer and
 detokenizer IRs, configs), weight compression is NNCF's (`compress_weights` on the OpenVINO model, the
-same step `optimum-cli export openvino` runs) and static W8A8 is optimum-intel's `OVQuantizer`. What this
-module adds is the SQFT guarantee, checked on the written IR: every weight that is exactly zero in the
-source model is exactly zero after dequantizing the IR's constants. The result, with the settings and the
-per-weight sparsity, is recorded in `sqft_export.json` beside the IR (INT4/INT8 IRs also carry the source
-and settings in their rt_info).
+same step `optimum-cli export openvino` runs: data-free, or data-aware with --dataset, see export_data_aware)
+and static W8A8 is optimum-intel's `OVQuantizer`. What this module adds is the SQFT guarantee, checked on
+the written IR: every weight that is exactly zero in the source model is exactly zero after dequantizing the
+IR's constants. The result, with the settings and the per-weight sparsity, is recorded in `sqft_export.json`
+beside the IR (INT4/INT8 IRs also carry the source and settings in their rt_info).
 """
 
 from __future__ import annotations
@@ -159,6 +159,9 @@ def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | 
     except nncf.errors.InvalidGroupSizeError as exc:
         raise ConfigError(f"--group-size {group} does not divide every layer ({str(exc).splitlines()[0]}):"
                           " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
+    except (nncf.ParameterNotSupportedError, nncf.ValidationError, nncf.UnsupportedModelError) as exc:
+        # what export_data_aware's early checks cannot know (e.g. GPTQ on a layer with transposed activations)
+        raise ConfigError(f"NNCF refuses this compression of the model: {str(exc).strip().splitlines()[0]}") from exc
     settings = {"nncf_mode": mode.value, "group_size": group, "all_layers": config.all_layers} | recorded
     # The IR is written here anyway: stamp where it came from into it (rt_info travels with the .xml).
     model.set_rt_info(json.dumps({**provenance, "settings": settings}), ["sqft_ov", "provenance"])
