@@ -106,8 +106,8 @@ def export(
         show_default="NNCF's: max_activation_variance with --dataset, else weight_quantization_error"),
     dataset: Optional[Path] = typer.Option(
         None, show_default="none (needed by int8-w8a8 and data-aware int4)",
-        help="Calibration text for int8-w8a8 static quantization and data-aware int4 (--awq, --scale-estimation, --gptq, "
-             "--lora-correction, --ratio below 1): .txt (a sample a line), .json/.jsonl/.csv/.parquet."),
+        help="Calibration text for int8-w8a8 static quantization and data-aware int4 (--awq, --scale-estimation, "
+             "--gptq, --lora-correction, --ratio below 1): .txt (a sample a line), .json/.jsonl/.csv/.parquet."),
     calibration: Optional[Path] = typer.Option(None, hidden=True),  # the old name of --dataset
     awq: bool = option_for(ExportConfig, "awq"),
     scale_estimation: bool = option_for(ExportConfig, "scale_estimation"),

@@ -72,7 +72,8 @@ class ExportConfig:
         "(needs --dataset; the weights keep their zeros, the branches are dense).")})
     text_fields: tuple[str, ...] = ()
     num_samples: int = field(default=128, metadata={"help": "Calibration sequences (int8-w8a8, data-aware int4)."})
-    seq_len: int = field(default=512, metadata={"help": "Tokens per calibration sequence (int8-w8a8, data-aware int4)."})
+    seq_len: int = field(default=512, metadata={
+        "help": "Tokens per calibration sequence (int8-w8a8, data-aware int4)."})
     sparse_rate: float | None = field(default=None, metadata={
         "help": "Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."})
     device: str | None = field(default=None, metadata={

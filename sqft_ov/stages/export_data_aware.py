@@ -51,7 +51,8 @@ def check_data_aware(config) -> None:
     needs --dataset (NNCF's data-free AWQ is not offered), and options that would do nothing are refused.
     """
     if config.backup_precision is not None and config.backup_precision not in BACKUP_PRECISIONS:
-        raise ConfigError(f"unknown --backup-precision {config.backup_precision!r}: choose {', '.join(BACKUP_PRECISIONS)}")
+        raise ConfigError(f"unknown --backup-precision {config.backup_precision!r}: choose "
+                          f"{', '.join(BACKUP_PRECISIONS)}")
     if config.sensitivity_metric is not None and config.sensitivity_metric not in SENSITIVITY_METRICS:
         raise ConfigError(f"unknown --sensitivity-metric {config.sensitivity_metric!r}: choose "
                           f"{', '.join(SENSITIVITY_METRICS)}")
@@ -62,7 +63,8 @@ def check_data_aware(config) -> None:
     given = _given(config)
     if config.weight_format != "int4":
         if given:
-            why = " (NNCF's INT8 modes quantize every layer per channel, data-free)" if config.weight_format == "int8" else ""
+            int8 = config.weight_format == "int8"
+            why = " (NNCF's INT8 modes quantize every layer per channel, data-free)" if int8 else ""
             raise ConfigError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --weight-format int4 "
                               f"only{why}")
         if config.calibration and config.weight_format != "int8-w8a8":
@@ -136,7 +138,8 @@ def compression_arguments(config, model, chunks: Sequence | None) -> tuple[dict,
     import nncf
 
     kwargs: dict = {"ratio": config.ratio}
-    settings: dict = {"ratio": config.ratio, "backup_precision": config.backup_precision or "int8_asym"}  # NNCF's default
+    # NNCF's default backup mode for INT4 is int8_asym
+    settings: dict = {"ratio": config.ratio, "backup_precision": config.backup_precision or "int8_asym"}
     if config.backup_precision is not None:
         kwargs["backup_mode"] = nncf.BackupMode(config.backup_precision)
     if config.ratio < 1:  # NNCF's default metric: activation-based with data, weight error without
