@@ -99,9 +99,20 @@ def export(
                                            show_default=f"{DEFAULT_GROUP_SIZE}, or a merged model's trained grid"),
     group_size_fallback: str = option_for(ExportConfig, "group_size_fallback"),
     all_layers: bool = option_for(ExportConfig, "all_layers"),
-    dataset: Optional[Path] = typer.Option(None, show_default="none (needed by int8-w8a8)",
-                                           help="Calibration text for int8-w8a8 static quantization."),
+    ratio: float = option_for(ExportConfig, "ratio"),
+    backup_precision: Optional[str] = option_for(ExportConfig, "backup_precision", show_default="int8_asym, NNCF's"),
+    sensitivity_metric: Optional[str] = option_for(
+        ExportConfig, "sensitivity_metric",
+        show_default="NNCF's: max_activation_variance with --dataset, else weight_quantization_error"),
+    dataset: Optional[Path] = typer.Option(
+        None, show_default="none (needed by int8-w8a8 and data-aware int4)",
+        help="Calibration text for int8-w8a8 static quantization and data-aware int4 (--awq, --scale-estimation, "
+             "--gptq, --lora-correction, --ratio below 1): .txt (a sample a line), .json/.jsonl/.csv/.parquet."),
     calibration: Optional[Path] = typer.Option(None, hidden=True),  # the old name of --dataset
+    awq: bool = option_for(ExportConfig, "awq"),
+    scale_estimation: bool = option_for(ExportConfig, "scale_estimation"),
+    gptq: bool = option_for(ExportConfig, "gptq"),
+    lora_correction: bool = option_for(ExportConfig, "lora_correction"),
     text_field: list[str] = typer.Option([], show_default="the text column, or the only one",
                                          help="Field(s) holding the calibration text."),
     num_samples: int = option_for(ExportConfig, "num_samples"),
@@ -117,8 +128,11 @@ def export(
 
     calibration = renamed(dataset, calibration, "--calibration", "--dataset")
     config = ExportConfig(weight_format=weight_format, sym=sym, group_size=group_size,
-                          group_size_fallback=group_size_fallback, all_layers=all_layers,
-                          calibration=str(calibration) if calibration else None, text_fields=tuple(text_field),
+                          group_size_fallback=group_size_fallback, all_layers=all_layers, ratio=ratio,
+                          backup_precision=backup_precision, sensitivity_metric=sensitivity_metric,
+                          calibration=str(calibration) if calibration else None, awq=awq,
+                          scale_estimation=scale_estimation, gptq=gptq, lora_correction=lora_correction,
+                          text_fields=tuple(text_field),
                           num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate, device=device,
                           chat_template=chat_template, trust_remote_code=trust_remote_code)
     with err_console.status(f"exporting {model} to OpenVINO ({weight_format})"):

@@ -2,18 +2,17 @@
 
 The conversion itself is optimum-intel's (`main_export`: stateful model with KV cache, tokenizer and
 detokenizer IRs, configs), weight compression is NNCF's (`compress_weights` on the OpenVINO model, the
-same step `optimum-cli export openvino` runs) and static W8A8 is optimum-intel's `OVQuantizer`. What this
-module adds is the SQFT guarantee, checked on the written IR: every weight that is exactly zero in the
-source model is exactly zero after dequantizing the IR's constants. The result, with the settings and the
-per-weight sparsity, is recorded in `sqft_export.json` beside the IR (INT4/INT8 IRs also carry the source
-and settings in their rt_info).
+same step `optimum-cli export openvino` runs: data-free, or data-aware with --dataset, see export_data_aware)
+and static W8A8 is optimum-intel's `OVQuantizer`. What this module adds is the SQFT guarantee, checked on
+the written IR: every weight that is exactly zero in the source model is exactly zero after dequantizing the
+IR's constants. The result, with the settings and the per-weight sparsity, is recorded in `sqft_export.json`
+beside the IR (INT4/INT8 IRs also carry the source and settings in their rt_info).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -26,6 +25,9 @@ from sqft_ov.io.ir import save_over
 from sqft_ov.io.output import atomic_output, check_output, kill_point
 from sqft_ov.io.prompt_format import drop_chat_template, should_drop, trained_with_chat_template
 from sqft_ov.stages.export_convert import convert_folder, model_converter
+from sqft_ov.stages.export_data_aware import (BACKUP_PRECISIONS, SENSITIVITY_METRICS, calibration_chunks,
+                                              calibration_texts, check_data_aware, check_on_grid,
+                                              compression_arguments, lost_zeros_hint, quantize_w8a8)
 from sqft_ov.stages.export_groups import (FALLBACKS, describe_plan, grouped_input_sizes, plan_group_sizes,
                                           resolve_fallback)
 
@@ -49,10 +51,29 @@ class ExportConfig:
         "power of two dividing the layer, at least 32, else INT8) when --group-size is not given, error when it is.")})
     all_layers: bool = field(default=False, metadata={
         "help": "INT4 also for the embeddings and lm_head (default: INT8, as NNCF and optimum-cli)."})
-    calibration: str | None = None  # int8-w8a8 only
+    ratio: float = field(default=1.0, metadata={"help": (
+        "int4: share of the layers in INT4, the rest in --backup-precision, ranked by --sensitivity-metric "
+        "(NNCF's mixed precision).")})
+    backup_precision: str | None = field(default=None, metadata={"help": (
+        f"int4: {' | '.join(BACKUP_PRECISIONS)}, for the layers --ratio leaves out and (without --all-layers) the "
+        "embeddings and lm_head; none keeps them in floating point.")})
+    sensitivity_metric: str | None = field(default=None, metadata={"help": (
+        f"int4 with --ratio below 1: how layers are ranked, {' | '.join(SENSITIVITY_METRICS)}.")})
+    calibration: str | None = None  # int8-w8a8, data-aware int4
+    awq: bool = field(default=False, metadata={
+        "help": "int4: AWQ, activation-aware scaling of the weights before quantizing (needs --dataset)."})
+    scale_estimation: bool = field(default=False, metadata={
+        "help": "int4: scale estimation, INT4 scales that minimize each layer's output error (needs --dataset)."})
+    gptq: bool = field(default=False, metadata={"help": (
+        "int4: GPTQ, layer-wise error compensation (needs --dataset; it moves weights, so a sparse model fails the "
+        "zero check).")})
+    lora_correction: bool = field(default=False, metadata={"help": (
+        "int4: LoRA correction, low-rank INT8 branches beside the layers that correct their quantization error "
+        "(needs --dataset; the weights keep their zeros, the branches are dense).")})
     text_fields: tuple[str, ...] = ()
-    num_samples: int = field(default=128, metadata={"help": "Calibration sequences (int8-w8a8)."})
-    seq_len: int = field(default=512, metadata={"help": "Tokens per calibration sequence (int8-w8a8)."})
+    num_samples: int = field(default=128, metadata={"help": "Calibration sequences (int8-w8a8, data-aware int4)."})
+    seq_len: int = field(default=512, metadata={
+        "help": "Tokens per calibration sequence (int8-w8a8, data-aware int4)."})
     sparse_rate: float | None = field(default=None, metadata={
         "help": "Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."})
     device: str | None = field(default=None, metadata={
@@ -77,6 +98,7 @@ class ExportConfig:
         should_drop(self.chat_template, None)  # an unknown choice fails here
         if self.sparse_rate is not None and not 0 < self.sparse_rate <= 1:
             raise ConfigError(f"--sparse-rate must be in (0, 1], got {self.sparse_rate}")
+        check_data_aware(self)
 
 
 @dataclass
@@ -114,27 +136,34 @@ def _plan_groups(sizes: dict[str, int], config: ExportConfig) -> dict:
             "group_size_exceptions": plan}
 
 
-def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | None = None) -> dict:
-    """NNCF weight compression of an uncompressed IR, written over it or `into` another .xml path."""
+def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | None = None,
+                chunks: list | None = None) -> dict:
+    """NNCF weight compression of an uncompressed IR, written over it or `into` another .xml path; data-aware INT4
+    (export_data_aware) calibrates on `chunks`, token sequences fed to the IR as prefills."""
     import nncf
     import openvino as ov
 
+    model = ov.Core().read_model(xml)
     if config.weight_format == "int8":
         mode, group = (nncf.CompressWeightsMode.INT8_SYM if config.sym else nncf.CompressWeightsMode.INT8_ASYM), -1
+        kwargs, recorded = {"ratio": 1.0}, {}
     else:
         mode = nncf.CompressWeightsMode.INT4_SYM if config.sym else nncf.CompressWeightsMode.INT4_ASYM
         group = config.group_size or DEFAULT_GROUP_SIZE
+        kwargs, recorded = compression_arguments(config, model, chunks)
     fallback = resolve_fallback(config.group_size_fallback, config.group_size is not None)
     params = nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode(fallback))
-    model = ov.Core().read_model(xml)
     try:
         extra = {"all_layers": True} if config.all_layers else {}  # NNCF's INT8 modes refuse the option itself
-        model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=1.0, advanced_parameters=params,
+        model = nncf.compress_weights(model, mode=mode, group_size=group, advanced_parameters=params, **kwargs,
                                       **extra)
     except nncf.errors.InvalidGroupSizeError as exc:
         raise ConfigError(f"--group-size {group} does not divide every layer ({str(exc).splitlines()[0]}):"
                           " choose a divisor, or pass --group-size-fallback adjust|ignore") from exc
-    settings = {"nncf_mode": mode.value, "group_size": group, "all_layers": config.all_layers}
+    except (nncf.ParameterNotSupportedError, nncf.ValidationError, nncf.UnsupportedModelError) as exc:
+        # what export_data_aware's early checks cannot know (e.g. GPTQ on a layer with transposed activations)
+        raise ConfigError(f"NNCF refuses this compression of the model: {str(exc).strip().splitlines()[0]}") from exc
+    settings = {"nncf_mode": mode.value, "group_size": group, "all_layers": config.all_layers} | recorded
     # The IR is written here anyway: stamp where it came from into it (rt_info travels with the .xml).
     model.set_rt_info(json.dumps({**provenance, "settings": settings}), ["sqft_ov", "provenance"])
     if into is None:
@@ -142,27 +171,6 @@ def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | 
     else:
         ov.save_model(model, into, compress_to_fp16=False)
     return settings
-
-
-def _quantize_w8a8(ir_dir: Path, tokenizer, config: ExportConfig) -> dict:
-    from datasets import Dataset
-    from optimum.intel import OVConfig, OVModelForCausalLM, OVQuantizationConfig, OVQuantizer
-
-    from sqft_ov.io.data import load_texts, token_chunks
-
-    chunks = token_chunks(tokenizer, load_texts(config.calibration, config.text_fields), config.num_samples, config.seq_len)
-    rows = Dataset.from_dict({"input_ids": [c[0].tolist() for c in chunks],
-                              "attention_mask": [[1] * c.shape[1] for c in chunks]})
-    model = OVModelForCausalLM.from_pretrained(ir_dir, compile=False, trust_remote_code=config.trust_remote_code)
-    qconfig = OVQuantizationConfig(bits=8, sym=True, num_samples=len(chunks))
-    side = ir_dir / ".w8a8"  # the loaded IR is memory-mapped: writing over it in place crashes (SIGBUS)
-    OVQuantizer(model).quantize(calibration_dataset=rows, ov_config=OVConfig(quantization_config=qconfig),
-                                save_directory=side)
-    del model
-    for name in ("openvino_model.xml", "openvino_model.bin", "openvino_config.json"):
-        (side / name).replace(ir_dir / name)
-    shutil.rmtree(side)
-    return {"calibration": str(Path(config.calibration).absolute()), "calibration_samples": len(chunks)}
 
 
 def _check_grid(grid: Int4Grid, config: ExportConfig) -> None:
@@ -179,6 +187,7 @@ def _check_grid(grid: Int4Grid, config: ExportConfig) -> None:
     if config.sym is not None and config.sym != grid.sym:
         raise ConfigError(f"--{'sym' if config.sym else 'asym'} conflicts with the trained INT4 grid "
                           f"({'sym' if grid.sym else 'asym'}metric): drop the flag")
+    check_on_grid(config)
 
 
 def folder_zeros(model_dir: Path) -> Callable[[str], "torch.Tensor | None"]:
@@ -247,8 +256,9 @@ def _check_compiles(ir_dir: Path, device: str) -> dict:
     return result
 
 
-def _prepare(config: ExportConfig, grid: Int4Grid | None, sizes: dict[str, int]) -> dict:
-    """Every check that can fail before the conversion; the INT4 group plan (empty on a trained grid)."""
+def _prepare(config: ExportConfig, grid: Int4Grid | None, sizes: dict[str, int]) -> tuple[dict, list[str] | None]:
+    """Every check that can fail before the conversion; the INT4 group plan (empty on a trained grid) and the
+    calibration texts (None without --dataset), read now so that a bad file fails before the conversion."""
     from sqft_ov.io.hub import is_hub_dataset
 
     if config.device:
@@ -262,12 +272,12 @@ def _prepare(config: ExportConfig, grid: Int4Grid | None, sizes: dict[str, int])
         groups = _plan_groups(sizes, config)
     if config.calibration and not (Path(config.calibration).expanduser().exists() or is_hub_dataset(config.calibration)):
         raise ConfigError(f"calibration file {config.calibration} does not exist")
-    return groups
+    return groups, calibration_texts(config)
 
 
 def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: str, convert: Callable[[Path], dict],
            source_zeros: Callable, tokenizer: Callable, trained_grid: bool, groups: dict,
-           trained_chat: bool | None = None) -> ExportReport:
+           texts: list[str] | None, trained_chat: bool | None = None) -> ExportReport:
     """Convert (`convert(folder)`), compress, verify and record; OUTPUT appears only when all of it succeeded."""
     import openvino as ov
 
@@ -291,12 +301,13 @@ def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: st
         settings["trained_with_chat_template"] = trained_chat
         kill_point("export-converted")
         mark = time.perf_counter()
+        chunks = calibration_chunks(tokenizer(), texts, config) if texts else None
         if not trained_grid and config.weight_format in ("int4", "int8"):
             settings |= {"sym": bool(config.sym)}
             provenance = {"sqft_ov_version": __version__, "source": source}
-            settings |= compress_ir(xml, config, provenance) | groups
+            settings |= compress_ir(xml, config, provenance, chunks=chunks) | groups
         elif config.weight_format == "int8-w8a8":
-            settings |= _quantize_w8a8(tmp, tokenizer(), config)
+            settings |= quantize_w8a8(tmp, chunks, config)
         phases["compress"] = time.perf_counter() - mark
         report = ExportReport(output=str(Path(output).absolute()), source=source, settings=settings, phases=phases)
         mark = time.perf_counter()
@@ -306,9 +317,9 @@ def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: st
                 if w["zeros_kept"] != w["source_zeros"]}
         if lost:
             raise ExportIntegrityError(f"{sum(lost.values())} source zeros became nonzero in the IR (e.g. "
-                                       f"{next(iter(lost))}): "
+                                       f"{next(iter(lost))}): " + (lost_zeros_hint(config) or
                                        "the export is not sparsity-preserving; please report this with the command "
-                                       "used")
+                                       "used"))
         report.sparse_decompression = _sparse_decompression(tmp, config)
         if config.device:
             report.settings["compiled_on"] = _check_compiles(tmp, config.device)
@@ -334,10 +345,10 @@ def export_model(model, tokenizer, output: str | Path, config: ExportConfig | No
     output = check_output(output, overwrite)
     check_finite(model.named_parameters(), MODEL_IN_MEMORY)
     grid = grid_of(model)
-    groups = _prepare(config, grid, grouped_input_sizes(model, config.all_layers))
+    groups, texts = _prepare(config, grid, grouped_input_sizes(model, config.all_layers))
     zeros = {name: tensor == 0 for name, tensor in model.state_dict().items()}  # before any in-place conversion
     return _write(output, overwrite, config, MODEL_IN_MEMORY, model_converter(model, tokenizer, config), zeros.get,
-                  lambda: tokenizer, grid is not None, groups, trained_with_chat_template(model.config))
+                  lambda: tokenizer, grid is not None, groups, texts, trained_with_chat_template(model.config))
 
 
 def export(model_dir: str | Path, output: str | Path, config: ExportConfig | None = None,
@@ -359,7 +370,7 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     check_output(output, overwrite, inputs=(model_dir,))
     check_folder_finite(model_dir)
     grid = Int4Grid.read(model_dir)
-    groups = _prepare(config, grid, grouped_input_sizes(model_dir, config.all_layers))
+    groups, texts = _prepare(config, grid, grouped_input_sizes(model_dir, config.all_layers))
 
     def tokenizer():
         from transformers import AutoTokenizer
@@ -375,4 +386,4 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     else:
         convert = partial(convert_folder, model_dir, config=config)
     return _write(output, overwrite, config, str(model_dir), convert, folder_zeros(model_dir), tokenizer,
-                  grid is not None, groups, trained_with_chat_template(model_config))
+                  grid is not None, groups, texts, trained_with_chat_template(model_config))
