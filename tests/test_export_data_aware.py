@@ -291,3 +291,16 @@ def test_an_unknown_ir_input_is_one_line():
     model = ov.Model([ops.result(param)], [param], "odd")
     with pytest.raises(SqftError, match="data-aware INT4 fills the inputs .* this IR has token_type_ids"):
         prefill_inputs(model, [])
+
+
+def test_lora_correction_is_refused_on_a_sparse_source(calibration_txt):
+    """LoRA correction keeps W's zeros but adds dense low-rank branches: a sparse source would run dense, so the
+    export fails (the check after the zero check); a dense source (a few zeros by chance) passes."""
+    from sqft_ov.stages.export_data_aware import dense_branches_conflict
+
+    config = ExportConfig(weight_format="int4", group_size=64, calibration=str(calibration_txt), lora_correction=True)
+    sparse_weights = {"w": {"numel": 100, "source_zeros": 50}}
+    assert "run dense" in dense_branches_conflict(config, sparse_weights)
+    assert dense_branches_conflict(config, {"w": {"numel": 1000, "source_zeros": 3}}) == ""
+    awq = ExportConfig(weight_format="int4", group_size=64, calibration=str(calibration_txt), awq=True)
+    assert dense_branches_conflict(awq, sparse_weights) == ""

@@ -437,16 +437,16 @@ def test_learning_rates_are_chosen_on_validation_and_kept_on_resume(tmp_path, mo
     monkeypatch.setattr(lora, "recipe", fake("lora"))
     monkeypatch.setattr(qa_sparsepeft, "recipe", fake("qa"))
     plan = replace(QuickstartPlan.make(True), lr_choices=(1e-3, 3e-3))
-    chosen = choose_on_validation(plan, tmp_path, tmp_path / "sparse", resume=False, say=lambda line: None)
+    chosen, record = choose_on_validation(plan, tmp_path, tmp_path / "sparse", resume=False, say=lambda line: None)
     assert (chosen.lr, chosen.qa_lr) == (3e-3, 1e-3)  # LoRA: the better one; QA-SparsePEFT: a tie, the smaller
     assert {c[2] for c in calls} == {"validation.jsonl"} and len(calls) == 4
     assert all(merged is False for kind, _, _, merged in calls if kind == "lora")  # unmerged LoRA is the score
-    record = json.loads((tmp_path / CHOICES_JSON).read_text())
+    assert record == json.loads((tmp_path / CHOICES_JSON).read_text())
     assert record["scores"]["LoRA"] == {"0.001": 0.5, "0.003": 0.7} and record["split"] == "validation.jsonl"
     calls.clear()
-    again = choose_on_validation(plan, tmp_path, tmp_path / "sparse", resume=True, say=lambda line: None)
+    again, _ = choose_on_validation(plan, tmp_path, tmp_path / "sparse", resume=True, say=lambda line: None)
     assert (again.lr, again.qa_lr) == (3e-3, 1e-3) and not calls
-    assert choose_on_validation(QuickstartPlan.make(True), tmp_path, tmp_path, False) == QuickstartPlan.make(True)
+    assert choose_on_validation(QuickstartPlan.make(True), tmp_path, tmp_path, False) == (QuickstartPlan.make(True), {})
 
 
 def _report(accuracy: float):

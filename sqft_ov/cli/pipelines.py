@@ -85,7 +85,7 @@ def quickstart(
     fast: bool = typer.Option(False, help="Every stage in a few minutes: 200 steps per recipe, no NLS variants, 100 test problems."),
     model: Optional[str] = typer.Option(None, show_default="the embedded foundation model", help="Run on this model "
                                         "instead: a Hugging Face folder, a .gguf file, or smollm2 (fetched once)."),
-    seeds: Optional[int] = typer.Option(None, show_default="3; 1 with --fast; 2 of LoRA and QA-SparsePEFT with --model",
+    seeds: Optional[int] = typer.Option(None, show_default="3; 1 with --fast; with --model, of LoRA, QA-SparsePEFT, Dense QA-LoRA only",
                                         help="Fine-tuning runs (seeds 42, 43, ...) per row."),
     cache: Optional[Path] = typer.Option(None, show_default="$SQFT_OV_CACHE or ~/.cache/sqft-ov",
                                          help="Where the foundation / example models are cached."),

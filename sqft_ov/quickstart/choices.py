@@ -19,6 +19,15 @@ CHOICES_JSON = "choices.json"
 CHOICE_SEED = 42
 
 
+def row_options(plan) -> tuple[dict, dict, dict]:
+    """The recipe options a QuickstartPlan sets: (learning rate only, LoRA-family rows, QA rows)."""
+    lr = {} if plan.lr is None else {"lr": plan.lr}
+    tuned = lr | ({} if plan.target_modules is None else {"target_modules": plan.target_modules})
+    qa = tuned | ({} if plan.qa_lr is None else {"lr": plan.qa_lr}) | ({} if plan.qa_group_size is None
+                                                                    else {"group_size": plan.qa_group_size})
+    return lr, tuned, qa
+
+
 def _score(recipe, folder: Path, resume: bool, options: dict) -> float:
     """Validation accuracy of one choice run (read back when `resume` finds it finished)."""
     done = folder / "deployments.json"
@@ -29,14 +38,17 @@ def _score(recipe, folder: Path, resume: bool, options: dict) -> float:
     return made[0].accuracy  # LoRA: unmerged; QA-SparsePEFT: its merged INT4 IR
 
 
-def choose_on_validation(plan, out: Path, sparse: Path, resume: bool, on_progress=None, say=print):
-    """The plan with `lr` and `qa_lr` chosen on validation (the plan itself when it has no `lr_choices`);
-    ties go to the smaller learning rate."""
-    from sqft_ov.quickstart.comparison import row_options
+def choose_on_validation(plan, out: Path, sparse: Path, resume: bool, on_progress=None, say=print,
+                         stage=None) -> tuple:
+    """(the plan with `lr` and `qa_lr` chosen on validation, the choices.json record); the plan as it is and {}
+    when it has no `lr_choices`. Ties go to the smaller learning rate; `stage(name, began)` times the choice."""
+    import time
+
     from sqft_ov.recipes import lora, qa_sparsepeft
 
     if not plan.lr_choices:
-        return plan
+        return plan, {}
+    began = time.perf_counter()
     _, tuned, qa = row_options(plan)
     common = dict(model=sparse, data=out / "task", test=out / "task" / VALIDATION_FILE, steps=plan.steps,
                   batch_size=plan.batch_size, chat_template=plan.chat_template, seed=CHOICE_SEED, overwrite=True,
@@ -52,4 +64,6 @@ def choose_on_validation(plan, out: Path, sparse: Path, resume: bool, on_progres
         record["scores"][name] = {f"{lr:g}": score for lr, score in scores.items()}
         record["chosen"][key] = max(plan.lr_choices, key=lambda lr: (scores[lr], -lr))
     write_file_atomic(out / CHOICES_JSON, json.dumps(record, indent=2), overwrite=True)
-    return replace(plan, **record["chosen"])
+    if stage is not None:
+        stage("learning rates chosen on the validation split", began)
+    return replace(plan, **record["chosen"]), record

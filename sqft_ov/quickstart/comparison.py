@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqft_ov.errors import ConfigError, SqftError  # noqa: F401 (SqftError: callers catch it from here)
 from sqft_ov.io.output import check_output, write_file_atomic
+from sqft_ov.quickstart.choices import row_options
 from sqft_ov.quickstart.table_text import accuracy_text, interval_text, ratio_text, speed_text
 from sqft_ov.recipe import Deployment
 
@@ -72,7 +73,7 @@ class QuickstartPlan:
                        qa_group_size=32, validation_examples=16, dense_qa=False)
         else:  # QA-SparsePEFT at LoRA's lr and group 32 (3e-4 / g64 left it at 14 %), adapters on all seven
             # linears for 160 steps (5 linears x 80 steps left it at 84 % of LoRA): README, real-model section
-            plan = cls(False, 800, 300, 160, True, 3, 32, True, 2, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
+            plan = cls(False, 800, 300, 160, True, 3, 32, True, 3, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
                        qa_group_size=32, target_modules=ALL_LINEARS, lr_choices=(3e-4, 1e-3, 3e-3))
         return plan if seeds is None else replace(plan, seeds=seeds)
 
@@ -190,15 +191,6 @@ def is_seeded(plan: QuickstartPlan, label: str) -> bool:
     return plan.seeded is None or label in plan.seeded
 
 
-def row_options(plan: QuickstartPlan) -> tuple[dict, dict, dict]:
-    """The recipe options the plan sets: (learning rate only, LoRA-family rows, QA rows)."""
-    lr = {} if plan.lr is None else {"lr": plan.lr}
-    tuned = lr | ({} if plan.target_modules is None else {"target_modules": plan.target_modules})
-    qa = tuned | ({} if plan.qa_lr is None else {"lr": plan.qa_lr}) | ({} if plan.qa_group_size is None
-                                                                    else {"group_size": plan.qa_group_size})
-    return lr, tuned, qa
-
-
 def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
     """(label, recipe, options) per fine-tuned row, a run per seed for the seeded rows."""
     from sqft_ov.recipes import eftnas, lonas, lora, qa_sparsepeft, shears, sparsepeft
@@ -266,18 +258,14 @@ def check_same_plan(out: Path, plan: QuickstartPlan, model: str | Path | None, f
 def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overwrite: bool = False,
                cache: str | Path | None = None, on_progress=None, say=print, model: str | Path | None = None,
                seeds: int | None = None, resume: bool = False) -> QuickstartResult:
-    """Run the whole comparison into OUT; `say` gets one line per finished stage.
-
-    `model`: a Hugging Face folder, a .gguf file or an example name (`smollm2`) instead of the embedded
-    foundation model; prompts then go through its chat template. `seeds`: fine-tuning runs per row (default:
-    3 for every fine-tuned row of the full run, 1 with `fast`, 2 of LoRA and QA-SparsePEFT on a real model).
-    `resume`: continue an interrupted run in OUT — recipe runs that finished (their deployments.json) are
-    kept, the sparse base too; the rest is trained. The plan (fast, model) must be the same; `seeds` may grow.
-    """
+    """Run the whole comparison into OUT; `say` gets one line per finished stage. `model`: a Hugging Face folder,
+    .gguf file or example name (`smollm2`) instead of the embedded foundation model, prompted through its chat
+    template. `seeds`: runs per seeded row (3 in the full runs, 1 with `fast`). `resume`: continue in OUT, keeping
+    finished recipe runs (their deployments.json) and the sparse base; same plan, `seeds` may grow."""
     import shutil
 
     from sqft_ov.quickstart.arithmetic import pretraining_text, write_task
-    from sqft_ov.quickstart.choices import CHOICES_JSON, choose_on_validation
+    from sqft_ov.quickstart.choices import choose_on_validation
     from sqft_ov.quickstart.foundation import FoundationConfig
     from sqft_ov.stages.evaluate import EvalConfig, evaluate
     from sqft_ov.stages.sparsify import SparsityConfig, deployed_sparsity, sparsify_folder
@@ -332,17 +320,13 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
             for label, path in ((base_label, base), (WANDA, sparse))]
     stage("sparsify + evaluate the bases", t)
 
-    t = time.perf_counter()
-    plan = choose_on_validation(plan, out, sparse, resume, on_progress, say)
-    if plan.lr_choices:
-        stage("learning rates chosen on the validation split", t)
+    plan, choices = choose_on_validation(plan, out, sparse, resume, on_progress, say, stage)
     rows += _recipe_rows(plan, out, sparse, resume, on_progress, say, stage, dense=base)
 
     t = time.perf_counter()
     report, decode = _bench(rows, plan, on_progress)
     stage("bench", t)
 
-    choices = json.loads((out / CHOICES_JSON).read_text()) if plan.lr_choices else {}
     result = QuickstartResult(out, plan, rows, decode, report, time.perf_counter() - start, str(base), stages, choices)
     if problem := result.reference_problem():
         say(f"warning: {problem}")

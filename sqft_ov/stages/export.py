@@ -27,7 +27,8 @@ from sqft_ov.io.prompt_format import drop_chat_template, should_drop, trained_wi
 from sqft_ov.stages.export_convert import convert_folder, model_converter
 from sqft_ov.stages.export_data_aware import (BACKUP_PRECISIONS, SENSITIVITY_METRICS, calibration_chunks,
                                               calibration_texts, check_data_aware, check_on_grid,
-                                              compression_arguments, lost_zeros_hint, quantize_w8a8)
+                                              compression_arguments, dense_branches_conflict, lost_zeros_hint,
+                                              quantize_w8a8)
 from sqft_ov.stages.export_groups import (FALLBACKS, describe_plan, grouped_input_sizes, plan_group_sizes,
                                           resolve_fallback)
 
@@ -69,7 +70,7 @@ class ExportConfig:
         "zero check).")})
     lora_correction: bool = field(default=False, metadata={"help": (
         "int4: LoRA correction, low-rank INT8 branches beside the layers that correct their quantization error "
-        "(needs --dataset; the weights keep their zeros, the branches are dense).")})
+        "(needs --dataset; the branches are dense, so a sparse model's export refuses it).")})
     text_fields: tuple[str, ...] = ()
     num_samples: int = field(default=128, metadata={"help": "Calibration sequences (int8-w8a8, data-aware int4)."})
     seq_len: int = field(default=512, metadata={
@@ -320,6 +321,8 @@ def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: st
                                        f"{next(iter(lost))}): " + (lost_zeros_hint(config) or
                                        "the export is not sparsity-preserving; please report this with the command "
                                        "used"))
+        if conflict := dense_branches_conflict(config, report.weights):
+            raise ExportIntegrityError(conflict)
         report.sparse_decompression = _sparse_decompression(tmp, config)
         if config.device:
             report.settings["compiled_on"] = _check_compiles(tmp, config.device)

@@ -171,6 +171,19 @@ def lost_zeros_hint(config) -> str:
     return ""
 
 
+SPARSE_SOURCE = 0.01  # a source with more exact zeros than this share is sparse (a dense one has a few by chance)
+
+
+def dense_branches_conflict(config, weights: dict[str, dict]) -> str:
+    """Why this export would deploy a sparse source densely (empty if it does not): LoRA correction adds dense
+    low-rank branches beside each layer, so W + B A has no zeros even though the zero check of W passes."""
+    zeros, numel = sum(w["source_zeros"] for w in weights.values()), sum(w["numel"] for w in weights.values())
+    if not (is_data_aware(config) and config.lora_correction) or zeros <= SPARSE_SOURCE * numel:
+        return ""
+    return (f"--lora-correction adds dense low-rank branches beside the layers, so this sparse model ({zeros / numel:.1%}"
+            " zeros) would run dense: export it without --lora-correction")
+
+
 def quantize_w8a8(ir_dir: Path, chunks: list, config) -> dict:
     """int8-w8a8: optimum-intel's static quantization (`OVQuantizer`) of the IR in `ir_dir`, calibrated on `chunks`."""
     import shutil
