@@ -3,7 +3,9 @@
 Deployed two ways, both evaluated:
 * unmerged: the base as it is plus the adapter beside it (PyTorch), the accuracy SQFT's table compares to;
 * merged: W + B*A exported to an IR. Plain LoRA's update is dense, so merging fills the base's zeros —
-  the deployed sparsity this row reports is what SparsePEFT exists to keep.
+  the deployed sparsity this row reports is what SparsePEFT exists to keep;
+* merged, then INT4 after training, as practitioners deploy today: data-free at each `--ptq-group-sizes`, and
+  with `--ptq-data-aware` also AWQ + scale estimation calibrated on the training prompts.
 `--int4-base` (with `--sym` / `--asym`) snaps the frozen base to NNCF's INT4 grid first (the QLoRA-style
 baseline); the merged weights are then re-quantized to INT4 at export, since W + B*A is off the grid.
 
@@ -46,8 +48,13 @@ def recipe(
     batch_size: BatchSize = BATCH_SIZE,
     merged: Annotated[bool, Option(help="Also merge, export and evaluate the merged IR.")] = True,
     ptq_int4: Annotated[bool, Option(help="Also compress the merged model to INT4 after training, as "
-                                          f"optimum-cli does (asym, group {DEFAULT_GROUP_SIZE}, adjusted where "
-                                          "needed).")] = True,
+                                          "optimum-cli does (asym, adjusted where a group size does not divide a "
+                                          "layer).")] = True,
+    ptq_group_sizes: Annotated[str, Option(help="Group sizes of the post-training INT4 rows, e.g. '128 32'.")] =
+        str(DEFAULT_GROUP_SIZE),
+    ptq_data_aware: Annotated[bool, Option(help="Also a data-aware INT4 row per group size: AWQ + scale "
+                                                "estimation calibrated on the training prompts, as optimum-cli "
+                                                "--awq --scale-estimation --dataset.")] = False,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
     bf16: Bf16 = False,
@@ -93,10 +100,27 @@ def recipe(
                                       sparsity=deployed_sparsity(ir), evaluation=evaluate(ir, test or train, scoring,
                                                                                            on_progress)))
         if ptq_int4 and not int4:  # what practitioners deploy today: merge, then post-training INT4
-            ptq = export(out / "merged", out / "ir-int4",
-                         ExportConfig(weight_format="int4", group_size_fallback="adjust")).output
-            deployments.append(Deployment("LoRA, merged, INT4 PTQ", "lora", Path(ptq), None, None, merged=True,
-                                          precision=f"int4 asym g{DEFAULT_GROUP_SIZE} (post-training)",
-                                          sparsity=deployed_sparsity(ptq),
-                                          evaluation=evaluate(ptq, test or train, scoring, on_progress)))
+            deployments += _post_training(out, ptq_group_sizes, ptq_data_aware, train, prompts, test or train,
+                                          scoring, on_progress)
     return deployments
+
+
+def _post_training(out: Path, group_sizes: str, data_aware: bool, train: Path, prompts: SFTFormat, test: Path,
+                   scoring: EvalConfig, on_progress) -> list[Deployment]:
+    """The merged model compressed to INT4 after training at each group size: data-free, and (`data_aware`) with
+    AWQ + scale estimation calibrated on the training prompts."""
+    rows = []
+    for group in (int(g) for g in group_sizes.replace(",", " ").split()):
+        settings = [("INT4 PTQ", "post-training", {})]
+        if data_aware:
+            settings.append(("INT4 AWQ + SE", "post-training, AWQ + scale estimation",
+                             dict(awq=True, scale_estimation=True, calibration=str(train),
+                                  text_fields=(prompts.prompt_field,))))
+        for name, how, options in settings:
+            folder = out / (f"ir-int4-g{group}" + ("-awq-se" if options else ""))
+            ir = export(out / "merged", folder, ExportConfig(weight_format="int4", group_size=group,
+                                                             group_size_fallback="adjust", **options)).output
+            rows.append(Deployment(f"LoRA, merged, {name} g{group}", "lora", Path(ir), None, None, merged=True,
+                                   precision=f"int4 asym g{group} ({how})", sparsity=deployed_sparsity(ir),
+                                   evaluation=evaluate(ir, test, scoring, on_progress)))
+    return rows

@@ -86,7 +86,7 @@ def test_quickstart_fast_end_to_end(quickstart_run):
     data = json.loads((out / "quickstart.json").read_text())
     table = {row["method"]: row for row in data["table"]}
     assert set(table) == {"Foundation (dense, no FT)", "Wanda 50 % (no FT)", "LoRA",
-                          "LoRA, merged", "LoRA, merged, INT4 PTQ", "Shears", "SparsePEFT", "QA-SparsePEFT"}
+                          "LoRA, merged", "LoRA, merged, INT4 PTQ g128", "Shears", "SparsePEFT", "QA-SparsePEFT"}
     # The plan must learn with margin on every CPU (README, "--fast": 45-56 points over the base where measured;
     # 40 steps once sat on a cliff and scored 0 % on one machine): a margin, not a figure.
     dense, wanda = table["Foundation (dense, no FT)"]["accuracy"], table["Wanda 50 % (no FT)"]["accuracy"]
@@ -104,7 +104,8 @@ def test_quickstart_fast_end_to_end(quickstart_run):
     for method in ("Wanda 50 % (no FT)", "LoRA", "Shears", "SparsePEFT", "QA-SparsePEFT"):
         assert table[method]["sparsity"] >= 0.5, method  # Wanda zeroes half of each row; merges keep them
     assert table["LoRA, merged"]["sparsity"] < 0.25  # the dense update filled the zeros
-    assert table["LoRA, merged, INT4 PTQ"]["merged"] == "yes" and "int4" in table["LoRA, merged, INT4 PTQ"]["precision"]
+    ptq = table["LoRA, merged, INT4 PTQ g128"]
+    assert ptq["merged"] == "yes" and "int4" in ptq["precision"]
     assert table["SparsePEFT"]["merged"] == table["QA-SparsePEFT"]["merged"] == "yes"
     assert table["LoRA"]["merged"] == table["Shears"]["merged"] == "no"
     deployments = {d["label"]: d for d in data["deployments"]}
@@ -338,6 +339,28 @@ def test_dense_qa_lora_row_is_qa_sparsepeft_on_the_dense_base(tmp_path, tiny_mod
     # zeros only where a code sits on its group's zero point (12.8 % here), not Wanda's half
     assert row.merged and "int4" in row.precision and row.sparsity < 0.3
     assert row.evaluation.engine == "openvino" and row.evaluation.examples == 8
+
+
+def test_lora_recipe_post_training_rows_per_group_size_and_data_aware(tmp_path, sparse_models):
+    """The PTQ rows users deploy instead of SQFT: data-free and AWQ + scale estimation (calibrated on the
+    training prompts) at each group size; the quickstart asks for the QA rows' group size and 128."""
+    from sqft_ov.quickstart.choices import ptq_options
+    from sqft_ov.quickstart.comparison import QuickstartPlan
+    from sqft_ov.recipes import lora
+
+    task = write_task(tmp_path / "task", 64, 8)
+    rows = lora.recipe(model=sparse_models["llama"], data=task["train"].parent, out=tmp_path / "lora", steps=3,
+                       batch_size=4, ptq_group_sizes="32", ptq_data_aware=True)
+    ptq = {r.label: r for r in rows if "INT4" in r.label}
+    assert set(ptq) == {"LoRA, merged, INT4 PTQ g32", "LoRA, merged, INT4 AWQ + SE g32"}
+    record = json.loads((tmp_path / "lora" / "ir-int4-g32-awq-se" / "sqft_export.json").read_text())["settings"]
+    assert record["awq"] and record["scale_estimation"] and record["group_size"] == 32
+    assert record["calibration"] == str(task["train"].absolute())
+    assert all(r.evaluation.examples == 8 for r in ptq.values())
+    assert ptq_options(QuickstartPlan.make(False, real_model=True)) == {"ptq_group_sizes": "32 128",
+                                                                         "ptq_data_aware": True}
+    assert ptq_options(QuickstartPlan.make(False))["ptq_group_sizes"] == "64 128"
+    assert ptq_options(QuickstartPlan.make(True)) == {}
 
 
 def test_seeded_rows_report_mean_and_spread(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqft_ov.errors import ConfigError, SqftError  # noqa: F401 (SqftError: callers catch it from here)
 from sqft_ov.io.output import check_output, write_file_atomic
-from sqft_ov.quickstart.choices import row_options
+from sqft_ov.quickstart.choices import ptq_options, row_options
 from sqft_ov.quickstart.table_text import accuracy_text, interval_text, ratio_text, speed_text
 from sqft_ov.recipe import Deployment
 
@@ -196,7 +196,7 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
     from sqft_ov.recipes import eftnas, lonas, lora, qa_sparsepeft, shears, sparsepeft
 
     lr, tuned, qa = row_options(plan)
-    runs = [("LoRA", lora.recipe, tuned), ("Shears", shears.recipe, tuned),
+    runs = [("LoRA", lora.recipe, tuned | ptq_options(plan)), ("Shears", shears.recipe, tuned),
             ("SparsePEFT", sparsepeft.recipe, tuned), ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True, **tuned}),
             ("QA-SparsePEFT", qa_sparsepeft.recipe, qa), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
                                                           {"nls": True, **qa})]
