@@ -26,6 +26,8 @@ class AdapterMethod:
     `quantized`: trains through INT4 fake quantization and merges onto the trained grid.
     `masked`: the update is multiplied by the base's non-zero mask, so merging keeps the base's zeros.
     `plain_peft`: its folder is a standard PEFT adapter that plain PEFT loads and merges correctly.
+    `runtime`: why openvino_genai cannot apply it at runtime on the base's IR exactly (None: it can, as
+    y = x W^T + s x A^T B^T: `sqft-ov export ADAPTER IR` writes the base IR + a genai adapter).
     """
 
     name: ClassVar[str]
@@ -33,6 +35,7 @@ class AdapterMethod:
     quantized: ClassVar[bool] = False
     masked: ClassVar[bool] = False
     plain_peft: ClassVar[bool] = False
+    runtime: ClassVar[str | None] = "it is not a plain LoRA update"
 
     def check_config(self, config) -> None:
         """Per-method rules of a FinetuneConfig (defaults it may fill in, combinations it refuses)."""
@@ -79,6 +82,7 @@ class LoRA(AdapterMethod):
 
     name = "lora"
     plain_peft = True
+    runtime = None
 
     def attach(self, base, config, init_adapters: bool = True):
         if config.int4:
@@ -128,6 +132,7 @@ class SparsePEFT(LoRA):
     int4_grid = "refused"
     masked = True
     plain_peft = False
+    runtime = "its update is masked by the base's sparsity, which genai's runtime LoRA does not do"
 
     def check_config(self, config) -> None:
         if config.int4 is not None:
@@ -152,6 +157,7 @@ class QASparsePEFT(AdapterMethod):
     int4_grid = "required"
     quantized = True
     masked = True
+    runtime = "its merge is fake-quantized onto the trained INT4 grid (masked), which a runtime LoRA cannot reproduce"
 
     def check_config(self, config) -> None:
         if config.int4 is None:

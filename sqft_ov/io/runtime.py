@@ -127,27 +127,46 @@ def runtime_properties(ir_dir: str | Path, extra: dict[str, str] | None = None) 
     return {**read_runtime_config(ir_dir), **(extra or {})}
 
 
-def open_llm_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None):
+def open_llm_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None,
+                      adapters=None):
+    """genai's LLMPipeline; `adapters`: an `openvino_genai.AdapterConfig` it applies (e.g. a runtime LoRA)."""
     import openvino_genai
 
     check_device(device)
-    return openvino_genai.LLMPipeline(str(Path(ir_dir).absolute()), device, **runtime_properties(ir_dir, properties))
+    extra = {"adapters": adapters} if adapters is not None else {}
+    return openvino_genai.LLMPipeline(str(Path(ir_dir).absolute()), device, **runtime_properties(ir_dir, properties),
+                                      **extra)
 
 
-def open_batch_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None):
+def open_batch_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None,
+                        adapters=None):
     """genai's continuous-batching pipeline, for many prompts at once.
 
     Unlike optimum-intel's generate on a padded batch, it computes logits for the last position only,
     prefills each prompt without padding, computes a prompt prefix shared by many prompts (a chat
     template's system turn) once, and lets a new prompt take the place of a finished one at every step.
+
+    `adapters` (an `openvino_genai.AdapterConfig`) is set up with the pipeline, then applied by one 1-token
+    `generate`: genai 2026.4 applies a pipeline's adapters in `generate` only, and requests fed through
+    `add_request` / `step` would otherwise run on the bare base (seen on a tiny model: the base's tokens).
     """
     import openvino_genai
 
     check_device(device)
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True
-    return openvino_genai.ContinuousBatchingPipeline(str(Path(ir_dir).absolute()), scheduler, device,
-                                                     device_properties(runtime_properties(ir_dir, properties)))
+    properties = device_properties(runtime_properties(ir_dir, properties))
+    if adapters is not None:
+        properties["adapters"] = adapters
+    pipe = openvino_genai.ContinuousBatchingPipeline(str(Path(ir_dir).absolute()), scheduler, device, properties)
+    if adapters is not None:
+        import numpy as np
+        import openvino as ov
+
+        config = openvino_genai.GenerationConfig(max_new_tokens=1, do_sample=False)
+        config.adapters = adapters
+        pipe.generate([ov.Tensor(np.zeros((1, 1), dtype=np.int64))], [config])
+    return pipe
 
 
 def open_ov_model(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None):

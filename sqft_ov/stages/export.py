@@ -111,6 +111,7 @@ class ExportReport:
     sparse_decompression: dict = field(default_factory=dict)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase: convert, compress, verify ...
+    runtime_adapter: dict | None = None  # an adapter genai applies at runtime (adapter/): sqft_ov.stages.export_adapter
 
     @property
     def source_zeros(self) -> int:
@@ -278,8 +279,10 @@ def _prepare(config: ExportConfig, grid: Int4Grid | None, sizes: dict[str, int])
 
 def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: str, convert: Callable[[Path], dict],
            source_zeros: Callable, tokenizer: Callable, trained_grid: bool, groups: dict,
-           texts: list[str] | None, trained_chat: bool | None = None) -> ExportReport:
-    """Convert (`convert(folder)`), compress, verify and record; OUTPUT appears only when all of it succeeded."""
+           texts: list[str] | None, trained_chat: bool | None = None,
+           after: Callable[[Path], dict] | None = None) -> ExportReport:
+    """Convert (`convert(folder)`), compress, verify and record; OUTPUT appears only when all of it succeeded.
+    `after(folder)` adds files beside the IR and returns what the record says of them (`runtime_adapter`)."""
     import openvino as ov
 
     from sqft_ov import __version__
@@ -326,6 +329,8 @@ def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: st
         report.sparse_decompression = _sparse_decompression(tmp, config)
         if config.device:
             report.settings["compiled_on"] = _check_compiles(tmp, config.device)
+        if after is not None:
+            report.runtime_adapter = after(tmp)
         report.seconds = time.perf_counter() - start
         (tmp / PROVENANCE).write_text(json.dumps({**asdict(report), "sqft_ov_version": __version__,
                                                   "openvino_version": ov.get_version()}, indent=2))
@@ -355,10 +360,12 @@ def export_model(model, tokenizer, output: str | Path, config: ExportConfig | No
 
 
 def export(model_dir: str | Path, output: str | Path, config: ExportConfig | None = None,
-           overwrite: bool = False) -> ExportReport:
+           overwrite: bool = False, after: Callable[[Path], dict] | None = None,
+           trained_chat: bool | None = None) -> ExportReport:
     """Export a Hugging Face folder: optimum-intel's `main_export` for a plain one (as optimum-cli), `export_model`'s
     conversion for one only sqft-ov loads (a trained INT4 grid, per-block widths); OUTPUT appears only when all of it
-    succeeded."""
+    succeeded. `after(folder)`: more files written into OUTPUT before it appears (`export_adapter`'s adapter);
+    `trained_chat`: how the IR will be prompted, if not the folder's config.json (`export_adapter`: the adapter's)."""
     import torch
 
     from sqft_ov.io.blocks import WIDTHS_KEY
@@ -389,4 +396,5 @@ def export(model_dir: str | Path, output: str | Path, config: ExportConfig | Non
     else:
         convert = partial(convert_folder, model_dir, config=config)
     return _write(output, overwrite, config, str(model_dir), convert, folder_zeros(model_dir), tokenizer,
-                  grid is not None, groups, texts, trained_with_chat_template(model_config))
+                  grid is not None, groups, texts,
+                  trained_with_chat_template(model_config) if trained_chat is None else trained_chat, after)
