@@ -9,6 +9,7 @@ memory; the folder verbs beside them load, call it and save (Hugging Face layout
     search_model(trained.adapted, tokenizer, "hill-climb", val)  search(adapter, "hill-climb")  # NLS sub-adapter
     merge_model(trained.adapted, sub) -> (merged model, report)  merge(adapter, out, sub_adapter)
     export_model(model, tokenizer, ir, ExportConfig(...))       export(model, ir, config)
+                                                                export_adapter(lora, ir, config)  # base IR + genai LoRA
 
     importance(model, data, out)                                # EFTNAS: reorder, derive a width space
     evaluate(ir_or_model, data, EvalConfig(...)); bench([...], BenchConfig(...)); tune(ir, TuneConfig(...))
@@ -51,7 +52,7 @@ _API = {
     "save_merged": "sqft_ov.stages.merge", "Int4Grid": "sqft_ov.io.grid",
     # 5 export (INT4/INT8 compression through NNCF happens here)
     "ExportConfig": "sqft_ov.stages.export", "ExportReport": "sqft_ov.stages.export", "export": "sqft_ov.stages.export",
-    "export_model": "sqft_ov.stages.export",
+    "export_model": "sqft_ov.stages.export", "export_adapter": "sqft_ov.stages.export_adapter",
     # 6 measure
     "EvalConfig": "sqft_ov.stages.evaluate", "EvalReport": "sqft_ov.stages.evaluate",
     "evaluate": "sqft_ov.stages.evaluate",

@@ -26,6 +26,7 @@ def eval_command(
     data: Path = typer.Argument(..., help="Evaluation data: .json/.jsonl/.csv/.parquet or a saved datasets folder."),
     adapter: Optional[Path] = option_for(EvalConfig, "adapter", show_default="none"),
     sub_adapter: Optional[Path] = option_for(EvalConfig, "sub_adapter", show_default="none; NLS: the largest ranks"),
+    no_adapter: bool = option_for(EvalConfig, "no_adapter", "--no-adapter"),
     prompt_field: str = option_for(SFTFormat, "prompt_field", help="Field with the prompt (rows with a messages field "
                                    "are read as chat turns instead)."),
     response_field: str = option_for(SFTFormat, "response_field", help="Field with the reference response (--metric "
@@ -52,7 +53,7 @@ def eval_command(
 
     if json_file is not None:
         check_output_file(json_file, overwrite)
-    config = EvalConfig(adapter=adapter, sub_adapter=sub_adapter,
+    config = EvalConfig(adapter=adapter, sub_adapter=sub_adapter, no_adapter=no_adapter,
                         data_format=SFTFormat(prompt_field, response_field, chat_template, max_length), limit=limit,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
                         properties=parse_properties(property), torch_dtype=torch_dtype, loss=loss,
@@ -83,6 +84,7 @@ def bench(
     adapter: list[str] = typer.Option([], "--adapter", show_default="none", help="Adapter for the k-th Hugging Face "
                                       "MODEL (PEFT or sqft-ov finetune folder); '-' for none; repeatable."),
     torch_dtype: str = option_for(BenchConfig, "torch_dtype"),
+    no_adapter: bool = option_for(BenchConfig, "no_adapter", "--no-adapter"),
     bandwidth_gib: float = option_for(BenchConfig, "bandwidth_gib"),
     json_file: Optional[Path] = typer.Option(None, "--json", show_default="none",
                                              help="Write the full report (every run) as JSON."),
@@ -100,7 +102,7 @@ def bench(
     properties = parse_properties(property)
     config = BenchConfig(device=device, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats,
                          warmup=warmup, baseline=baseline, sparse_rate=sparse_rate, properties=properties,
-                         torch_dtype=torch_dtype, bandwidth_gib=bandwidth_gib)
+                         torch_dtype=torch_dtype, bandwidth_gib=bandwidth_gib, no_adapter=no_adapter)
     check_report_paths([json_file, markdown_file, plot_file], overwrite)
     hf_models = [m for m in models if not (m / IR_FILE).is_file()]
     if len(adapter) > len(hf_models):

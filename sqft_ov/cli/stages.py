@@ -90,7 +90,8 @@ def sparsify(
 
 @app.command()
 def export(
-    model: Path = typer.Argument(..., help="Hugging Face model folder, .gguf file, or smollm2."),
+    model: Path = typer.Argument(..., help="Hugging Face model folder, .gguf file, or smollm2; or a lora finetune "
+                                 "output: its base's IR + the adapter genai applies at runtime (IR/adapter)."),
     ir: Path = typer.Argument(..., metavar="IR", help="Folder for the OpenVINO IR."),
     weight_format: str = option_for(ExportConfig, "weight_format"),
     sym: Optional[bool] = option_for(ExportConfig, "sym", "--sym/--asym",
@@ -120,12 +121,22 @@ def export(
     sparse_rate: Optional[float] = option_for(ExportConfig, "sparse_rate", show_default="none: not written"),
     device: Optional[str] = option_for(ExportConfig, "device", show_default="none: not compiled"),
     chat_template: str = option_for(ExportConfig, "chat_template"),
+    sub_adapter: Optional[Path] = typer.Option(None, show_default="none; NLS: the largest ranks", help="A finetune "
+                                               "output MODEL: CONFIG.json from search (NLS adapters)."),
+    base: Optional[Path] = typer.Option(None, show_default="the one the adapter records",
+                                        help="A finetune output MODEL: the base model, if it moved since training."),
     overwrite: bool = typer.Option(False, help="Replace IR if it exists."),
     trust_remote_code: bool = option_for(ExportConfig, "trust_remote_code"),
 ) -> None:
-    """Export to an OpenVINO IR folder (model with KV cache, tokenizer IRs) that keeps every zero."""
+    """Export to an OpenVINO IR folder (model with KV cache, tokenizer IRs) that keeps every zero; a lora finetune
+    output as its base's IR + a runtime adapter for openvino_genai (SQFT unmerged)."""
     from sqft_ov.stages.export import export as run_export
+    from sqft_ov.stages.export_adapter import export_adapter
 
+    is_adapter = (model / ADAPTER_CONFIG).is_file()
+    if not is_adapter and (sub_adapter is not None or base is not None):
+        raise ConfigError(f"--sub-adapter and --base apply to a finetune output folder ({ADAPTER_CONFIG}); {model} "
+                          "is not one")
     calibration = renamed(dataset, calibration, "--calibration", "--dataset")
     config = ExportConfig(weight_format=weight_format, sym=sym, group_size=group_size,
                           group_size_fallback=group_size_fallback, all_layers=all_layers, ratio=ratio,
@@ -136,8 +147,11 @@ def export(
                           num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate, device=device,
                           chat_template=chat_template, trust_remote_code=trust_remote_code)
     with err_console.status(f"exporting {model} to OpenVINO ({weight_format})"):
-        report = run_export(model, ir, config, overwrite)
+        report = (export_adapter(model, ir, config, sub_adapter, base, overwrite) if is_adapter
+                  else run_export(model, ir, config, overwrite))
     console.print(tables.export_table(report))
+    if report.runtime_adapter is not None:
+        console.print(tables.runtime_adapter_lines(report), highlight=False, soft_wrap=True)
     if report.sparse_decompression.get("pass_to_loaders"):
         console.print(tables.loader_lines(report.sparse_decompression["pass_to_loaders"]).lstrip("\n"), highlight=False,
                       soft_wrap=True)

@@ -53,6 +53,18 @@ def export_table(report) -> Table:
     return table
 
 
+def runtime_adapter_lines(report) -> str:
+    """How to apply an exported runtime adapter with openvino_genai (alpha as the record says)."""
+    ra = report.runtime_adapter
+    ranks = f", ranks per block {ra['ranks']}" if ra.get("ranks") else ""
+    return (f"runtime LoRA adapter ({ra['method']}, {ra['layers']} layers{ranks}; lora_alpha / r = "
+            f"{ra['peft_scaling']:g} is in lora_B) written to {report.output}/{ra['file']}; sqft-ov eval and bench "
+            f"apply it (--no-adapter: the bare base). In openvino_genai:\n"
+            f"  adapter = openvino_genai.Adapter(\"{report.output}/{ra['file']}\")\n"
+            f"  pipe = openvino_genai.LLMPipeline(\"{report.output}\", \"CPU\", "
+            f"adapters=openvino_genai.AdapterConfig(adapter, {ra['alpha']:g}))")
+
+
 def finetune_table(result, label: str) -> Table:
     rows = [("steps", str(result.steps))]
     if result.train_loss:
@@ -84,6 +96,10 @@ def eval_table(report) -> Table:
     else:
         rows += [("metric", "loss (teacher-forced, nothing generated)")]
     rows += [("response loss", loss)]
+    if getattr(report, "runtime_adapter", None):
+        rows += [("runtime adapter", f"{report.runtime_adapter['file']} (alpha {report.runtime_adapter['alpha']:g})"
+                  + ("; response loss not computed: optimum-intel cannot apply it"
+                     if "response_loss" in report.runtime_adapter else ""))]
     if report.perplexity is not None:
         rows += [("perplexity", f"{report.perplexity:.3f}")]
     return field_table(f"eval {report.model}" + (f" + {report.adapter}" if report.adapter else ""),

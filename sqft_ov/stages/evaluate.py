@@ -4,8 +4,10 @@ The same data as fine-tuning (prompt / response fields, or chat `messages` rows)
 `sqft_ov.stages.metrics`) says how a generation is scored: `exact` compares the number after the last `####`
 where the reference has one (GSM8K style; `sqft_ov.io.sft_data.extract_answer`), else the normalised text;
 `contains` looks for the reference inside the generation; `loss` generates nothing. An OpenVINO IR
-generates through openvino_genai's continuous batching (the folder's runtime configuration, as deployed)
-and scores the loss through optimum-intel's OVModelForCausalLM; a Hugging Face folder runs in PyTorch with
+generates through openvino_genai's continuous batching (the folder's runtime configuration, as deployed;
+with the runtime LoRA adapter of an IR exported from a finetune output, `adapter/`, unless `no_adapter`)
+and scores the loss through optimum-intel's OVModelForCausalLM (which cannot apply a runtime adapter: the loss
+of such an IR is not computed); a Hugging Face folder runs in PyTorch with
 an optional adapter (PEFT, or any sqft-ov finetune output), in left-padded batches. Both paths feed the
 same token ids and decode the same way, so their figures differ only by what the runtime computes.
 """
@@ -29,6 +31,8 @@ class EvalConfig:
     adapter: Path | None = field(default=None, metadata={
         "help": "Adapter for a Hugging Face MODEL (PEFT or sqft-ov finetune folder)."})
     sub_adapter: Path | None = field(default=None, metadata={"help": "CONFIG.json from search, for an NLS adapter."})
+    no_adapter: bool = field(default=False, metadata={
+        "help": "An IR exported with a runtime LoRA adapter (its adapter/ folder): score the bare base without it."})
     data_format: SFTFormat = field(default_factory=SFTFormat)
     limit: int | None = field(default=None, metadata={"help": "Evaluate the first N examples only."})
     # PyTorch: rows per padded batch; OpenVINO: prompts in flight at once
@@ -72,6 +76,7 @@ class EvalReport:
     load_seconds: float = 0.0  # loading (and, for an IR, compiling) the model: a one-off cost per process
     metric: str = DEFAULT_METRIC  # what `correct` counts: exact | contains | loss (no generation, no score)
     numeric: int | None = None  # references scored on their final `####` number; the rest on normalised text
+    runtime_adapter: dict | None = None  # the IR's runtime LoRA adapter genai applied (file, alpha), if any
 
     @property
     def exact_match(self) -> float | None:
@@ -88,24 +93,39 @@ class EvalReport:
         return {**asdict(self), "exact_match": self.exact_match, "perplexity": self.perplexity}
 
 
+def _runtime_adapter(model_path: Path, config: EvalConfig):
+    """The IR's runtime adapter eval applies (None: none, or --no-adapter); the loss metric cannot use one."""
+    from sqft_ov.io.ir_adapter import find_runtime_adapter
+
+    adapter = None if config.no_adapter else find_runtime_adapter(model_path)
+    if adapter is not None and config.metric == "loss":
+        raise ConfigError(f"{model_path} carries a runtime LoRA adapter, which optimum-intel (the loss pass) cannot "
+                          "apply: score generations (--metric exact|contains), or merge and export the adapter")
+    return adapter
+
+
 def _load(model_path: Path, config: EvalConfig):
-    """(generator, tokenizer, engine): genai's batch pipeline for an IR (None for the loss metric), the PyTorch
-    model otherwise."""
+    """(generator, tokenizer, engine, runtime adapter): genai's batch pipeline for an IR (None for the loss metric),
+    with the IR's runtime adapter applied, or the PyTorch model (no runtime adapter)."""
     if (model_path / IR_FILE).is_file():
         if config.adapter is not None:
-            raise ConfigError(f"{model_path} is an OpenVINO IR: adapters apply to Hugging Face folders (merge and "
-                              "export the adapter to evaluate it as an IR)")
+            raise ConfigError(f"{model_path} is an OpenVINO IR: --adapter applies to Hugging Face folders (an IR "
+                              "exported from a finetune output, sqft-ov export ADAPTER IR, carries its adapter)")
         from transformers import AutoTokenizer
 
         from sqft_ov.io.checkpoint import require_tokenizer
         from sqft_ov.io.ir import check_ir_files
+        from sqft_ov.io.ir_adapter import genai_adapter_config
         from sqft_ov.io.runtime import open_batch_pipeline
 
         check_ir_files(model_path)
         require_tokenizer(model_path)
-        pipe = open_batch_pipeline(model_path, config.device, config.properties) if config.metric != "loss" else None
+        adapter = _runtime_adapter(model_path, config)
+        adapters = genai_adapter_config(adapter) if adapter is not None else None
+        pipe = (open_batch_pipeline(model_path, config.device, config.properties, adapters)
+                if config.metric != "loss" else None)
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        return pipe, tokenizer, "openvino"
+        return pipe, tokenizer, "openvino", adapter
     import torch
 
     from sqft_ov.adapters.adapted import load_for_inference
@@ -117,7 +137,7 @@ def _load(model_path: Path, config: EvalConfig):
 
     device = torch_device(config.device)  # before loading: a device torch does not see fails at once
     model, tokenizer = load_for_inference(model_path, config.adapter, dtype, config.sub_adapter)
-    return model.to(device), tokenizer, "pytorch"
+    return model.to(device), tokenizer, "pytorch", None
 
 
 def eval_pairs(data: str | Path, fmt: SFTFormat, metric: str, limit: int | None = None) -> list[tuple[Prompt, str]]:
@@ -214,7 +234,8 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
     pairs = eval_pairs(data, fmt, config.metric, config.limit)
     generate, with_loss = config.metric != "loss", config.loss or config.metric == "loss"
     start = time.perf_counter()
-    net, tokenizer, engine = _load(model_path, config)
+    net, tokenizer, engine, runtime_adapter = _load(model_path, config)
+    with_loss = with_loss and runtime_adapter is None  # optimum-intel would score the bare base
     scorer = net
     if engine == "openvino" and with_loss:  # genai returns no logits: the loss pass runs in optimum-intel
         from sqft_ov.io.runtime import open_ov_model
@@ -260,4 +281,7 @@ def evaluate(model: str | Path, data: str | Path, config: EvalConfig | None = No
         no_answer=sum(s["predicted"] is None for s in samples),
         response_loss=loss_sum / loss_tokens if loss_tokens else (None if not with_loss else math.nan),
         response_tokens=loss_tokens, seconds=time.perf_counter() - start, samples=samples, load_seconds=load_seconds,
-        metric=config.metric, numeric=numeric if generate else None)
+        metric=config.metric, numeric=numeric if generate else None,
+        runtime_adapter=None if runtime_adapter is None else {
+            **runtime_adapter.to_dict(),
+            **({"response_loss": "not computed: optimum-intel cannot apply it"} if config.loss else {})})

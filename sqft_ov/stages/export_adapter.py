@@ -135,13 +135,13 @@ def export_adapter(adapter_dir: str | Path, output: str | Path, config: ExportCo
         raise ConfigError(reason)
     config = _base_config(config or ExportConfig(), record)
     check_output(output, overwrite, inputs=(adapter_dir, base, sub_adapter))
+    if not (adapter_dir / TRAINABLE).is_file():
+        raise AdapterMismatchError(f"{adapter_dir} has no {TRAINABLE} (the trained tensors): copy the whole folder")
+    tensors, info = runtime_tensors(adapter_dir, record, sub_adapter)
     base = check_model_dir(base if base is not None else record["base"])
     if model_fingerprint(base) != record["base_fingerprint"]:
         raise AdapterMismatchError(f"the base model in {base} is not the one the adapter was trained on "
                                    "(fingerprint differs): pass the original base with --base")
-    if not (adapter_dir / TRAINABLE).is_file():
-        raise AdapterMismatchError(f"{adapter_dir} has no {TRAINABLE} (the trained tensors): copy the whole folder")
-    tensors, info = runtime_tensors(adapter_dir, record, sub_adapter)
 
     def write_adapter(folder: Path) -> dict:
         _check_matched(folder, tensors)

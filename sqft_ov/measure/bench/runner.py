@@ -64,6 +64,8 @@ class BenchConfig:
         "help": "PyTorch models: auto (the checkpoint's) | float32 | bfloat16 | float16."})
     bandwidth_gib: float = field(default=1.0, metadata={
         "help": "Buffer of the memory read-bandwidth test (GiB); 0 skips it."})
+    no_adapter: bool = field(default=False, metadata={
+        "help": "IR models with a runtime LoRA adapter (adapter/): benchmark the bare base without it."})
     probe: tuple[list[int], int] | None = None  # (prompt ids, n): each model's greedy tokens, reported at the end
 
     def __post_init__(self) -> None:
@@ -116,7 +118,7 @@ class _Worker:
         spec = {"path": str(model.path), "adapter": str(model.adapter) if model.adapter else None,
                 "sub_adapter": str(model.sub_adapter) if model.sub_adapter else None,
                 "device": config.device, "properties": {**config.ir_properties(), **model.properties},
-                "torch_dtype": config.torch_dtype,
+                "torch_dtype": config.torch_dtype, "no_adapter": config.no_adapter,
                 "prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,
                 "runs": config.warmup + config.repeats}
         self.log = tempfile.TemporaryFile("w+")

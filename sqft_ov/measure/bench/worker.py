@@ -6,7 +6,9 @@ not slow another) and keeps a model that crashes while loading from taking the o
 stdout, while anything the libraries print is sent to stderr.
 
 Engines: an IR folder runs in `openvino_genai.LLMPipeline` (optimum-intel's OVModelForCausalLM only if
-genai cannot load it); a Hugging Face folder, with or without an adapter, runs in PyTorch.
+genai cannot load it), with its runtime LoRA adapter (`adapter/`, written by `sqft-ov export ADAPTER IR`) unless
+the spec says `no_adapter` (then no fallback: optimum-intel cannot apply one); a Hugging Face folder, with or
+without an adapter, runs in PyTorch.
 """
 
 from __future__ import annotations
@@ -124,16 +126,17 @@ class _Prompts:
 class GenaiEngine:
     name = "openvino-genai"
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, adapter=None):
         import openvino as ov
         import openvino_genai
 
+        from sqft_ov.io.ir_adapter import genai_adapter_config
         from sqft_ov.io.runtime import open_llm_pipeline
 
         self.ov = ov
-        self.pipe = open_llm_pipeline(spec["path"], spec["device"], spec["properties"])
-        self.config = openvino_genai.GenerationConfig(max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"],
-                                                      ignore_eos=True, do_sample=False)
+        self.adapters = genai_adapter_config(adapter) if adapter is not None else None  # the IR's runtime LoRA
+        self.pipe = open_llm_pipeline(spec["path"], spec["device"], spec["properties"], self.adapters)
+        self.config = self._config(spec["new_tokens"])
         try:  # the prompts are token ids; a folder without tokenizer IRs still runs, tokenized by transformers
             tokenizer = self.pipe.get_tokenizer()
             tokenizer.encode("probe")
@@ -143,6 +146,15 @@ class GenaiEngine:
 
             hf_tokenizer = AutoTokenizer.from_pretrained(spec["path"], local_files_only=True)
             self.encode = lambda text: hf_tokenizer(text, add_special_tokens=False).input_ids
+
+    def _config(self, new_tokens: int):
+        import openvino_genai
+
+        config = openvino_genai.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True,
+                                                 do_sample=False)
+        if self.adapters is not None:
+            config.adapters = self.adapters
+        return config
 
     def generate(self, ids: list[int]) -> dict:
         import numpy as np
@@ -157,10 +169,8 @@ class GenaiEngine:
 
     def greedy(self, ids: list[int], new_tokens: int) -> list[int]:
         import numpy as np
-        import openvino_genai
 
-        config = openvino_genai.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                                 ignore_eos=True, do_sample=False)
+        config = self._config(new_tokens)
         return [int(t) for t in self.pipe.generate(self.ov.Tensor(np.array([ids], dtype=np.int64)), config).tokens[0]]
 
 
@@ -237,16 +247,24 @@ def load_engine(spec: dict):
     kind = model_kind(path)
     facts: dict = {"kind": kind}
     if kind == "ir":
+        from sqft_ov.io.ir_adapter import find_runtime_adapter
+
+        adapter = None if spec.get("no_adapter") else find_runtime_adapter(path)
+        facts["runtime_adapter"] = adapter.to_dict() if adapter is not None else None
         try:
-            engine = GenaiEngine(spec)
+            engine = GenaiEngine(spec, adapter)
         except Exception as exc:  # noqa: BLE001 - genai's errors are plain RuntimeErrors
+            if adapter is not None:  # optimum-intel would run the bare base
+                raise RuntimeError(f"openvino-genai (needed for the runtime adapter): {_error_text(exc)}") from exc
             facts["fallback_reason"] = _error_text(exc)
             try:
                 engine = _load_optimum(spec)
             except Exception as fallback_exc:
                 raise RuntimeError(f"openvino-genai: {facts['fallback_reason']}; optimum-intel: "
                                    f"{_error_text(fallback_exc)}") from fallback_exc
-        facts["weight_bytes_per_token"] = ir_weight_bytes_per_token(path / IR_FILE)
+        # a runtime adapter's A and B are read every step too (its file: the tensors and a small header)
+        facts["weight_bytes_per_token"] = (ir_weight_bytes_per_token(path / IR_FILE)
+                                           + (adapter.file.stat().st_size if adapter is not None else 0))
         facts["size_bytes"] = folder_bytes(path)
     else:
         model, tokenizer = _load_torch(spec)
