@@ -252,7 +252,7 @@ def load_engine(spec: dict):
         adapter = None if spec.get("no_adapter") else find_runtime_adapter(path)
         facts["runtime_adapter"] = adapter.to_dict() if adapter is not None else None
         try:
-            engine = GenaiEngine(spec, adapter)
+            engine = GenaiEngine(spec, adapter) if adapter is not None else GenaiEngine(spec)
         except Exception as exc:  # noqa: BLE001 - genai's errors are plain RuntimeErrors
             if adapter is not None:  # optimum-intel would run the bare base
                 raise RuntimeError(f"openvino-genai (needed for the runtime adapter): {_error_text(exc)}") from exc
