@@ -2,12 +2,14 @@
 
 Parity is checked token by token, teacher-forced: genai generates greedily with the adapter, then PyTorch (the base
 + the adapter, PEFT or sqft-ov's NLS / INT4-base rebuild) scores the same sequence, and at every step genai's token
-must be PyTorch's argmax or within TOL of it. OpenVINO runs with an f32 inference precision, f32 KV cache and no
-dynamic activation quantization (the CPU defaults, bf16 / u8, move logits by ~1e-2), and the PyTorch base gets
-the IR's own weights (fp16-rounded, or the INT4 grid it was trained on), so what is left is summation order:
-logits differ by ~1e-5, far below TOL. A near-tie (top-2 logits within TOL) is the only place the two may pick
-different tokens; there the check accepts either, and the sequences are compared from genai's. That the tolerance
-cannot hide a missing adapter is checked too: the bare base fails the same check by far more than TOL.
+must be PyTorch's argmax or within TOL of it (EOS aside: genai's min_new_tokens bans it). OpenVINO runs with an f32
+inference precision, f32 KV cache and no dynamic activation quantization (the CPU defaults, bf16 / u8, move logits
+by ~1e-2; with these settings OV and PyTorch logits on the same weights agreed to ~4e-4 on an INT4 IR, and
+tests/test_export.py bounds them by 2e-3), and the PyTorch base gets the IR's own weights (fp16-rounded, or the INT4
+grid it was trained on, which the IR reproduces up to its fp16 scales, ~1.5e-5 per weight). Tokens can then differ
+only at a near-tie (top-2 logits within TOL), where the check accepts either. Measured on the tiny model: the gap
+was 0.0 at every step in all three cases (identical greedy tokens). That the tolerance cannot hide a missing adapter
+is checked too: the bare base scores the adapter's tokens with a gap of ~0.9 (required: over 100 x TOL).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from conftest import FIELDS, train
 from test_cli import assert_one_line_error, sqft
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0", "KV_CACHE_PRECISION": "f32"}
-TOL = 1e-3  # logits; the measured OV-vs-PyTorch difference under F32 is ~1e-5
+TOL = 1e-3  # logits: above OV-vs-PyTorch's ~4e-4 under F32, far below what the adapter moves (~0.9)
 NEW = 12
 
 

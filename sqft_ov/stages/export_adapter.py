@@ -109,8 +109,8 @@ def _check_matched(ir_dir: Path, tensors: dict) -> None:
             layer = key.removeprefix(TENSOR_PREFIX).removesuffix(".lora_A.weight")
             found = [n for n in names if layer in n or layer in n.replace(".", "_")]  # genai's own test
             if len(found) != 1:
-                raise ExportIntegrityError(f"adapted layer {layer} matches {len(found)} MatMuls of the base IR, not one:"
-                                           " genai would not apply the adapter there; please report this")
+                raise ExportIntegrityError(f"adapted layer {layer} matches {len(found)} MatMuls of the base IR, not "
+                                           "one: genai would not apply the adapter there; please report this")
 
 
 def export_adapter(adapter_dir: str | Path, output: str | Path, config: ExportConfig | None = None,

@@ -128,7 +128,6 @@ class GenaiEngine:
 
     def __init__(self, spec: dict, adapter=None):
         import openvino as ov
-        import openvino_genai
 
         from sqft_ov.io.ir_adapter import genai_adapter_config
         from sqft_ov.io.runtime import open_llm_pipeline
