@@ -102,6 +102,8 @@ def test_export_writes_the_base_ir_and_a_genai_adapter(fp16_export, trained):
     assert all(k.startswith("base_model.model.model.layers.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
                for k in tensors)
     assert report.settings["weight_format"] == "fp16" and report.zeros_kept == report.source_zeros > 0
+    # the IR serves the adapter, trained on plain prompts: genai must not wrap them in the chat template
+    assert report.settings["trained_with_chat_template"] is False and report.settings["chat_template"] == "dropped"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 

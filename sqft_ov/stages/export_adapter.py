@@ -152,6 +152,7 @@ def export_adapter(adapter_dir: str | Path, output: str | Path, config: ExportCo
                 "sub_adapter": str(Path(sub_adapter).absolute()) if isinstance(sub_adapter, (str, Path)) else None,
                 "tensor_name_prefix": TENSOR_PREFIX, **info}
 
-    # the IR serves the adapter: its tokenizer keeps or drops the chat template as the adapter was trained
-    return export(base, output, config, overwrite, after=write_adapter,
-                  trained_chat=bool(record["data_format"].get("chat_template", False)))
+    # the IR serves the adapter: its tokenizer keeps or drops the chat template as the adapter was trained (as
+    # load_adapted reads it; older records: known only where the template was asked for)
+    templated = record.get("chat_template_applied", True if record["data_format"].get("chat_template") else None)
+    return export(base, output, config, overwrite, after=write_adapter, trained_chat=templated)
