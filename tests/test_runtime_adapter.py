@@ -152,6 +152,8 @@ def test_int4_base_adapter_on_its_grid(sparse_models, sft_data, prompts, tmp_pat
     train(sparse_models["llama"], sft_data, adapter, method="lora", int4="sym", rank=8, **FIELDS)
     with pytest.raises(ConfigError, match="drop --asym"):
         export_adapter(adapter, tmp_path / "no", ExportConfig(sym=False))
+    with pytest.raises(ConfigError, match="drop --ratio"):
+        export_adapter(adapter, tmp_path / "no", ExportConfig(ratio=0.5))
     assert not (tmp_path / "no").exists()
     report = export_adapter(adapter, tmp_path / "ir", ExportConfig())  # int4: the grid's sym / group size
     assert report.settings["nncf_mode"] == "int4_sym" and report.settings["group_size"] == 64

@@ -51,6 +51,13 @@ def _base_config(config: ExportConfig, record: dict) -> ExportConfig:
         raise ConfigError(f"{why}: drop --group-size {config.group_size}")
     if config.all_layers:
         raise ConfigError(f"{why} (INT8 embeddings and lm_head): drop --all-layers")
+    moved = [flag for flag, given in (
+        ("--dataset", config.calibration), ("--ratio", config.ratio != 1), ("--awq", config.awq),
+        ("--scale-estimation", config.scale_estimation), ("--gptq", config.gptq),
+        ("--lora-correction", config.lora_correction), ("--backup-precision", config.backup_precision is not None),
+        ("--sensitivity-metric", config.sensitivity_metric is not None)) if given]
+    if moved:
+        raise ConfigError(f"{why}, quantized data-free: drop {', '.join(moved)}")
     return dataclasses.replace(config, sym=quant["sym"], group_size=quant["group_size"])
 
 
