@@ -5,7 +5,9 @@ Deployed two ways, both evaluated:
 * merged: W + B*A exported to an IR. Plain LoRA's update is dense, so merging fills the base's zeros —
   the deployed sparsity this row reports is what SparsePEFT exists to keep;
 * merged, then INT4 after training, as practitioners deploy today: data-free at each `--ptq-group-sizes`, and
-  with `--ptq-data-aware` also AWQ + scale estimation calibrated on the training prompts.
+  with `--ptq-data-aware` also AWQ + scale estimation calibrated on the training prompts;
+* `--runtime-adapter`: unmerged as openvino_genai deploys many task adapters on one base, the base's IR plus the
+  adapter applied at runtime (with `--int4-base`, SQFT's "INT4 base + adapter, unmerged" row).
 `--int4-base` (with `--sym` / `--asym`) snaps the frozen base to NNCF's INT4 grid first (the QLoRA-style
 baseline); the merged weights are then re-quantized to INT4 at export, since W + B*A is off the grid.
 
@@ -29,6 +31,9 @@ from sqft_ov.recipe import (
     Overwrite, Seed, Steps, Sym, Targets, Test, check_scoring, fresh_output, task_files,
 )
 from sqft_ov.stages.export import DEFAULT_GROUP_SIZE
+from sqft_ov.stages.export_adapter import export_adapter
+
+RUNTIME_ADAPTER = "LoRA, base IR + runtime adapter"
 
 
 def recipe(
@@ -55,6 +60,9 @@ def recipe(
     ptq_data_aware: Annotated[bool, Option(help="Also a data-aware INT4 row per group size: AWQ + scale "
                                                 "estimation calibrated on the training prompts, as optimum-cli "
                                                 "--awq --scale-estimation --dataset.")] = False,
+    runtime_adapter: Annotated[bool, Option(help="Also deploy unmerged as openvino_genai does: the base's IR (an "
+                                                 "--int4-base adapter: on its grid) + the adapter applied at "
+                                                 "runtime, evaluated through genai.")] = False,
     chat_template: ChatTemplate = False,
     seed: Seed = 42,
     bf16: Bf16 = False,
@@ -90,6 +98,12 @@ def recipe(
                               precision=f"{base_precision} + adapter", sparsity=deployed_sparsity(model),
                               evaluation=evaluate(model, test or train, replace(scoring, adapter=adapter),
                                                   on_progress))]
+    if runtime_adapter:  # "SQFT unmerged": many task adapters on one base IR
+        ir = export_adapter(adapter, out / "ir-runtime-adapter").output
+        deployments.append(Deployment(RUNTIME_ADAPTER, "lora", Path(ir), None, None, merged=False,
+                                      precision=(f"int4 {int4} g{group_size}" if int4 else "int4 asym (post-training)")
+                                      + " + runtime adapter", sparsity=deployed_sparsity(ir),
+                                      evaluation=evaluate(ir, test or train, scoring, on_progress)))
     if merged:
         merge(adapter, out / "merged")
         fmt = ExportConfig(weight_format="int4", sym=int4 == "sym", group_size=group_size) if int4 else \

@@ -363,6 +363,22 @@ def test_lora_recipe_post_training_rows_per_group_size_and_data_aware(tmp_path, 
     assert ptq_options(QuickstartPlan.make(True)) == {}
 
 
+def test_unmerged_row_is_the_int4_base_ir_with_a_runtime_adapter(tmp_path, sparse_models):
+    """The quickstart's SQFT-unmerged row: LoRA on the base snapped to the INT4 grid, deployed as that grid's IR
+    plus the adapter openvino_genai applies at runtime, and scored through genai with it."""
+    from sqft_ov.recipes import lora
+
+    task = write_task(tmp_path / "task", 64, 8)
+    rows = lora.recipe(model=sparse_models["llama"], data=task["train"].parent, out=tmp_path / "u", steps=3,
+                       batch_size=4, int4_base=True, group_size=32, runtime_adapter=True, merged=False)
+    assert [r.label for r in rows] == ["LoRA", lora.RUNTIME_ADAPTER]
+    row = rows[1]
+    assert not row.merged and (row.model / "adapter" / "adapter_model.safetensors").is_file()
+    record = json.loads((row.model / "sqft_export.json").read_text())
+    assert record["settings"]["group_size"] == 32 and record["runtime_adapter"]
+    assert row.evaluation.engine == "openvino" and row.evaluation.runtime_adapter and row.sparsity >= 0.5
+
+
 def test_seeded_rows_report_mean_and_spread(tmp_path):
     from sqft_ov.quickstart.comparison import QuickstartPlan, QuickstartResult, _recipe_runs
     from sqft_ov.quickstart.table_text import accuracy_text
@@ -402,7 +418,7 @@ def test_seeded_rows_report_mean_and_spread(tmp_path):
     real = seeds_of(QuickstartPlan.make(False, real_model=True, seeds=3))
     assert real["LoRA"] == real["QA-SparsePEFT"] == real["Dense QA-LoRA"] == [42, 43, 44] and real["Shears"] == [42]
     full = seeds_of(QuickstartPlan.make(False))  # the embedded full run: every fine-tuned row, 3 seeds
-    assert len(full) == 9 and full["LoNAS"] == full["EFTNAS"] == [42]  # NAS rows: one seed, their own comparison
+    assert len(full) == 10 and full["LoNAS"] == full["EFTNAS"] == [42]  # NAS rows: one seed, their own comparison
     assert all(seeds == [42, 43, 44] for name, seeds in full.items() if "NAS" not in name)
     assert all(seeds == [42] for seeds in seeds_of(QuickstartPlan.make(True)).values())
     assert "Dense QA-LoRA" not in seeds_of(QuickstartPlan.make(True))  # --fast stays a smoke test
@@ -420,8 +436,9 @@ def test_real_model_plan_trains_the_compared_rows_first_and_tables_them_in_order
     runs = _recipe_runs(plan)
     assert all(options["target_modules"] == ALL_LINEARS for name, _, options in runs)  # every linear adapted
     order = [(name, options["seed"]) for name, _, options in training_order(plan, runs)]
-    assert order[:6] == [("LoRA", 42), ("QA-SparsePEFT", 42), ("Dense QA-LoRA", 42), ("LoRA", 43),
-                         ("QA-SparsePEFT", 43), ("Dense QA-LoRA", 43)]
+    unmerged = "SQFT unmerged (INT4 base IR + runtime adapter)"
+    assert order[:8] == [("LoRA", 42), ("QA-SparsePEFT", 42), ("Dense QA-LoRA", 42), (unmerged, 42), ("LoRA", 43),
+                         ("QA-SparsePEFT", 43), ("Dense QA-LoRA", 43), (unmerged, 43)]
     assert sorted(order) == sorted((name, options["seed"]) for name, _, options in runs)
     assert training_order(QuickstartPlan.make(False), _recipe_runs(QuickstartPlan.make(False))) == \
         _recipe_runs(QuickstartPlan.make(False))  # the embedded run trains in the table's order

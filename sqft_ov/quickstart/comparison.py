@@ -32,8 +32,11 @@ NAS_ROWS = ("LoNAS", "EFTNAS")  # trained on the dense base, one seed: their com
 # QA-SparsePEFT's recipe on the dense base (NNCF's QAT + LoRA on INT4, merged on its grid; the mask is all ones):
 # what the sparsity costs is this row minus QA-SparsePEFT
 DENSE_QA = "Dense QA-LoRA"
+# SQFT's "INT4 base + adapter, unmerged" row as openvino_genai deploys it: LoRA trained on the sparse base snapped
+# to the QA rows' INT4 grid, the base's INT4 IR + the adapter applied at runtime (recipes/lora.py --runtime-adapter)
+UNMERGED = "SQFT unmerged (INT4 base IR + runtime adapter)"
 # on a real model (~15-35 min a recipe here) only these are re-trained
-REAL_SEEDED = ("LoRA", "QA-SparsePEFT", DENSE_QA)
+REAL_SEEDED = ("LoRA", "QA-SparsePEFT", DENSE_QA, UNMERGED)
 ALL_LINEARS = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"  # a Llama block's linears
 
 
@@ -60,7 +63,7 @@ class QuickstartPlan:
     target_modules: str | None = None  # the linears that get adapters; None: each recipe's default
     nas_rows: bool = False  # LoNAS / EFTNAS super-networks on the dense base (one seed: their own comparison)
     validation_examples: int = 100  # held out of train and test: what searches score sub-networks on
-    dense_qa: bool = True  # the Dense QA-LoRA row (not in --fast)
+    dense_qa: bool = True  # the Dense QA-LoRA and SQFT-unmerged rows (not in --fast)
     lr_choices: tuple[float, ...] = ()  # learning rates LoRA's and QA-SparsePEFT's are chosen from, on validation
 
     @classmethod
@@ -193,6 +196,7 @@ def is_seeded(plan: QuickstartPlan, label: str) -> bool:
 
 def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
     """(label, recipe, options) per fine-tuned row, a run per seed for the seeded rows."""
+    from sqft_ov.adapters.config import GRID_GROUP_SIZE
     from sqft_ov.recipes import eftnas, lonas, lora, qa_sparsepeft, shears, sparsepeft
 
     lr, tuned, qa = row_options(plan)
@@ -200,8 +204,10 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
             ("SparsePEFT", sparsepeft.recipe, tuned), ("SparsePEFT + NLS", sparsepeft.recipe, {"nls": True, **tuned}),
             ("QA-SparsePEFT", qa_sparsepeft.recipe, qa), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
                                                           {"nls": True, **qa})]
-    if plan.dense_qa:
-        runs.append((DENSE_QA, qa_sparsepeft.recipe, qa))
+    if plan.dense_qa:  # the baselines beside SQFT's own rows (not in --fast)
+        unmerged = {**tuned, "int4_base": True, "group_size": qa.get("group_size", GRID_GROUP_SIZE),
+                    "runtime_adapter": True, "merged": False}
+        runs += [(DENSE_QA, qa_sparsepeft.recipe, qa), (UNMERGED, lora.recipe, unmerged)]
     if plan.nas_rows:
         runs += [("LoNAS", lonas.recipe, lr), ("EFTNAS", eftnas.recipe, lr)]
     out = []
@@ -339,6 +345,8 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on
                  dense: Path | None = None) -> list[Deployment]:
     """Every recipe run of the plan on the sparse base (LoNAS / EFTNAS: on the dense one, as in their papers);
     with `resume`, runs that finished are read back."""
+    from sqft_ov.recipes import lora as lora_recipe
+
     common = dict(model=sparse, data=out / "task", steps=plan.steps, batch_size=plan.batch_size,
                   chat_template=plan.chat_template, overwrite=True, on_progress=on_progress)
     made_by: dict[tuple[str, int], list[Deployment]] = {}
@@ -353,10 +361,12 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on
             continue
         on_dense = name in NAS_ROWS or name == DENSE_QA
         made = recipe(out=out / folder, **{**common, "model": dense if on_dense else sparse}, **options)
+        if name == UNMERGED:  # the recipe's PyTorch row is LoRA's on the snapped base: the table keeps the IR's
+            made = [d for d in made if d.label == lora_recipe.RUNTIME_ADAPTER]
         for deployment in made:
             deployment.seed = options["seed"]
-            if name == DENSE_QA:
-                deployment.label = DENSE_QA
+            if name in (DENSE_QA, UNMERGED):
+                deployment.label = name
         write_file_atomic(done, json.dumps([d.to_dict() for d in made], indent=2, default=str))
         made_by[name, options["seed"]] = made
         stage(f"recipe {name} (seed {options['seed']})", t)
