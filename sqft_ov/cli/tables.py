@@ -240,15 +240,15 @@ def loader_lines(arguments: list[str]) -> str:
 
 def quickstart_table(result, title: str) -> Table:
     """The quickstart's rows, one per method: accuracy as mean (min–max over seeds) where trained several times."""
-    from sqft_ov.quickstart.table_text import accuracy_text, interval_text, ratio_text, speed_text
+    from sqft_ov.quickstart.table_text import accuracy_text, decode_ratio_text, decode_text, interval_text, ratio_text
 
     table = Table(title=title)
     for col in ("method", "accuracy", "95 % interval", "vs LoRA (95 %)", "− LoRA (paired 95 %)", "precision", "merged",
-                "sparsity", "size MiB", "decode tok/s"):
+                "sparsity", "size MiB", "decode tok/s (min–max)", "decode ÷ LoRA (paired)"):
         table.add_column(col, justify="left" if col in ("method", "precision", "merged") else "right")
     for row in result.table_rows():
         size = "-" if row["size_mib"] is None else f"{row['size_mib']:.1f}"
         table.add_row(row["method"], accuracy_text(row), interval_text(row), ratio_text(row),
                       interval_text(row, "difference_to_lora_ci95"), row["precision"],
-                      row["merged"], f"{row['sparsity']:.1%}", size, speed_text(row["decode_tokens_per_s"]))
+                      row["merged"], f"{row['sparsity']:.1%}", size, decode_text(row), decode_ratio_text(row))
     return table

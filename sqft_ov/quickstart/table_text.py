@@ -32,3 +32,15 @@ def percent_text(value: float | None) -> str:
 
 def speed_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def decode_text(row: dict) -> str:
+    """Median decode tok/s with its min–max over the bench's interleaved repeats."""
+    spread = row.get("decode_range")
+    return speed_text(row["decode_tokens_per_s"]) + (f" ({spread[0]:.0f}–{spread[1]:.0f})" if spread else "")
+
+
+def decode_ratio_text(row: dict) -> str:
+    """The paired per-repeat decode ratio to unmerged LoRA: median (min–max)."""
+    ratio = row.get("decode_vs_lora")
+    return "-" if not ratio else f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})"
