@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,25 @@ def trained(workdir, sparse_models, sft_data):
         return cache[key]
 
     return get
+
+
+def run_cli(argv: list, capsys) -> tuple[int, str]:
+    """`sqft-ov ARGV` in this process; the libraries quieted as the script quiets them before importing them."""
+    import datasets
+    import transformers
+
+    from sqft_ov.cli import main
+
+    datasets.disable_progress_bars()  # the script sets their environment variables before the first import
+    transformers.utils.logging.disable_progress_bar()
+
+    old = sys.argv
+    sys.argv = ["sqft-ov", *map(str, argv)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err

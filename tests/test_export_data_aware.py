@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from sqft_ov.errors import ConfigError, ExportIntegrityError, SqftError
 from sqft_ov.stages.export import ExportConfig, compress_ir, export, folder_zeros, verify_zeros
@@ -201,21 +201,6 @@ REFUSED = {  # CLI options (after MODEL IR; {cal} is the calibration file): a fr
     "missing-data": (["--awq", "--dataset", "{missing}"], "does not exist"),
     "bad-text-field": (["--awq", "--dataset", "{cal}", "--text-field", "question"], "has no field question"),
 }
-
-
-def run_cli(argv: list, capsys) -> tuple[int, str]:
-    """`sqft-ov ARGV` in this process, as tests/test_hostile.py runs it."""
-    from sqft_ov.cli import main
-
-    old, sys.argv = sys.argv, ["sqft-ov", *map(str, argv)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", list(REFUSED))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from conftest import run_cli
 
 
 @dataclass
@@ -652,28 +653,6 @@ def tree_digest(*roots: Path) -> dict[str, str]:
             elif p.is_dir():
                 out[str(p)] = "dir"
     return out
-
-
-def run_cli(argv: list, capsys) -> tuple[int, str]:
-    """`sqft-ov ARGV` in this process; the libraries quieted as the script quiets them before importing them."""
-    import datasets
-    import transformers
-
-    from sqft_ov.cli import main
-
-    datasets.disable_progress_bars()  # the script sets their environment variables before the first import
-    transformers.utils.logging.disable_progress_bar()
-
-    old = sys.argv
-    sys.argv = ["sqft-ov", *map(str, argv)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
