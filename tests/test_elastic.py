@@ -169,6 +169,7 @@ def test_extracted_ir_has_the_smaller_shapes_and_generates_in_both_loaders(lonas
         assert isinstance(pipe.generate("Mia has 3 pens", max_new_tokens=4), str)
 
 
+@pytest.mark.slow
 def test_resumed_elastic_training_gives_the_same_adapter(tmp_path, sparse_models, sft_data):
     from safetensors.torch import load_file
     from test_kill import killed, sqft

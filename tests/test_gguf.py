@@ -61,6 +61,7 @@ def test_header_reader_checks_before_loading(smollm2_gguf, tmp_path):
         read_gguf(truncated)
 
 
+@pytest.mark.slow
 def test_converted_folder_is_a_plain_tied_llama_with_the_files_tokenizer(smollm2_folder, smollm2_gguf, gguf_cache):
     from transformers import AutoTokenizer
 

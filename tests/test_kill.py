@@ -47,6 +47,7 @@ def test_killed_sparsify(tmp_path, tiny_models, calibration_txt):
     assert json.loads((out / "sparsity.json").read_text())["total_sparsity"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_killed_export_and_a_replacement_killed_between_its_renames(tmp_path, sparse_models, exported):
     import shutil
 

@@ -15,6 +15,7 @@ def test_bundled_task_data_is_local():
     assert len(rows) == 20 and all("####" in r["response"] for r in rows)
 
 
+@pytest.mark.slow
 def test_lm_eval_openvino_scores_an_exported_ir_offline(tmp_path, exported):
     pytest.importorskip("lm_eval")  # pip install "sqft-ov[lm-eval]" (the test extra has it)
     data = tmp_path / "mine.jsonl"  # the user's own file, through --metadata

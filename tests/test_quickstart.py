@@ -294,6 +294,7 @@ def test_eval_pytorch_adapters(sparse_models, trained, sft_data):
         assert report.engine == "pytorch" and report.examples == 6 and report.response_loss > 0
 
 
+@pytest.mark.slow
 def test_run_recipe_through_the_cli(tmp_path, sparse_models, workdir):
     task = write_task(tmp_path / "task", 64, 8)
     out = tmp_path / "sp"
@@ -341,6 +342,7 @@ def test_dense_qa_lora_row_is_qa_sparsepeft_on_the_dense_base(tmp_path, tiny_mod
     assert row.evaluation.engine == "openvino" and row.evaluation.examples == 8
 
 
+@pytest.mark.slow
 def test_lora_recipe_post_training_rows_per_group_size_and_data_aware(tmp_path, sparse_models):
     """The PTQ rows users deploy instead of SQFT: data-free and AWQ + scale estimation (calibrated on the
     training prompts) at each group size; the quickstart asks for the QA rows' group size and 128."""

@@ -133,6 +133,7 @@ def test_invalid_input_is_a_clear_error(ir, tiny_models, tmp_path):
     assert_one_line_error(sqft("tune", ir, "--json", tmp_path / "report.json"), "--overwrite")
 
 
+@pytest.mark.slow
 def test_export_grid_exports_every_point_and_times_them(tiny_models, tmp_path):
     import openvino as ov
 
