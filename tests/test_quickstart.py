@@ -47,6 +47,18 @@ def test_task_is_deterministic_shifted_and_held_out(tmp_path):
     assert not any(r["prompt"].split("Question: ")[1].split("\n")[0] in foundation_questions for r in train)
 
 
+def test_held_back_problems_are_in_no_split_and_the_rest_is_unchanged(tmp_path):
+    rows = lambda path: [json.loads(line)["prompt"] for line in path.read_text().splitlines()]  # noqa: E731
+    old = write_task(tmp_path / "old", 200, 30, seed=4, validation=10)  # an earlier plan was tuned on its test
+    new = write_task(tmp_path / "new", 200, 30, seed=4, validation=10, held_back=30)
+    assert rows(old["train"]) == rows(new["train"])
+    splits = [set(rows(new[name])) for name in ("train", "test", "validation")]
+    assert [len(s) for s in splits] == [200, 30, 10] and not (splits[0] & splits[1] or splits[1] & splits[2])
+    assert not set(rows(old["test"])) & (splits[1] | splits[2])  # the tuned-on problems scored nowhere
+    assert rows(write_task(tmp_path / "zero", 200, 30, seed=4, validation=10, held_back=0)["test"]) == \
+        rows(old["test"])
+
+
 def test_foundation_model_is_cached_by_configuration(tmp_path, monkeypatch):
     from sqft_ov.quickstart import foundation
     from sqft_ov.quickstart.foundation import FoundationConfig, foundation_model

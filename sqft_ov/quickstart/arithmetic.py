@@ -129,16 +129,21 @@ def pretraining_text(n: int, seed: int = 0) -> list[str]:
 
 
 def write_task(out: str | Path, train: int = 2000, test: int = 200, seed: int = 0,
-               validation: int = 0) -> dict[str, Path]:
+               validation: int = 0, held_back: int = 0) -> dict[str, Path]:
     """The downstream task as JSONL files (`prompt`, `response`, `answer`, `kind`): train, and disjoint from it
     and from each other, `validation` problems (choices: sub-adapters, hyperparameters) and `test` problems
-    (scored once per final row)."""
+    (scored once per final row). `held_back`: that many problems before the test split are skipped (problems
+    an earlier plan was tuned on, which a held-out test set must not contain)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = {"train": [p.row() for p in problems("downstream", train, seed)]}
     seen = {r["prompt"] for r in splits["train"]}
-    fresh = (p for p in problems("downstream", 20 * (test + validation), seed + 1) if p.prompt not in seen)
-    for name, n in (("test", test), ("validation", validation)):  # test first: the same test set as before
+    fresh = (p for p in problems("downstream", 20 * (held_back + test + validation), seed + 1)
+             if p.prompt not in seen)
+    # test first: the same test set as before (without held_back)
+    for name, n in (("held back", held_back), ("test", test), ("validation", validation)):
+        if not n:
+            continue
         rows: list[dict] = []
         for p in fresh:
             if len(rows) == n:
@@ -146,7 +151,7 @@ def write_task(out: str | Path, train: int = 2000, test: int = 200, seed: int = 
             if p.prompt not in seen:
                 seen.add(p.prompt)
                 rows.append(p.row())
-        if n:
+        if name != "held back":
             splits[name] = rows
     paths = {}
     for name, rows in splits.items():

@@ -244,7 +244,8 @@ def quickstart(out: str | Path = "sqft-ov-quickstart", fast: bool = False, overw
                       overwrite=True)  # a resumed run's: the same plan, or more seeds
 
     t = time.perf_counter()
-    task = write_task(out / "task", plan.train_examples, plan.test_examples, validation=plan.validation_examples)
+    task = write_task(out / "task", plan.train_examples, plan.test_examples, validation=plan.validation_examples,
+                      held_back=plan.test_held_back)
     (out / "calibration.txt").write_text("\n".join(pretraining_text(256, seed=1)) + "\n")
     sparse = out / "sparse-wanda50"
     if not (resume and sparse.is_dir()):  # written atomically: if it is there, it is whole

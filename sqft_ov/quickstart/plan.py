@@ -47,6 +47,9 @@ class QuickstartPlan:
     validation_examples: int = 100  # held out of train and test: what searches score sub-networks on
     dense_qa: bool = True  # the Dense QA-LoRA and SQFT-unmerged rows (not in --fast)
     lr_choices: tuple[float, ...] = ()  # learning rates LoRA's and QA-SparsePEFT's are chosen from, on validation
+    # problems skipped before the test split: the real plan's steps, group size and targets were tuned in an
+    # earlier release on the first 100 problems of this stream, so its test set starts after them
+    test_held_back: int = 0
 
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
@@ -56,10 +59,11 @@ class QuickstartPlan:
         elif fast:
             plan = cls(True, 200, 16, 8, False, 1, 16, True, 1, REAL_SEEDED, 4, 1e-3, 1e-3, True, (16, 256),
                        qa_group_size=32, validation_examples=16, dense_qa=False)
-        else:  # QA-SparsePEFT at LoRA's lr and group 32 (3e-4 / g64 left it at 14 %), adapters on all seven
-            # linears for 160 steps (5 linears x 80 steps left it at 84 % of LoRA): README, real-model section
+        else:  # group 32 (g64 left QA-SparsePEFT at 14 %), adapters on all seven linears for 160 steps (5 linears
+            # x 80 steps left it at 84 % of LoRA), chosen on the 100 problems the test split now skips
             plan = cls(False, 800, 300, 160, True, 3, 32, True, 3, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
-                       qa_group_size=32, target_modules=ALL_LINEARS, lr_choices=(3e-4, 1e-3, 3e-3))
+                       qa_group_size=32, target_modules=ALL_LINEARS, lr_choices=(3e-4, 1e-3, 3e-3),
+                       test_held_back=100)
         return plan if seeds is None else replace(plan, seeds=seeds)
 
 
