@@ -1,7 +1,8 @@
 """LoRA: the baseline every SQFT figure is measured against — a plain adapter on a sparse (or INT4) base.
 
 Deployed two ways, both evaluated:
-* unmerged: the base as it is plus the adapter beside it (PyTorch), the accuracy SQFT's table compares to;
+* unmerged: the base as it is plus the adapter beside it (PyTorch), the accuracy SQFT's table compares to
+  (`--no-unmerged` skips it, e.g. when only the runtime-adapter row is wanted);
 * merged: W + B*A exported to an IR. Plain LoRA's update is dense, so merging fills the base's zeros —
   the deployed sparsity this row reports is what SparsePEFT exists to keep;
 * merged, then INT4 after training, as practitioners deploy today: data-free at each `--ptq-group-sizes`, and
@@ -51,6 +52,8 @@ def recipe(
     lr: Lr = LR,
     target_modules: Targets = TARGETS,
     batch_size: BatchSize = BATCH_SIZE,
+    unmerged: Annotated[bool, Option(help="Evaluate the adapter unmerged on the base in PyTorch (the row SQFT's "
+                                          "table compares to).")] = True,
     merged: Annotated[bool, Option(help="Also merge, export and evaluate the merged IR.")] = True,
     ptq_int4: Annotated[bool, Option(help="Also compress the merged model to INT4 after training, as "
                                           "optimum-cli does (asym, adjusted where a group size does not divide a "
@@ -97,7 +100,7 @@ def recipe(
     deployments = [Deployment("LoRA", "lora", Path(model).absolute(), adapter, None, merged=False,
                               precision=f"{base_precision} + adapter", sparsity=deployed_sparsity(model),
                               evaluation=evaluate(model, test or train, replace(scoring, adapter=adapter),
-                                                  on_progress))]
+                                                  on_progress))] if unmerged else []
     if runtime_adapter:  # "SQFT unmerged": many task adapters on one base IR
         ir = export_adapter(adapter, out / "ir-runtime-adapter").output
         deployments.append(Deployment(RUNTIME_ADAPTER, "lora", Path(ir), None, None, merged=False,

@@ -384,9 +384,10 @@ def test_unmerged_row_is_the_int4_base_ir_with_a_runtime_adapter(tmp_path, spars
 
     task = write_task(tmp_path / "task", 64, 8)
     rows = lora.recipe(model=sparse_models["llama"], data=task["train"].parent, out=tmp_path / "u", steps=3,
-                       batch_size=4, int4_base=True, group_size=32, runtime_adapter=True, merged=False)
-    assert [r.label for r in rows] == ["LoRA", lora.RUNTIME_ADAPTER]
-    row = rows[1]
+                       batch_size=4, int4_base=True, group_size=32, runtime_adapter=True, unmerged=False,
+                       merged=False)
+    assert [r.label for r in rows] == [lora.RUNTIME_ADAPTER]  # the quickstart's options: no PyTorch row to discard
+    row = rows[0]
     assert not row.merged and (row.model / "adapter" / "adapter_model.safetensors").is_file()
     record = json.loads((row.model / "sqft_export.json").read_text())
     assert record["settings"]["group_size"] == 32 and record["runtime_adapter"]

@@ -168,7 +168,7 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
                                                           {"nls": True, **qa})]
     if plan.dense_qa:  # the baselines beside SQFT's own rows (not in --fast)
         unmerged = {**tuned, "int4_base": True, "group_size": qa.get("group_size", GRID_GROUP_SIZE),
-                    "runtime_adapter": True, "merged": False}
+                    "runtime_adapter": True, "unmerged": False, "merged": False}  # the IR's row only
         runs += [(DENSE_QA, qa_sparsepeft.recipe, qa), (UNMERGED, lora.recipe, unmerged)]
     if plan.nas_rows:
         runs += [("LoNAS", lonas.recipe, lr), ("EFTNAS", eftnas.recipe, lr)]
@@ -279,8 +279,6 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on
                  dense: Path | None = None) -> list[Deployment]:
     """Every recipe run of the plan on the sparse base (LoNAS / EFTNAS: on the dense one, as in their papers);
     with `resume`, runs that finished are read back."""
-    from sqft_ov.recipes import lora as lora_recipe
-
     common = dict(model=sparse, data=out / "task", steps=plan.steps, batch_size=plan.batch_size,
                   chat_template=plan.chat_template, overwrite=True, on_progress=on_progress)
     made_by: dict[tuple[str, int], list[Deployment]] = {}
@@ -295,8 +293,6 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on
             continue
         on_dense = name in NAS_ROWS or name == DENSE_QA
         made = recipe(out=out / folder, **{**common, "model": dense if on_dense else sparse}, **options)
-        if name == UNMERGED:  # the recipe's PyTorch row is LoRA's on the snapped base: the table keeps the IR's
-            made = [d for d in made if d.label == lora_recipe.RUNTIME_ADAPTER]
         for deployment in made:
             deployment.seed = options["seed"]
             if name in (DENSE_QA, UNMERGED):
