@@ -513,6 +513,69 @@ def test_learning_rates_are_chosen_on_validation_and_kept_on_resume(tmp_path, mo
     assert choose_on_validation(QuickstartPlan.make(True), tmp_path, tmp_path, False) == (QuickstartPlan.make(True), {})
 
 
+def test_distillation_weight_is_chosen_on_validation_with_the_lora_choice_as_teacher(tmp_path, monkeypatch):
+    """With distill_choices, QA-SparsePEFT at its chosen lr is trained once per weight with the chosen LoRA choice
+    run as teacher and kept only if it beats the run without one on validation (a tie keeps no teacher)."""
+    from dataclasses import replace
+
+    from sqft_ov.quickstart.choices import choose_on_validation
+    from sqft_ov.quickstart.comparison import QuickstartPlan
+    from sqft_ov.quickstart.table_text import choices_text
+    from sqft_ov.recipe import Deployment
+    from sqft_ov.recipes import lora, qa_sparsepeft
+
+    for distilled, expected in ((0.8, 1.0), (0.6, 0.0)):
+        planted = {("lora", 1e-3): 0.5, ("lora", 3e-3): 0.7, ("qa", 1e-3, None): 0.6, ("qa", 3e-3, None): 0.5,
+                   ("qa", 1e-3, 1.0): distilled}
+        calls = []
+
+        def fake(kind):
+            def recipe(out, lr, test, teacher=None, distill_weight=None, **options):
+                calls.append((kind, lr, teacher, distill_weight))
+                score = planted[kind, lr] if kind == "lora" else planted[kind, lr, distill_weight]
+                return [Deployment(kind, kind, out, None, None, True, "int4", 0.5, evaluation=_report(score))]
+            return recipe
+
+        monkeypatch.setattr(lora, "recipe", fake("lora"))
+        monkeypatch.setattr(qa_sparsepeft, "recipe", fake("qa"))
+        out = tmp_path / str(distilled)
+        plan = replace(QuickstartPlan.make(True), lr_choices=(1e-3, 3e-3), distill_choices=(1.0,))
+        chosen, record = choose_on_validation(plan, out, out / "sparse", resume=False, say=lambda line: None)
+        assert (chosen.lr, chosen.qa_lr, chosen.qa_distill) == (3e-3, 1e-3, expected)
+        assert calls[-1] == ("qa", 1e-3, out / "choose" / "lora-lr0.003" / "adapter", 1.0) and len(calls) == 5
+        assert record["scores"]["QA-SparsePEFT distillation weight"] == {"0": 0.6, "1": distilled}
+        assert ("distilled from the same seed's LoRA at weight 1" in choices_text(record)) == bool(expected)
+
+
+def test_chosen_distillation_reaches_every_qa_row_with_its_seeds_lora_as_teacher(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from sqft_ov.quickstart.comparison import RUN_ROWS, QuickstartPlan, _recipe_rows, run_folder
+    from sqft_ov.quickstart.plan import QA_ROWS
+    from sqft_ov.recipe import Deployment
+
+    plan = replace(QuickstartPlan.make(False, real_model=True), qa_distill=1.0)
+    seen = {}
+
+    def recipe(out, teacher=None, distill_weight=None, seed=None, **options):
+        seen[out.name] = (teacher, distill_weight)
+        (out / "adapter").mkdir(parents=True)
+        return [Deployment("x", "lora", out, None, None, True, "int4", 0.5)]
+
+    import sqft_ov.quickstart.comparison as comparison
+
+    runs = [(name, recipe, options) for name, _, options in comparison._recipe_runs(plan)]
+    monkeypatch.setattr(comparison, "_recipe_runs", lambda plan: runs)
+    _recipe_rows(plan, tmp_path, tmp_path, False, None, lambda line: None, lambda name, began: None)
+    for name, _, options in runs:
+        teacher, weight = seen[run_folder(name, options["seed"])]
+        if name in QA_ROWS:
+            assert teacher == tmp_path / run_folder("LoRA", options["seed"]) / "adapter" and weight == 1.0
+            assert (tmp_path / run_folder("LoRA", options["seed"]) / RUN_ROWS).is_file()
+        else:
+            assert teacher is None and weight is None, name
+
+
 def _report(accuracy: float):
     from sqft_ov.stages.evaluate import EvalReport
 

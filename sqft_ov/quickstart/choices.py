@@ -1,9 +1,10 @@
-"""The quickstart's learning rates, chosen on the task's validation split, never on its test split.
+"""The quickstart's learning rates (and distillation weight), chosen on the validation split, never on the test split.
 
 LoRA's learning rate (every LoRA-family row's) and QA-SparsePEFT's (the QA rows') are each chosen from the
 plan's `lr_choices` by one run per value (seed 42) scored on `task/validation.jsonl`; the table's runs then
 train with the chosen values and the test problems are scored once per final row. Each choice run leaves its
-`deployments.json`, so `--resume` keeps it; `choices.json` records every score and what was chosen.
+`deployments.json`, so `--resume` keeps it; `choices.json` records every score and what was chosen. With the
+plan's `distill_choices`, the QA rows' distillation weight is chosen the same way (0: no teacher).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def _score(recipe, folder: Path, resume: bool, options: dict) -> float:
 
 def choose_on_validation(plan, out: Path, sparse: Path, resume: bool, on_progress=None, say=print,
                          stage=None) -> tuple:
-    """(the plan with `lr` and `qa_lr` chosen on validation, the choices.json record); the plan as it is and {}
-    when it has no `lr_choices`. Ties go to the smaller learning rate; `stage(name, began)` times the choice."""
+    """(the plan with `lr`, `qa_lr` and, with `distill_choices`, `qa_distill` chosen on validation, the
+    choices.json record); the plan as it is and {} when it has no `lr_choices`. Ties go to the smaller learning
+    rate (weight); `stage(name, began)` times the choice."""
     import time
 
     from sqft_ov.recipes import lora, qa_sparsepeft
@@ -75,7 +77,27 @@ def choose_on_validation(plan, out: Path, sparse: Path, resume: bool, on_progres
             say(f"choice {name} lr {lr:g}: {scores[lr]:.1%} on validation")
         record["scores"][name] = {f"{lr:g}": score for lr, score in scores.items()}
         record["chosen"][key] = max(plan.lr_choices, key=lambda lr: (scores[lr], -lr))
+    if plan.distill_choices:
+        record["chosen"]["qa_distill"] = _choose_distillation(plan, out, resume, common, qa, record, say)
     write_file_atomic(out / CHOICES_JSON, json.dumps(record, indent=2), overwrite=True)
     if stage is not None:
         stage("learning rates chosen on the validation split", began)
     return replace(plan, **record["chosen"]), record
+
+
+def _choose_distillation(plan, out: Path, resume: bool, common: dict, qa: dict, record: dict, say) -> float:
+    """The QA rows' distillation weight: QA-SparsePEFT at its chosen learning rate with the chosen LoRA choice
+    run as teacher, one run per weight, against the same run without a teacher (its learning-rate choice run)."""
+    from sqft_ov.recipes import qa_sparsepeft
+
+    lr, qa_lr = record["chosen"]["lr"], record["chosen"]["qa_lr"]
+    teacher = out / "choose" / f"lora-lr{lr:g}" / "adapter"
+    scores = {0.0: record["scores"]["QA-SparsePEFT"][f"{qa_lr:g}"]}
+    for weight in plan.distill_choices:
+        folder = out / "choose" / f"qa-sparsepeft-lr{qa_lr:g}-distill{weight:g}"
+        scores[weight] = _score(qa_sparsepeft.recipe, folder, resume, {**common, **qa, "lr": qa_lr,
+                                                                       "teacher": teacher, "distill_weight": weight})
+        say(f"choice QA-SparsePEFT distillation weight {weight:g} (teacher: LoRA): {scores[weight]:.1%} on validation")
+    record["scores"]["QA-SparsePEFT distillation weight"] = {f"{w:g}": score for w, score in scores.items()}
+    record["teacher"] = "the LoRA run of the same seed (choice: LoRA at the chosen learning rate, seed 42)"
+    return max(scores, key=lambda w: (scores[w], -w))

@@ -21,8 +21,9 @@ from pathlib import Path
 from sqft_ov.errors import ConfigError, SqftError  # noqa: F401 (SqftError: callers catch it from here)
 from sqft_ov.io.output import check_output, write_file_atomic
 from sqft_ov.quickstart.choices import ptq_options, row_options
-from sqft_ov.quickstart.plan import DENSE_QA, PLAN_JSON, UNMERGED, QuickstartPlan, check_same_plan, plan_record
-from sqft_ov.quickstart.table_text import (accuracy_text, decode_ratio_text, decode_text, interval_text,
+from sqft_ov.quickstart.plan import (DENSE_QA, PLAN_JSON, QA_ROWS, UNMERGED, QuickstartPlan, check_same_plan,
+                                     plan_record)
+from sqft_ov.quickstart.table_text import (accuracy_text, choices_text, decode_ratio_text, decode_text, interval_text,
                                            ratio_text)
 from sqft_ov.recipe import Deployment
 
@@ -123,7 +124,9 @@ class QuickstartResult:
                          f"{'-' if row['size_mib'] is None else format(row['size_mib'], '.1f')} | "
                          f"{decode_text(row)} | {decode_ratio_text(row)} |")
         problem = self.reference_problem()
-        return "\n".join(lines + ([f"\nNote: {problem}."] if problem else [])) + "\n"
+        chosen = choices_text(self.choices)
+        notes = ([f"\n{chosen}"] if chosen else []) + ([f"\nNote: {problem}."] if problem else [])
+        return "\n".join(lines + notes) + "\n"
 
     def to_dict(self) -> dict:
         return {"base": self.base, "plan": self.plan.__dict__, "choices": self.choices, "seconds": self.seconds,
@@ -292,6 +295,8 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on
             say(f"recipe {name} (seed {options['seed']}): finished before, kept")
             continue
         on_dense = name in NAS_ROWS or name == DENSE_QA
+        if plan.qa_distill and name in QA_ROWS:
+            options = {**options, **_lora_teacher(out, options["seed"]), "distill_weight": plan.qa_distill}
         made = recipe(out=out / folder, **{**common, "model": dense if on_dense else sparse}, **options)
         for deployment in made:
             deployment.seed = options["seed"]
@@ -301,6 +306,14 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on
         made_by[name, options["seed"]] = made
         stage(f"recipe {name} (seed {options['seed']})", t)
     return [row for name, _, options in runs for row in made_by[name, options["seed"]]]  # in the table's order
+
+
+def _lora_teacher(out: Path, seed: int) -> dict:
+    """The chosen distillation's teacher: the LoRA run of the same seed, trained before the QA rows."""
+    teacher = out / run_folder("LoRA", seed) / "adapter"
+    if not (out / run_folder("LoRA", seed) / RUN_ROWS).is_file():
+        raise SqftError(f"the QA rows distil from LoRA (seed {seed}), which has not finished in {out}")
+    return {"teacher": teacher}
 
 
 def _bench(rows: list[Deployment], plan: QuickstartPlan, on_progress=None) -> tuple[dict, dict[str, float | None]]:

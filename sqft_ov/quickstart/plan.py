@@ -18,6 +18,7 @@ DENSE_QA = "Dense QA-LoRA"
 # to the QA rows' INT4 grid, the base's INT4 IR + the adapter applied at runtime (recipes/lora.py --runtime-adapter)
 UNMERGED = "SQFT unmerged (INT4 base IR + runtime adapter)"
 # on a real model (~15-35 min a recipe here) only these are re-trained
+QA_ROWS = ("QA-SparsePEFT", "QA-SparsePEFT + NLS", DENSE_QA)  # what a chosen distillation weight applies to
 REAL_SEEDED = ("LoRA", "QA-SparsePEFT", DENSE_QA, UNMERGED)
 ALL_LINEARS = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"  # a Llama block's linears
 
@@ -50,6 +51,10 @@ class QuickstartPlan:
     # problems skipped before the test split: the real plan's steps, group size and targets were tuned in an
     # earlier release on the first 100 problems of this stream, so its test set starts after them
     test_held_back: int = 0
+    # distillation weights the QA rows' is chosen from on validation, against none (0): the teacher is the LoRA
+    # run of the same seed (its sparse base + adapter), the loss task + w * KL as `finetune --teacher`
+    distill_choices: tuple[float, ...] = ()
+    qa_distill: float = 0.0  # the chosen weight (0: the QA rows train without a teacher)
 
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
@@ -63,7 +68,7 @@ class QuickstartPlan:
             # x 80 steps left it at 84 % of LoRA), chosen on the 100 problems the test split now skips
             plan = cls(False, 800, 300, 160, True, 3, 32, True, 3, REAL_SEEDED, 8, 1e-3, 1e-3, True, (64, 256),
                        qa_group_size=32, target_modules=ALL_LINEARS, lr_choices=(3e-4, 1e-3, 3e-3),
-                       test_held_back=100)
+                       test_held_back=100, distill_choices=(1.0,))
         return plan if seeds is None else replace(plan, seeds=seeds)
 
 

@@ -44,3 +44,18 @@ def decode_ratio_text(row: dict) -> str:
     """The paired per-repeat decode ratio to unmerged LoRA: median (min–max)."""
     ratio = row.get("decode_vs_lora")
     return "-" if not ratio else f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})"
+
+
+def choices_text(choices: dict) -> str:
+    """What was chosen on the validation split, in one line ("" when nothing was)."""
+    chosen = choices.get("chosen") or {}
+    if not chosen:
+        return ""
+    parts = [f"LoRA-family learning rate {chosen['lr']:g}" if "lr" in chosen else "",
+             f"QA rows' learning rate {chosen['qa_lr']:g}" if "qa_lr" in chosen else ""]
+    if "qa_distill" in chosen:
+        weight = chosen["qa_distill"]
+        parts.append(f"QA rows distilled from the same seed's LoRA at weight {weight:g}" if weight
+                     else "QA rows without distillation (it did not help on validation)")
+    return f"Chosen on {choices.get('split', 'the validation split')} (seed {choices.get('seed')}): " + \
+        "; ".join(p for p in parts if p) + "."
