@@ -24,6 +24,7 @@ import argparse
 import json
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def int4_error(folder: Path, source: dict[str, torch.Tensor], group_size: int, s
     values = sorted(per_weight.values())
     shutil.rmtree(ir)
     return {"relative_rms": (err2 / ref2) ** 0.5, "per_weight_median": values[len(values) // 2],
-            "per_weight_max": values[-1], "weights": len(values),
+            "per_weight_max": values[-1], "weight_count": len(values),
             "group_sizes_used": report.settings.get("group_sizes")}
 
 
@@ -125,9 +126,7 @@ def main() -> None:
     share = on_q4_1_grid(weights)
     print(f"blocks of {Q4_1_BLOCK} with <= 16 distinct values (on a Q4_1 grid): {share:.2%}")
     result = {"model": str(args.model), "folder": str(folder), "q4_1_block_share": share, "rows": rows,
-              "machine": machine_context(), "command": "python benchmarks/gguf_grid.py " +
-              " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("sym",)) +
-              (" --sym" if args.sym else "")}
+              "machine": machine_context(), "command": " ".join(["python", *map(str, sys.argv)])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
