@@ -32,12 +32,11 @@ def row_options(plan) -> tuple[dict, dict, dict]:
 def ptq_options(plan) -> dict:
     """The LoRA row's post-training INT4 rows: data-free at the QA rows' group size and at 128, and data-aware
     (AWQ + scale estimation) at both, except with --fast (the recipe's default: data-free at 128)."""
-    from sqft_ov.adapters.config import GRID_GROUP_SIZE
     from sqft_ov.stages.export import DEFAULT_GROUP_SIZE
 
     if plan.fast:
         return {}
-    groups = dict.fromkeys((plan.qa_group_size or GRID_GROUP_SIZE, DEFAULT_GROUP_SIZE))
+    groups = dict.fromkeys((plan.qa_grid_group_size, DEFAULT_GROUP_SIZE))
     return {"ptq_group_sizes": " ".join(map(str, groups)), "ptq_data_aware": True}
 
 

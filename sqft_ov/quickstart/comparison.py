@@ -161,7 +161,6 @@ def is_seeded(plan: QuickstartPlan, label: str) -> bool:
 
 def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
     """(label, recipe, options) per fine-tuned row, a run per seed for the seeded rows."""
-    from sqft_ov.adapters.config import GRID_GROUP_SIZE
     from sqft_ov.recipes import eftnas, lonas, lora, qa_sparsepeft, shears, sparsepeft
 
     lr, tuned, qa = row_options(plan)
@@ -170,7 +169,7 @@ def _recipe_runs(plan: QuickstartPlan) -> list[tuple[str, object, dict]]:
             ("QA-SparsePEFT", qa_sparsepeft.recipe, qa), ("QA-SparsePEFT + NLS", qa_sparsepeft.recipe,
                                                           {"nls": True, **qa})]
     if plan.dense_qa:  # the baselines beside SQFT's own rows (not in --fast)
-        unmerged = {**tuned, "int4_base": True, "group_size": qa.get("group_size", GRID_GROUP_SIZE),
+        unmerged = {**tuned, "int4_base": True, "group_size": plan.qa_grid_group_size,
                     "runtime_adapter": True, "unmerged": False, "merged": False}  # the IR's row only
         runs += [(DENSE_QA, qa_sparsepeft.recipe, qa), (UNMERGED, lora.recipe, unmerged)]
     if plan.nas_rows:

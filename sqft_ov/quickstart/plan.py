@@ -56,6 +56,13 @@ class QuickstartPlan:
     distill_choices: tuple[float, ...] = ()
     qa_distill: float = 0.0  # the chosen weight (0: the QA rows train without a teacher)
 
+    @property
+    def qa_grid_group_size(self) -> int:
+        """The QA rows' INT4 group size: the plan's, or the recipes' default. The PTQ and unmerged rows match it."""
+        from sqft_ov.adapters.config import GRID_GROUP_SIZE
+
+        return self.qa_group_size or GRID_GROUP_SIZE
+
     @classmethod
     def make(cls, fast: bool, real_model: bool = False, seeds: int | None = None) -> "QuickstartPlan":
         if not real_model:  # --fast: 200 steps, where LoRA is past the cliff (README, "--fast")
