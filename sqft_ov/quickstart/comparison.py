@@ -309,10 +309,10 @@ def _recipe_rows(plan: QuickstartPlan, out: Path, sparse: Path, resume: bool, on
 
 def _lora_teacher(out: Path, seed: int) -> dict:
     """The chosen distillation's teacher: the LoRA run of the same seed, trained before the QA rows."""
-    teacher = out / run_folder("LoRA", seed) / "adapter"
-    if not (out / run_folder("LoRA", seed) / RUN_ROWS).is_file():
+    lora = out / run_folder("LoRA", seed)
+    if not (lora / RUN_ROWS).is_file():
         raise SqftError(f"the QA rows distil from LoRA (seed {seed}), which has not finished in {out}")
-    return {"teacher": teacher}
+    return {"teacher": lora / "adapter"}
 
 
 def _bench(rows: list[Deployment], plan: QuickstartPlan, on_progress=None) -> tuple[dict, dict[str, float | None]]:

@@ -18,8 +18,8 @@ DENSE_QA = "Dense QA-LoRA"
 # to the QA rows' INT4 grid, the base's INT4 IR + the adapter applied at runtime (recipes/lora.py --runtime-adapter)
 UNMERGED = "SQFT unmerged (INT4 base IR + runtime adapter)"
 # on a real model (~15-35 min a recipe here) only these are re-trained
-QA_ROWS = ("QA-SparsePEFT", "QA-SparsePEFT + NLS", DENSE_QA)  # what a chosen distillation weight applies to
 REAL_SEEDED = ("LoRA", "QA-SparsePEFT", DENSE_QA, UNMERGED)
+QA_ROWS = ("QA-SparsePEFT", "QA-SparsePEFT + NLS", DENSE_QA)  # what a chosen distillation weight applies to
 ALL_LINEARS = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"  # a Llama block's linears
 
 
