@@ -219,12 +219,12 @@ def _choose(strategy: str, space: _Space, limits: _Limits, history, scorer, budg
             raise SqftError("no sampling history in the adapter: was it trained with --nls or elastic widths?")
         return result(_from_history(strategy, space, entries, limits))
 
-    score, evaluated, cache = scorer(limits.annotate)
     starts = limits.starts(median)
     start = next((p for p in starts if limits.fits(p)), None)
-    if start is None:
+    if start is None:  # before the model loads
         raise ConfigError(f"no sub-network meets {limits.bounds()}: the smallest {limits.excess(starts[1])}"
                           + (f", the fastest {limits.excess(starts[2])}" if len(starts) > 2 else ""))
+    score, evaluated, cache = scorer(limits.annotate)
     best, best_loss = start, score(start)
     axes = space.axes()
     while len(cache) < budget:
