@@ -255,7 +255,7 @@ def quickstart_table(result, title: str) -> Table:
 
 
 def latency_table(table) -> Table:
-    """The measured points of a latency table (`sqft_ov.io.latency_table.LatencyTable`), fastest last."""
+    """The measured points of a latency table (`sqft_ov.io.latency_table.LatencyTable`), largest widths first."""
     out = Table(title=f"decode latency: {table.where} ({table.machine.get('cpu')})")
     for col in ("MLP width", "KV groups", "ms / token", "IQR ms", "vs largest"):
         out.add_column(col, justify="right")
