@@ -13,6 +13,7 @@ memory; the folder verbs beside them load, call it and save (Hugging Face layout
 
     importance(model, data, out)                                # EFTNAS: reorder, derive a width space
     evaluate(ir_or_model, data, EvalConfig(...)); bench([...], BenchConfig(...)); tune(ir, TuneConfig(...))
+    measure_latency(adapter, table, LatencyConfig(...))         # decode ms per width, for search(max_latency=...)
     write_ovms_repository(ir, repo, OvmsConfig(name=...))       # serve it with OpenVINO Model Server
 
 A QA-SparsePEFT model merged in memory carries its trained INT4 grid (`Int4Grid`), which `export_model` writes
@@ -60,6 +61,8 @@ _API = {
     "BenchResult": "sqft_ov.measure.bench",
     "TuneConfig": "sqft_ov.measure.tune", "TuneResult": "sqft_ov.measure.tune", "tune": "sqft_ov.measure.tune",
     "ExportGridResult": "sqft_ov.measure.tune",
+    "LatencyConfig": "sqft_ov.measure.latency", "measure_latency": "sqft_ov.measure.latency",
+    "LatencyTable": "sqft_ov.io.latency_table", "read_latency_table": "sqft_ov.io.latency_table",
     # 7 serve: an OpenVINO Model Server repository for an IR
     "OvmsConfig": "sqft_ov.stages.ovms", "write_ovms_repository": "sqft_ov.stages.ovms",
     # loading a model as every stage does

@@ -18,6 +18,7 @@ from sqft_ov.cli.pipelines import recipe_command
 from sqft_ov.config_fields import default_and_help, field_help
 from sqft_ov.io.sft_data import SFTFormat
 from sqft_ov.measure.bench.runner import BenchConfig
+from sqft_ov.measure.latency import LatencyConfig
 from sqft_ov.measure.tune.search import TuneConfig
 from sqft_ov.recipe import BATCH_SIZE, LR, RANK_SPACE
 from sqft_ov.stages.evaluate import EvalConfig
@@ -45,6 +46,7 @@ COMMANDS = {
     "bench": ((BenchConfig,), {"properties": ("property",)}, {
         "probe": "tune's output check (greedy tokens per model), set by tune itself",
     }),
+    "latency": ((LatencyConfig,), {"properties": ("property",)}, {}),
     "tune": ((TuneConfig,), {"grid": ("property",)}, {
         "batch_size": "settings per interleaved bench run: a memory bound tune sets, not a user choice",
         "probe_tokens": "length of the logit check before timing, fixed",

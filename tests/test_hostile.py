@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, train
 
 
 @dataclass
@@ -34,6 +34,7 @@ class World:
     ir: Path
     data: Path  # prompt/response JSONL
     calibration: Path
+    elastic: Path  # sparsepeft with elastic MLP widths and KV groups (2 steps)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,11 @@ def world(tmp_path_factory, tiny_models, sparse_models, trained, exported, calib
                             + "\n" for a in range(24)))
     merged_qa = root / "merged-qa"
     merge(trained("qa-sparsepeft"), merged_qa)
+    elastic = root / "elastic"
+    train(sparse_models["llama"], data, elastic, method="sparsepeft", max_steps=2, rank=8, mlp_widths=(1.0, 0.5),
+          head_widths=(1.0, 0.5))
     return World(tiny_models["llama"], sparse_models["llama"], trained("sparsepeft"), trained("sparsepeft", True),
-                 trained("qa-sparsepeft"), merged_qa, exported("llama", "int4"), data, calibration_txt)
+                 trained("qa-sparsepeft"), merged_qa, exported("llama", "int4"), data, calibration_txt, elastic)
 
 
 def copy(src: Path, dst: Path) -> Path:
@@ -78,6 +82,13 @@ def set_weight(folder: Path, value: float) -> None:
     name = next(k for k in tensors if k.endswith("mlp.up_proj.weight"))
     tensors[name][0, 0] = value
     save_file(tensors, file, metadata={"format": "pt"})
+
+
+def latency_record(adapter: Path) -> dict:
+    """A valid latency table for the world's elastic adapter (chosen times: 1 to 4 ms per token)."""
+    from test_latency_search import table_record
+
+    return table_record(adapter)
 
 
 # Each case: (tmp, world) -> (argv, output that must not appear, fragments the error line must hold).
@@ -242,6 +253,74 @@ def _(tmp, w):
 def _(tmp, w):
     return (["search", w.nls, "--strategy", "max", "--max-size", "0.5", "--save", tmp / "sub.json"], tmp / "sub.json",
             ("--max-size", "elastic widths"))
+
+
+@case("search-max-latency-without-latency-table")
+def _(tmp, w):
+    return (["search", w.elastic, "--strategy", "max", "--max-latency", "5", "--save", tmp / "sub.json"],
+            tmp / "sub.json", ("--latency-table", "sqft-ov latency"))
+
+
+@case("search-latency-table-without-elastic-widths")
+def _(tmp, w):
+    table = tmp / "table.json"
+    table.write_text(json.dumps(latency_record(w.elastic)))
+    return (["search", w.nls, "--strategy", "max", "--latency-table", table, "--save", tmp / "sub.json"],
+            tmp / "sub.json", ("latency table", "elastic widths"))
+
+
+@case("search-latency-table-missing")
+def _(tmp, w):
+    return (["search", w.elastic, "--strategy", "min", "--max-latency", "2", "--latency-table", tmp / "none.json",
+             "--save", tmp / "sub.json"], tmp / "sub.json", ("none.json", "does not exist", "sqft-ov latency"))
+
+
+@case("search-latency-table-not-json")
+def _(tmp, w):
+    (tmp / "table.json").write_text("{ not json")
+    return (["search", w.elastic, "--strategy", "min", "--max-latency", "2", "--latency-table", tmp / "table.json",
+             "--save", tmp / "sub.json"], tmp / "sub.json", ("not valid JSON",))
+
+
+@case("search-latency-table-point-missing")
+def _(tmp, w):
+    record = latency_record(w.elastic)
+    record["points"] = record["points"][1:]
+    (tmp / "table.json").write_text(json.dumps(record))
+    return (["search", w.elastic, "--strategy", "min", "--max-latency", "2", "--latency-table", tmp / "table.json",
+             "--save", tmp / "sub.json"], tmp / "sub.json", ("malformed", "MLP width 256 with 2 KV groups"))
+
+
+@case("search-latency-table-other-widths")
+def _(tmp, w):
+    record = latency_record(w.elastic)
+    record["space"] = {"blocks": [{"mlp": [256], "kv_groups": [2, 1]}] * 2}
+    (tmp / "table.json").write_text(json.dumps(record))
+    return (["search", w.elastic, "--strategy", "min", "--max-latency", "2", "--latency-table", tmp / "table.json",
+             "--save", tmp / "sub.json"], tmp / "sub.json", ("other widths", "sqft-ov latency"))
+
+
+@case("search-max-latency-unreachable")
+def _(tmp, w):
+    (tmp / "table.json").write_text(json.dumps(latency_record(w.elastic)))
+    return (["search", w.elastic, "--strategy", "hill-climb", "--max-latency", "0.5", "--latency-table",
+             tmp / "table.json", "--save", tmp / "sub.json"], tmp / "sub.json",
+            ("no sub-network meets --max-latency 0.5 ms", "fastest"))
+
+
+@case("latency-adapter-without-elastic-widths")
+def _(tmp, w):
+    return ["latency", w.nls, tmp / "table.json"], tmp / "table.json", ("elastic widths", "--mlp-widths")
+
+
+@case("latency-not-a-finetune-output")
+def _(tmp, w):
+    return ["latency", w.sparse, tmp / "table.json"], tmp / "table.json", ("finetune output",)
+
+
+@case("latency-zero-repeats")
+def _(tmp, w):
+    return ["latency", w.elastic, tmp / "table.json", "--repeats", "0"], tmp / "table.json", ("--repeats",)
 
 
 @case("sparsify-missing-model")

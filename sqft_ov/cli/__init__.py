@@ -18,7 +18,7 @@ __all__ = ["app", "main"]
 
 STAGES, MEASURE, PIPELINES = "Pipeline stages", "Measure and deploy", "Whole pipelines"
 COMMANDS = {"tiny-model": STAGES, "fetch": STAGES, "sparsify": STAGES, "importance": STAGES, "finetune": STAGES,
-            "search": STAGES, "merge": STAGES, "export": STAGES, "eval": MEASURE, "bench": MEASURE, "tune": MEASURE,
+            "search": STAGES, "merge": STAGES, "export": STAGES, "eval": MEASURE, "bench": MEASURE, "latency": MEASURE, "tune": MEASURE,
             "ovms": MEASURE, "run": PIPELINES, "quickstart": PIPELINES, "demo": PIPELINES}
 
 

@@ -1,4 +1,4 @@
-"""Commands that measure deployed models: eval, bench, tune."""
+"""Commands that measure deployed models: eval, bench, latency, tune."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqft_ov.cli.options import option_for
 from sqft_ov.errors import ConfigError
 from sqft_ov.io.sft_data import SFTFormat
 from sqft_ov.measure.bench.runner import BenchConfig
+from sqft_ov.measure.latency import LatencyConfig
 from sqft_ov.measure.tune.search import TuneConfig
 from sqft_ov.stages.evaluate import EvalConfig
 
@@ -121,6 +122,37 @@ def bench(
         err_console.print(f"[red]failed:[/red] {entry['label']}: {entry['error']}", highlight=False, soft_wrap=True)
     if failed:
         sys.exit(1)
+
+
+@app.command()
+def latency(
+    adapter: Path = typer.Argument(..., metavar="ADAPTER", help="Finetune output trained with elastic widths "
+                                   "(--mlp-widths / --head-widths / --search-space)."),
+    table: Path = typer.Argument(..., metavar="TABLE", help="JSON file to write the latency table to."),
+    new_tokens: int = option_for(LatencyConfig, "new_tokens"),
+    prompt_tokens: int = option_for(LatencyConfig, "prompt_tokens"),
+    repeats: int = option_for(LatencyConfig, "repeats"),
+    warmup: int = option_for(LatencyConfig, "warmup"),
+    device: str = option_for(LatencyConfig, "device"),
+    property: list[str] = typer.Option([], "--property", show_default="none",
+                                       help="KEY=VALUE OpenVINO or genai property for the timed IRs; repeatable."),
+    weight_format: str = option_for(LatencyConfig, "weight_format"),
+    group_size: Optional[int] = option_for(LatencyConfig, "group_size", show_default="the adapter's or export's"),
+    base: Optional[Path] = typer.Option(None, show_default="the one the adapter records",
+                                        help="The base model, if it moved since training."),
+    overwrite: bool = typer.Option(False, help="Replace TABLE if it exists."),
+) -> None:
+    """Time the decode of every width choice of an elastic-width adapter (each exported to an IR) on this machine,
+    for search --max-latency."""
+    from sqft_ov.measure.latency import measure_latency
+
+    config = LatencyConfig(new_tokens=new_tokens, prompt_tokens=prompt_tokens, repeats=repeats, warmup=warmup,
+                           device=device, properties=parse_properties(property), weight_format=weight_format,
+                           group_size=group_size)
+    with progress_bar() as on_progress:
+        result = measure_latency(adapter, table, config, base, overwrite, on_progress)
+    console.print(tables.latency_table(result))
+    console.print(f"latency table written to {Path(table).absolute()}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -254,12 +254,21 @@ def search(
                                         help="The base model, if it moved since training."),
     max_size: Optional[float] = typer.Option(None, show_default="no limit", help="Elastic widths: the largest share "
                                              "of the full decoder's weights the sub-network may keep (e.g. 0.7)."),
+    max_latency: Optional[float] = typer.Option(None, show_default="no limit", help="Elastic widths: the most ms per "
+                                                "decoded token the sub-network may take, as --latency-table predicts "
+                                                "it."),
+    latency_table: Optional[Path] = typer.Option(None, show_default="none", help="The table `sqft-ov latency` "
+                                                 "measured for this adapter (alone: the chosen sub-network's "
+                                                 "predicted ms per token is reported)."),
 ) -> None:
     """Pick a sub-network from a super-network: a rank per block (NLS) and, with elastic widths, an MLP
     width and number of KV groups per block."""
     from sqft_ov.stages.search import search as run_search
 
-    result = run_search(adapter, strategy, validation, budget, base, max_size=max_size)
+    result = run_search(adapter, strategy, validation, budget, base, max_size=max_size, max_latency=max_latency,
+                        latency_table=latency_table)
+    for line in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
     record = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text())
     result.save(save, record["rank_space"])
     loss = "" if result.validation_loss is None else f", validation loss {result.validation_loss:.4f}"
@@ -267,6 +276,8 @@ def search(
     if result.widths is not None:
         chosen.append(f"MLP widths {[w.mlp for w in result.widths]}, KV groups {[w.kv_groups for w in result.widths]}"
                       f" ({result.decoder_share:.0%} of the decoder's weights)")
+    if result.predicted_ms_per_token is not None:
+        chosen.append(f"predicted {result.predicted_ms_per_token:.4g} ms per decoded token")
     console.print(f"{strategy}: {'; '.join(chosen)}{loss} ({len(result.evaluated)} evaluated) -> {save}")
 
 

@@ -252,3 +252,16 @@ def quickstart_table(result, title: str) -> Table:
                       interval_text(row, "difference_to_lora_ci95"), row["precision"],
                       row["merged"], f"{row['sparsity']:.1%}", size, decode_text(row), decode_ratio_text(row))
     return table
+
+
+def latency_table(table) -> Table:
+    """The measured points of a latency table (`sqft_ov.io.latency_table.LatencyTable`), largest widths first."""
+    out = Table(title=f"decode latency: {table.where} ({table.machine.get('cpu')})")
+    for col in ("MLP width", "KV groups", "ms / token", "IQR ms", "vs largest"):
+        out.add_column(col, justify="right")
+    reference = table.points[table.reference]
+    for point in table.record["points"]:
+        stats = point.get("stats_ms", {})
+        out.add_row(str(point["mlp"]), str(point["kv_groups"]), f"{point['ms_per_token']:.3f}",
+                    f"{stats['iqr']:.3f}" if "iqr" in stats else "", f"{point['ms_per_token'] / reference:.2f}x")
+    return out

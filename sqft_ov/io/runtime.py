@@ -34,6 +34,19 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (what a measurement was taken on)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_has_amx() -> bool:
     """Sparse-weight decompression in OpenVINO's CPU plugin needs AMX (4th-gen Xeon or later)."""
     return {"amx_tile", "amx_int8"} <= cpu_flags()

@@ -10,21 +10,10 @@ import os
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
-from sqft_ov.io.runtime import cpu_flags, cpu_has_amx
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from sqft_ov.io.runtime import cpu_flags, cpu_has_amx, cpu_model
 
 
 def usable_cores() -> int:
@@ -39,7 +28,7 @@ def machine_context() -> dict:
 
     flags = cpu_flags()
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "usable_cores": usable_cores(),
