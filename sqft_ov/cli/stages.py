@@ -119,6 +119,7 @@ def export(
     num_samples: int = option_for(ExportConfig, "num_samples"),
     seq_len: int = option_for(ExportConfig, "seq_len"),
     sparse_rate: Optional[float] = option_for(ExportConfig, "sparse_rate", show_default="none: not written"),
+    sparse_format: Optional[str] = option_for(ExportConfig, "sparse_format", show_default="none: dense MatMuls"),
     device: Optional[str] = option_for(ExportConfig, "device", show_default="none: not compiled"),
     chat_template: str = option_for(ExportConfig, "chat_template"),
     sub_adapter: Optional[Path] = typer.Option(None, show_default="none; NLS: the largest ranks", help="A finetune "
@@ -144,7 +145,8 @@ def export(
                           calibration=str(calibration) if calibration else None, awq=awq,
                           scale_estimation=scale_estimation, gptq=gptq, lora_correction=lora_correction,
                           text_fields=tuple(text_field),
-                          num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate, device=device,
+                          num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate,
+                          sparse_format=sparse_format, device=device,
                           chat_template=chat_template, trust_remote_code=trust_remote_code)
     with err_console.status(f"exporting {model} to OpenVINO ({weight_format})"):
         report = (export_adapter(model, ir, config, sub_adapter, base, overwrite) if is_adapter

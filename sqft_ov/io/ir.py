@@ -150,10 +150,13 @@ def iter_ir_weights(model_or_path) -> Iterator[IRWeight]:
     import openvino as ov
     import torch
 
+    from sqft_ov.io.sparse_fc.op import core_for
+
     model = model_or_path
     if isinstance(model_or_path, (str, Path)):
         path = Path(model_or_path)
-        model = ov.Core().read_model(path / "openvino_model.xml" if path.is_dir() else path)
+        model = core_for(path).read_model(path / "openvino_model.xml" if path.is_dir() else path)
+    yield from _sparse_fc_weights(model)
     for name, weight_input, transpose in _weight_inputs(model):
         pshape = weight_input.get_partial_shape()
         if not pshape.is_static or len(pshape) != 2:
@@ -177,6 +180,21 @@ def iter_ir_weights(model_or_path) -> Iterator[IRWeight]:
             value = value.float()
         value = value.T if transpose else value
         yield IRWeight(name, leaf.get("storage", "?"), value.contiguous().numpy())
+
+
+def _sparse_fc_weights(model) -> Iterator[IRWeight]:
+    """The weights of SparseFullyConnected nodes (sqft_ov/io/sparse_fc), unpacked and dequantized."""
+    from sqft_ov.io.sparse_fc.op import OP_TYPE
+    from sqft_ov.io.sparse_fc.pack import PackedWeight
+
+    for op in model.get_ordered_ops():
+        match = _TORCH_NAME.match(op.get_friendly_name())
+        if op.get_type_name() != OP_TYPE or not match:
+            continue
+        bits = int(op.get_attributes()["value_bits"])
+        mask, values, offsets, scales = (op.input_value(i).get_node().get_data() for i in range(1, 5))
+        packed = PackedWeight(mask=mask, values=values, offsets=offsets, scales=scales, bits=bits)
+        yield IRWeight(match.group(1) + ".weight", f"bitmask-int{bits}", packed.dequantized())
 
 
 def save_over(model, xml: str | Path) -> None:

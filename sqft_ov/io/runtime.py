@@ -145,8 +145,11 @@ def open_llm_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[
     """genai's LLMPipeline; `adapters`: an `openvino_genai.AdapterConfig` it applies (e.g. a runtime LoRA)."""
     import openvino_genai
 
+    from sqft_ov.io.sparse_fc.op import extension_properties
+
     check_device(device)
     extra = {"adapters": adapters} if adapters is not None else {}
+    extra |= extension_properties(ir_dir)  # an IR with SparseFullyConnected nodes
     return openvino_genai.LLMPipeline(str(Path(ir_dir).absolute()), device, **runtime_properties(ir_dir, properties),
                                       **extra)
 
@@ -168,7 +171,9 @@ def open_batch_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dic
     check_device(device)
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True
-    properties = device_properties(runtime_properties(ir_dir, properties))
+    from sqft_ov.io.sparse_fc.op import extension_properties
+
+    properties = device_properties(runtime_properties(ir_dir, properties)) | extension_properties(ir_dir)
     if adapters is not None:
         properties["adapters"] = adapters
     pipe = openvino_genai.ContinuousBatchingPipeline(str(Path(ir_dir).absolute()), scheduler, device, properties)
@@ -185,7 +190,10 @@ def open_batch_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dic
 def open_ov_model(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None):
     from optimum.intel import OVModelForCausalLM
 
+    from sqft_ov.io.sparse_fc.op import extend_optimum
+
     check_device(device)
+    extend_optimum(ir_dir)  # an IR with SparseFullyConnected nodes
     return OVModelForCausalLM.from_pretrained(str(Path(ir_dir).absolute()), device=device,
                                               ov_config=device_properties(runtime_properties(ir_dir, properties)))
 

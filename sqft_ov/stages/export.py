@@ -29,6 +29,8 @@ from sqft_ov.stages.export_data_aware import (BACKUP_PRECISIONS, SENSITIVITY_MET
                                               calibration_texts, check_data_aware, check_on_grid,
                                               compression_arguments, dense_branches_conflict, lost_zeros_hint,
                                               quantize_w8a8)
+from sqft_ov.stages.export_sparse import (SPARSE_FORMAT_HELP, check_not_on_grid, check_sparse_format, rewrite_ir,
+                                         sparse_decompression)
 from sqft_ov.stages.export_groups import (FALLBACKS, describe_plan, grouped_input_sizes, plan_group_sizes,
                                           resolve_fallback)
 
@@ -77,6 +79,7 @@ class ExportConfig:
         "help": "Tokens per calibration sequence (int8-w8a8, data-aware int4)."})
     sparse_rate: float | None = field(default=None, metadata={
         "help": "Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."})
+    sparse_format: str | None = field(default=None, metadata={"help": SPARSE_FORMAT_HELP})
     device: str | None = field(default=None, metadata={
         "help": "Compile the IR on this device once to check it (CPU, GPU ...)."})
     chat_template: str = field(default="auto", metadata={"help": (
@@ -100,6 +103,7 @@ class ExportConfig:
         if self.sparse_rate is not None and not 0 < self.sparse_rate <= 1:
             raise ConfigError(f"--sparse-rate must be in (0, 1], got {self.sparse_rate}")
         check_data_aware(self)
+        check_sparse_format(self)
 
 
 @dataclass
@@ -145,7 +149,9 @@ def compress_ir(xml: Path, config: ExportConfig, provenance: dict, into: Path | 
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(xml)
+    from sqft_ov.io.sparse_fc.op import core_for
+
+    model = core_for(xml).read_model(xml)
     if config.weight_format == "int8":
         mode, group = (nncf.CompressWeightsMode.INT8_SYM if config.sym else nncf.CompressWeightsMode.INT8_ASYM), -1
         kwargs, recorded = {"ratio": 1.0}, {}
@@ -190,6 +196,7 @@ def _check_grid(grid: Int4Grid, config: ExportConfig) -> None:
         raise ConfigError(f"--{'sym' if config.sym else 'asym'} conflicts with the trained INT4 grid "
                           f"({'sym' if grid.sym else 'asym'}metric): drop the flag")
     check_on_grid(config)
+    check_not_on_grid(config)
 
 
 def folder_zeros(model_dir: Path) -> Callable[[str], "torch.Tensor | None"]:
@@ -225,30 +232,12 @@ def verify_zeros(ir_dir: Path, source_zeros: Callable[[str], "torch.Tensor | Non
     return out
 
 
-def _sparse_decompression(ir_dir: Path, config: ExportConfig) -> dict:
-    from sqft_ov.io.runtime import SPARSE_RATE, cpu_has_amx, loader_arguments, read_runtime_config, write_runtime_config
-
-    if config.sparse_rate is None:
-        return {}
-    # Kept in runtime_config.json only: the CPU plugin does not read this property from the IR's rt_info.
-    write_runtime_config(ir_dir, {SPARSE_RATE: str(config.sparse_rate)})
-    amx = cpu_has_amx()
-    reasons = []
-    if config.weight_format != "int8-w8a8":
-        reasons.append("it needs INT8 weights with INT8 activations (--weight-format int8-w8a8)")
-    if not amx:
-        reasons.append("this CPU has no AMX")
-    return {"property": SPARSE_RATE, "rate": config.sparse_rate, "cpu_has_amx": amx,
-            "can_engage_here": not reasons, "why_not": "; ".join(reasons),
-            "pass_to_loaders": loader_arguments(read_runtime_config(ir_dir))}
-
-
 def _check_compiles(ir_dir: Path, device: str) -> dict:
-    import openvino as ov
-
     from sqft_ov.io.runtime import fully_connected_primitives, run_prefill, runtime_properties
 
-    compiled = ov.Core().compile_model(ir_dir / "openvino_model.xml", device, runtime_properties(ir_dir))
+    from sqft_ov.io.sparse_fc.op import core_for
+
+    compiled = core_for(ir_dir).compile_model(ir_dir / "openvino_model.xml", device, runtime_properties(ir_dir))
     result = {"device": device}
     run_prefill(compiled)
     if device.upper().startswith("CPU"):
@@ -305,6 +294,8 @@ def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: st
         settings["trained_with_chat_template"] = trained_chat
         kill_point("export-converted")
         mark = time.perf_counter()
+        if config.sparse_format:
+            settings["sparse_fc"] = rewrite_ir(xml, config.sparse_format)
         chunks = calibration_chunks(tokenizer(), texts, config) if texts else None
         if not trained_grid and config.weight_format in ("int4", "int8"):
             settings |= {"sym": bool(config.sym)}
@@ -326,7 +317,7 @@ def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: st
                                        "used"))
         if conflict := dense_branches_conflict(config, report.weights):
             raise ExportIntegrityError(conflict)
-        report.sparse_decompression = _sparse_decompression(tmp, config)
+        report.sparse_decompression = sparse_decompression(tmp, config)
         if config.device:
             report.settings["compiled_on"] = _check_compiles(tmp, config.device)
         if after is not None:

@@ -64,11 +64,14 @@ def ir_weight_bytes_per_token(xml: Path) -> int:
 
     The embedding table is not counted (a step gathers one row of it) unless a MatMul shares it (tied lm_head).
     """
-    import openvino as ov
+    from sqft_ov.io.sparse_fc.op import OP_TYPE, core_for
 
-    model = ov.Core().read_model(xml)
+    model = core_for(xml).read_model(xml)
     seen: dict[str, int] = {}
     for op in model.get_ordered_ops():
+        if op.get_type_name() == OP_TYPE:  # bitmask, packed values, offsets, scales: all read every step
+            seen.update({op.input_value(i).get_node().get_friendly_name(): op.input_value(i).get_node().get_byte_size()
+                         for i in range(1, 5)})
         if op.get_type_name() != "MatMul":
             continue
         for port in range(2):
@@ -285,9 +288,11 @@ def fc_primitives(spec: dict) -> dict[str, int] | None:
 
     from sqft_ov.io.runtime import fully_connected_primitives, run_prefill, runtime_properties
 
+    from sqft_ov.io.sparse_fc.op import core_for
+
     if spec["device"].split(".")[0].upper() != "CPU":
         return None
-    core = ov.Core()
+    core = core_for(spec["path"])
     supported = set(core.get_property("CPU", "SUPPORTED_PROPERTIES"))
     properties = {k: v for k, v in runtime_properties(spec["path"], spec["properties"]).items() if k in supported}
     compiled = core.compile_model(Path(spec["path"]) / IR_FILE, "CPU", properties)
