@@ -146,7 +146,8 @@ def test_ovms_repository(deployed, tmp_path):
     assert options["cache_size"] == ["2"] and options["max_num_seqs"] == ["256"]
     assert options["max_num_batched_tokens"] == ["256"] and options["enable_prefix_caching"] == ["true"]
     plugin = json.loads(options["plugin_config"][0])
-    assert plugin == {SPARSE_RATE: "0.5", **HONOURED, "INFERENCE_NUM_THREADS": "1"}  # not genai's ATTENTION_BACKEND
+    # not genai's ATTENTION_BACKEND; the f32 KV cache brings f32 compute (paged attention refuses it beside bf16)
+    assert plugin == {SPARSE_RATE: "0.5", **HONOURED, "INFERENCE_NUM_THREADS": "1", "INFERENCE_PRECISION_HINT": "f32"}
     assert result["not_applicable"] == {"ATTENTION_BACKEND": "SDPA"}
 
     # what OVMS builds from these fields, done with genai directly (no OVMS here): the graph's settings load

@@ -154,6 +154,17 @@ def open_llm_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[
                                       **extra)
 
 
+def paged_attention_properties(properties: dict[str, str]) -> dict[str, str]:
+    """`properties` for genai's continuous batching (paged attention), which on a CPU computing in bf16 refuses an
+    f32 KV cache (OpenVINO 2026.4: "expect kvcache type bf16", seen on an AVX-512 BF16 Xeon): an f32 cache asked for
+    without an inference precision gets INFERENCE_PRECISION_HINT=f32, which keeps it (and is the default on CPUs
+    without bf16, so the result does not depend on the machine that writes it)."""
+    caches = {properties.get(k) for k in ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION")}
+    if "f32" in caches and "INFERENCE_PRECISION_HINT" not in properties:
+        return {**properties, "INFERENCE_PRECISION_HINT": "f32"}
+    return properties
+
+
 def open_batch_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dict[str, str] | None = None,
                         adapters=None):
     """genai's continuous-batching pipeline, for many prompts at once.
@@ -173,7 +184,8 @@ def open_batch_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dic
     scheduler.enable_prefix_caching = True
     from sqft_ov.io.sparse_fc.op import extension_properties
 
-    properties = device_properties(runtime_properties(ir_dir, properties)) | extension_properties(ir_dir)
+    properties = paged_attention_properties(device_properties(runtime_properties(ir_dir, properties)))
+    properties |= extension_properties(ir_dir)
     if adapters is not None:
         properties["adapters"] = adapters
     pipe = openvino_genai.ContinuousBatchingPipeline(str(Path(ir_dir).absolute()), scheduler, device, properties)

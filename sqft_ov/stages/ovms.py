@@ -50,12 +50,14 @@ def plugin_config(ir_dir: str | Path) -> tuple[dict[str, str], dict[str, str]]:
     """(device properties for the graph, genai pipeline options OVMS has no place for) from runtime_config.json.
 
     All device properties are listed, also those the IR's rt_info already carries: the graph then says what
-    the server runs with.
+    the server runs with (an f32 KV cache also gets INFERENCE_PRECISION_HINT=f32: `paged_attention_properties`).
     """
-    from sqft_ov.io.runtime import PIPELINE_PROPERTIES, device_properties, read_runtime_config
+    from sqft_ov.io.runtime import (PIPELINE_PROPERTIES, device_properties, paged_attention_properties,
+                                    read_runtime_config)
 
     properties = read_runtime_config(ir_dir)
-    return device_properties(properties), {k: v for k, v in properties.items() if k in PIPELINE_PROPERTIES}
+    return (paged_attention_properties(device_properties(properties)),
+            {k: v for k, v in properties.items() if k in PIPELINE_PROPERTIES})
 
 
 def _text(value: str) -> str:
