@@ -122,6 +122,9 @@ def test_export_sparse_format_keeps_zeros_and_tokens(sparse_models, exported, tm
     sparse_weights = [w for w in report.weights.values() if w["storage"] == "bitmask-int8"]
     assert len(sparse_weights) == 14 and all(w["zeros_kept"] == w["source_zeros"] > 0 for w in sparse_weights)
     assert needs_extension(ir) and f'type="{OP_TYPE}"' in (ir / "openvino_model.xml").read_text()
+    from sqft_ov.measure.bench.worker import fc_primitives
+
+    assert fc_primitives({"path": str(ir), "device": "CPU", "properties": {}})[OP_TYPE] == 14  # bench's kernel column
     config = openvino_genai.GenerationConfig(max_new_tokens=10, do_sample=False)
     tokens = {path: str(open_llm_pipeline(path).generate("Mia has 3 pens", config)) for path in (ir, exported(arch, "int8"))}
     assert tokens[ir] == tokens[exported(arch, "int8")]

@@ -279,25 +279,25 @@ def load_engine(spec: dict):
 
 
 def fc_primitives(spec: dict) -> dict[str, int] | None:
-    """Count of each FullyConnected primitive type in the runtime graph of the IR compiled as benchmarked.
+    """Count of each FullyConnected primitive type in the runtime graph of the IR compiled as benchmarked, and of
+    the IR's SparseFullyConnected nodes (`export --sparse-format`).
 
     genai does not expose its compiled model, so the IR is compiled once more with the same device
     properties (genai's own pipeline keys, such as ATTENTION_BACKEND, are not device properties).
     """
-    import openvino as ov
-
     from sqft_ov.io.runtime import fully_connected_primitives, run_prefill, runtime_properties
-
-    from sqft_ov.io.sparse_fc.op import core_for
+    from sqft_ov.io.sparse_fc.op import OP_TYPE, core_for
 
     if spec["device"].split(".")[0].upper() != "CPU":
         return None
     core = core_for(spec["path"])
     supported = set(core.get_property("CPU", "SUPPORTED_PROPERTIES"))
     properties = {k: v for k, v in runtime_properties(spec["path"], spec["properties"]).items() if k in supported}
-    compiled = core.compile_model(Path(spec["path"]) / IR_FILE, "CPU", properties)
+    model = core.read_model(Path(spec["path"]) / IR_FILE)
+    sparse = sum(op.get_type_name() == OP_TYPE for op in model.get_ordered_ops())  # the plugin calls them Reference
+    compiled = core.compile_model(model, "CPU", properties)
     run_prefill(compiled)
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {OP_TYPE: sparse} if sparse else {}
     for primitive in fully_connected_primitives(compiled).values():
         counts[primitive] = counts.get(primitive, 0) + 1
     return counts
