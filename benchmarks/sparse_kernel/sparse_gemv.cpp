@@ -179,11 +179,7 @@ void gemv_avx2(int kind, const uint8_t* mask, const uint8_t* values, const int32
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vbmi2,avx512vnni,popcnt,fma")
 namespace {
-inline uint64_t mask64(const uint8_t* mask, int g) {
-  uint64_t m;
-  std::memcpy(&m, mask + 8 * g, 8);
-  return m;
-}
+using sqft_sparse::mask_word;  // the package's: one block's 64 mask bits
 
 // 64 expanded INT8 weights times x[0..64) in float, added to acc.
 inline __m512 fma64(__m512i w, const float* x, __m512 acc) {
@@ -206,7 +202,7 @@ inline __m512i nibbles64(const uint8_t* v) {
 float row512_int8(const uint8_t* mask, const int8_t* v, const float* x, int K, float scale) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   for (int g = 0; g < K / 64; g += 2) {
-    const uint64_t m0 = mask64(mask, g), m1 = mask64(mask, g + 1);
+    const uint64_t m0 = mask_word(mask, g), m1 = mask_word(mask, g + 1);
     __m512i w0 = _mm512_maskz_expand_epi8(m0, _mm512_loadu_si512(v));
     v += __builtin_popcountll(m0);
     __m512i w1 = _mm512_maskz_expand_epi8(m1, _mm512_loadu_si512(v));
@@ -220,7 +216,7 @@ float row512_int8(const uint8_t* mask, const int8_t* v, const float* x, int K, f
 float row512_int4(const uint8_t* mask, const uint8_t* v, const float* x, int K, const float* scales) {
   __m512 acc = _mm512_setzero_ps();
   for (int g = 0; g < K / 64; ++g) {
-    const uint64_t m = mask64(mask, g);
+    const uint64_t m = mask_word(mask, g);
     const int count = __builtin_popcountll(m);
     __m512i w = _mm512_maskz_expand_epi8(m, nibbles64(v));
     v += (count + 1) / 2;

@@ -179,11 +179,11 @@ def open_batch_pipeline(ir_dir: str | Path, device: str = "CPU", properties: dic
     """
     import openvino_genai
 
+    from sqft_ov.io.sparse_fc.op import extension_properties
+
     check_device(device)
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True
-    from sqft_ov.io.sparse_fc.op import extension_properties
-
     properties = paged_attention_properties(device_properties(runtime_properties(ir_dir, properties)))
     properties |= extension_properties(ir_dir)
     if adapters is not None:

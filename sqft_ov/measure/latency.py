@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqft_ov.errors import ConfigError, SqftError
-from sqft_ov.io.latency_table import FORMAT, VERSION, LatencyTable, measured_pairs, parse_table
+from sqft_ov.io.latency_table import FORMAT, SHAPE_KEYS, VERSION, LatencyTable, measured_pairs, parse_table
 
 
 @dataclass
@@ -99,18 +99,6 @@ def _time_points(irs: list[Path], config: LatencyConfig, on_progress=None) -> li
     return out
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("sqft-ov", "openvino", "openvino-genai", "nncf", "optimum-intel"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def measure_latency(adapter_dir: str | Path, table: str | Path, config: LatencyConfig | None = None,
                     base: str | Path | None = None, overwrite: bool = False, on_progress=None) -> LatencyTable:
     """Measure the decode latency table of a finetune OUTPUT folder trained with elastic widths and write it to
@@ -122,6 +110,7 @@ def measure_latency(adapter_dir: str | Path, table: str | Path, config: LatencyC
     from sqft_ov.io.checkpoint import check_model_dir, load_config
     from sqft_ov.io.output import check_output_file, write_file_atomic
     from sqft_ov.measure.bench.machine import machine_context
+    from sqft_ov.measure.bench.runner import package_versions
     from sqft_ov.io.runtime import check_device
 
     config = config or LatencyConfig()
@@ -144,8 +133,7 @@ def measure_latency(adapter_dir: str | Path, table: str | Path, config: LatencyC
         timed = _time_points(irs, config, on_progress)
     data = {"format": FORMAT, "version": VERSION, "adapter": str(adapter_dir), "base": str(base),
             "base_fingerprint": record["base_fingerprint"],
-            "shape": {k: getattr(shape, k) for k in ("layers", "hidden", "intermediate", "heads", "kv_heads",
-                                                      "head_dim")},
+            "shape": {k: getattr(shape, k) for k in SHAPE_KEYS},
             "space": space.to_dict(),
             "prediction": "T(R) + sum over blocks of (T(mlp_i, kv_i) - T(R)) / layers; T: points, R: the largest pair",
             "export": {"weight_format": export_config.weight_format, "group_size": export_config.group_size,
@@ -153,7 +141,7 @@ def measure_latency(adapter_dir: str | Path, table: str | Path, config: LatencyC
             "timing": {"device": config.device, "prompt_tokens": config.prompt_tokens,
                        "new_tokens": config.new_tokens, "repeats": config.repeats, "warmup": config.warmup,
                        "properties": dict(config.properties)},
-            "machine": machine, "versions": _versions(), "started": started,
+            "machine": machine, "versions": package_versions(), "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "points": [{"mlp": m, "kv_groups": k, **t} for (m, k), t in zip(pairs, timed)]}
     parsed = parse_table(data, str(table))  # what search will read back

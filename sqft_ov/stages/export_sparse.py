@@ -41,10 +41,10 @@ def sparse_decompression(ir_dir: Path, config) -> dict:
 
 def check_sparse_format(config) -> None:  # an ExportConfig (export imports this module)
     """Refuse what cannot go with --sparse-format (called by ExportConfig.__post_init__)."""
-    from sqft_ov.io.sparse_fc.rewrite import SPARSE_FORMATS
-
     if config.sparse_format is None:
         return
+    from sqft_ov.io.sparse_fc.rewrite import SPARSE_FORMATS
+
     if config.sparse_format not in SPARSE_FORMATS:
         raise ConfigError(f"unknown --sparse-format {config.sparse_format!r}: choose {', '.join(SPARSE_FORMATS)}")
     conflicts = [flag for flag, on in (("--weight-format int8-w8a8", config.weight_format == "int8-w8a8"),

@@ -63,15 +63,15 @@ def extension_properties(ir) -> dict:
 
 def extend_optimum(ir) -> None:
     """Let optimum-intel's OVModelForCausalLM read `ir`: it compiles with its own module-level Core objects."""
-    if not needs_extension(ir):
-        return
+    if needs_extension(ir):
+        _extend_optimum_cores()
+
+
+@functools.cache
+def _extend_optimum_cores() -> None:
+    """Once per process: the library a process builds is one (`build._key`)."""
     from optimum.intel.openvino import modeling_base, modeling_decoder
 
     library = str(extension_library())
     for core in {id(c): c for c in (modeling_base.core, modeling_decoder.core)}.values():
-        if library not in _EXTENDED.setdefault(id(core), set()):
-            core.add_extension(library)
-            _EXTENDED[id(core)].add(library)
-
-
-_EXTENDED: dict[int, set[str]] = {}
+        core.add_extension(library)

@@ -183,7 +183,8 @@ def bench(models: list[BenchModel], config: BenchConfig, on_progress=None) -> Be
             model.label = f"{model.label} #{i + 1}"
 
     report: dict = {"config": {**asdict(config), "ir_properties": config.ir_properties()},
-                    "machine": machine_context(), "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                    "machine": machine_context(), "versions": package_versions(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     bandwidth = read_bandwidth(config.bandwidth_gib) if config.bandwidth_gib > 0 else []
     entries = [{"label": m.label, "path": str(m.path), "adapter": str(m.adapter) if m.adapter else None,
                 "properties": {**config.ir_properties(), **m.properties}, "error": None, "runs": []} for m in models]
@@ -265,11 +266,12 @@ def _summarize_entry(entry: dict, baseline: dict, bandwidth: dict | None) -> dic
     return entry
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Installed versions of what a measurement depends on (bench, tune and latency reports record them)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for package in ("sqft-ov", "openvino", "openvino-genai", "optimum-intel", "torch", "transformers", "peft"):
+    for package in ("sqft-ov", "openvino", "openvino-genai", "nncf", "optimum-intel", "torch", "transformers", "peft"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:

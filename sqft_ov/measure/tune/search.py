@@ -151,7 +151,7 @@ def tune(ir_dir: str | Path, config: TuneConfig | None = None, on_progress=None)
     from sqft_ov.io.ir import IR_FILE
     from sqft_ov.io.runtime import check_device, read_runtime_config
     from sqft_ov.measure.bench.machine import machine_context
-    from sqft_ov.measure.bench.runner import _versions
+    from sqft_ov.measure.bench.runner import package_versions
     from sqft_ov.measure.tune.probe import REFERENCE, probe_setting, reference_probe
 
     config = config or TuneConfig()
@@ -197,10 +197,10 @@ def tune(ir_dir: str | Path, config: TuneConfig | None = None, on_progress=None)
                                       deadline, batches_run, last_seconds_per_model, on_progress)
     rows.sort(key=lambda r: (r["error"] is not None, bool(r["flags"]), -_gain(r)))
     return TuneResult(ir=str(ir_dir), config={**asdict(config), "grid": grid}, machine=machine_context(),
-                      versions=_versions(), current={"runtime_config": current_config, "applied": applied_current,
-                                                     "max_logit_diff": current["max_logit_diff"],
-                                                     "top1_agreement": current["top1_agreement"],
-                                                     "decode_tokens_per_s": current_runs},
+                      versions=package_versions(),
+                      current={"runtime_config": current_config, "applied": applied_current,
+                               "max_logit_diff": current["max_logit_diff"], "top1_agreement": current["top1_agreement"],
+                               "decode_tokens_per_s": current_runs},
                       reference={"properties": REFERENCE, "probe_tokens": probe.tokens, "max_abs_logit": scale},
                       tolerance=tolerance, rows=rows, confirmation=confirmation, best=best,
                       profile=_profiles(xml, current_device, best, config) if config.profile else None,
