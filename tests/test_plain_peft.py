@@ -81,6 +81,6 @@ def test_sqft_ov_loads_and_merges_new_and_old_folders(sparse_models, sparse_adap
         config["peft_type"] = config.pop("sqft_peft_type")
         file.write_text(json.dumps(config))
     model, _ = load_for_inference(sparse_models["llama"], folder)
-    assert any(hasattr(m, "sqft_mask") for m in model.modules())
+    assert any(getattr(m, "sqft_masked", False) for m in model.modules())
     report = merge(folder, tmp_path / "merged")
     assert report.base_zeros > 0 and report.base_zeros_kept == report.base_zeros

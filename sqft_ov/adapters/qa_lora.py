@@ -4,8 +4,9 @@ NNCF 3.4's `compress_weights(..., compression_format=FQ_LORA | FQ_LORA_NLS)` att
 every linear weight whose forward is `fake_quant(W + B @ A)` with learnable ranges. It has no sparsity
 mask: merged, B @ A fills the base's zeros. Here each INT4 LoRA quantizer's class is swapped for a
 subclass whose `quantize()` computes `fake_quant(W + mask * (B @ A))`, the mask being the base weight's
-non-zero pattern (a non-persistent buffer re-derived from the weights, never saved). `nncf.strip` calls
-`quantize()` too, so merge and export keep the zeros. It also holds the one other NNCF internal sqft-ov uses,
+non-zero pattern (read from the frozen weight itself: nothing to save or keep), through `qa_fused`'s autograd
+function, which stores nothing weight-sized for backward. `nncf.strip` calls `quantize()` too, so merge and
+export keep the zeros. It also holds the one other NNCF internal sqft-ov uses,
 the magnitude-pruning masks `sparsify` edits (`keep_dense_except`). `check_nncf_internals()` fails loudly if the
 pinned NNCF changes what either relies on; no other module imports below NNCF's public facade.
 """
@@ -18,6 +19,7 @@ import os
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from sqft_ov.adapters.qa_fused import masked_asymmetric, masked_symmetric, recompute_weights_in_backward
 from sqft_ov.errors import AdapterMismatchError, ConfigError, NncfInternalsChanged, SqftError
 
 _TESTED_NNCF = "3.4"
@@ -41,9 +43,12 @@ def check_nncf_internals() -> None:
         cls = getattr(layers, name, None)
         if cls is None or "quantize" not in cls.__dict__:
             problems.append(f"nncf.torch.quantization.layers.{name}.quantize")
-    for name in ("QuantizeAsymmetricTorch", "QuantizeSymmetricTorch", "TuneRange"):
-        if not hasattr(quantize_functions, name):
-            problems.append(f"nncf.torch.quantization.quantize_functions.{name}")
+    for name in ("BaseQuantizer", "LoraMixin"):
+        if not hasattr(layers, name):
+            problems.append(f"nncf.torch.quantization.layers.{name}")
+    if not hasattr(quantize_functions, "TuneRange"):
+        problems.append("nncf.torch.quantization.quantize_functions.TuneRange")
+    problems += _mirrored_formulas_changed()
     from nncf.quantization.algorithms.weight_compression import torch_backend
 
     if not isinstance(torch_backend.PTWeightCompressionAlgoBackend.__dict__.get("init_lora_adapters"), staticmethod):
@@ -63,6 +68,29 @@ def check_nncf_internals() -> None:
     if problems:
         raise NncfInternalsChanged("QA-SparsePEFT relies on NNCF internals that changed: " + "; ".join(problems)
                         + f". Install nncf=={_TESTED_NNCF}.* (pinned in pyproject.toml).")
+
+
+# NNCF's fake-quantization formulas that `qa_fused` mirrors op for op (tests/test_fused_adapters.py compares them):
+# the sources they had in the tested NNCF.
+_MIRRORED = {"ReferenceQuantize.forward": "d444382e3e10f5b3", "ReferenceQuantize.backward": "8c62360c27b181ad",
+             "QuantizeSymmetricTorch.forward": "3ef5ab2a9fadaae1", "QuantizeSymmetricTorch.backward": "175921d485e6554b"}
+
+
+def _mirrored_formulas_changed() -> list[str]:
+    import hashlib
+    import inspect
+
+    from nncf.torch.quantization import quantize_functions, reference
+
+    found = {"ReferenceQuantize": getattr(reference, "ReferenceQuantize", None),
+             "QuantizeSymmetricTorch": getattr(quantize_functions, "QuantizeSymmetricTorch", None)}
+    problems = []
+    for qualname, digest in _MIRRORED.items():
+        cls, method = qualname.split(".")
+        fn = getattr(found[cls], method, None)
+        if fn is None or hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16] != digest:
+            problems.append(f"{qualname} changed (sqft_ov/adapters/qa_fused.py mirrors its formulas)")
+    return problems
 
 
 def _pruning_problems() -> list[str]:
@@ -94,32 +122,27 @@ def keep_dense_except(pruned, wanted: set[str]) -> None:
             hook.binary_mask.fill_(True)
 
 
-def _masked_asymmetric(input_, input_shape, A, B, mask, input_low_, input_range_, level_low, level_high,
-                       levels, eps, skip: bool = False):
-    from nncf.torch.quantization.quantize_functions import QuantizeAsymmetricTorch, TuneRange
+def _masked_asymmetric(input_, input_shape, A, B, input_low_, input_range_, level_low, level_high, levels, eps,
+                       skip: bool = False):
+    from nncf.torch.quantization.quantize_functions import TuneRange
 
     if has_torch_function_unary(input_):  # NNCF traces through __torch_function__: dispatch like NNCF does
-        return handle_torch_function(_masked_asymmetric, (input_,), input_, input_shape, A, B, mask, input_low_,
+        return handle_torch_function(_masked_asymmetric, (input_,), input_, input_shape, A, B, input_low_,
                                      input_range_, level_low, level_high, levels, eps, skip)
     if skip:
         return input_
     input_low, input_range = TuneRange.apply(input_low_, abs(input_range_) + eps, levels)
-    merged = (input_ + (B @ A) * mask).type(input_.dtype)
-    return QuantizeAsymmetricTorch.apply(merged, input_shape, input_low, input_range, level_low, level_high, levels)
+    return masked_asymmetric(input_, input_shape, A, B, input_low, input_range, level_low, level_high, levels)
 
 
-def _masked_symmetric(input_, input_shape, A, B, mask, scale, level_low, level_high, levels, eps,
-                      skip: bool = False):
-    from nncf.torch.quantization.quantize_functions import QuantizeSymmetricTorch
-
+def _masked_symmetric(input_, input_shape, A, B, scale, level_low, level_high, levels, eps, skip: bool = False):
     if has_torch_function_unary(input_):
-        return handle_torch_function(_masked_symmetric, (input_,), input_, input_shape, A, B, mask, scale,
-                                     level_low, level_high, levels, eps, skip)
+        return handle_torch_function(_masked_symmetric, (input_,), input_, input_shape, A, B, scale, level_low,
+                                     level_high, levels, eps, skip)
     if skip:
         return input_
     scale_safe = torch.where(torch.abs(scale) < eps, eps, scale)
-    merged = (input_ + (B @ A) * mask).type(input_.dtype)
-    return QuantizeSymmetricTorch.apply(merged, input_shape, scale_safe, level_low, level_high, levels)
+    return masked_symmetric(input_, input_shape, A, B, scale_safe, level_low, level_high, levels)
 
 
 def _adapters(quantizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +155,7 @@ class _MaskedAsymmetric:
     def quantize(self, x, execute_traced_op_as_identity: bool = False):
         self.to(x.device)
         A, B = _adapters(self)
-        return _masked_asymmetric(x, self._lspec.weight_shape, A, B, self.sqft_mask, self.input_low,
+        return _masked_asymmetric(x, self._lspec.weight_shape, A, B, self.input_low,
                                   self.input_range, self.level_low, self.level_high, self.levels, self.eps,
                                   skip=execute_traced_op_as_identity)
 
@@ -141,13 +164,29 @@ class _MaskedSymmetric:
     def quantize(self, x, execute_traced_op_as_identity: bool = False):
         self.to(x.device)
         A, B = _adapters(self)
-        return _masked_symmetric(x, self._lspec.weight_shape, A, B, self.sqft_mask, self.scale, self.level_low,
+        return _masked_symmetric(x, self._lspec.weight_shape, A, B, self.scale, self.level_low,
                                  self.level_high, self.levels, self.eps, skip=execute_traced_op_as_identity)
 
 
 def _masked_class(cls: type) -> type:
     mixin = _MaskedAsymmetric if "Asymmetric" in cls.__name__ else _MaskedSymmetric
     return type(f"Masked{cls.__name__}", (mixin, cls), {})
+
+
+class _QuantizedOnce:
+    """A quantizer none of whose tensors train (NNCF's INT8 embeddings and lm_head beside the INT4 LoRA weights):
+    its fake-quantized weight is computed once and reused while neither the weight nor the quantizer changes,
+    instead of once per forward."""
+
+    def quantize(self, x, execute_traced_op_as_identity: bool = False):
+        if execute_traced_op_as_identity or x.requires_grad or any(p.requires_grad for p in self.parameters()):
+            return super().quantize(x, execute_traced_op_as_identity)
+        key = (x.data_ptr(), x._version, x.dtype, x.device, tuple(p._version for p in self.parameters()))
+        cached = getattr(self, "_sqft_cached", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = self._sqft_cached = (key, super().quantize(x))
+        return cached[1]
 
 
 def lora_quantizers(model) -> dict[str, torch.nn.Module]:
@@ -193,7 +232,6 @@ def compress_with_lora(model, sym: bool, group_size: int, rank: int, nls: bool, 
     `init_adapters=False` when the adapters are overwritten next (see _adapters_left_uninitialised).
     """
     import nncf
-    from nncf.torch.model_graph_manager import get_const_data_by_name
 
     check_nncf_internals()
     mode = nncf.CompressWeightsMode.INT4_SYM if sym else nncf.CompressWeightsMode.INT4_ASYM
@@ -210,12 +248,21 @@ def compress_with_lora(model, sym: bool, group_size: int, rank: int, nls: bool, 
         raise ConfigError(f"{str(exc).splitlines()[0]}: choose a smaller --rank / --rank-space") from exc
     # NNCF initialises A and B so that W + B A offsets the rounding error; with the mask that correction
     # only touches the base's non-zero weights, so it is kept.
-    for name, quantizer in lora_quantizers(model).items():
-        if masked:
-            weight = get_const_data_by_name(name, model)
+    if masked:
+        for quantizer in lora_quantizers(model).values():
             quantizer.__class__ = _masked_class(type(quantizer))
-            quantizer.register_buffer("sqft_mask", (weight != 0).to(weight.dtype), persistent=False)
+        recompute_weights_in_backward(model)
+    _quantize_frozen_once(model)
     return model
+
+
+def _quantize_frozen_once(model) -> None:
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseQuantizer, LoraMixin
+
+    for _, hook in get_hook_storage(model).named_hooks():
+        if isinstance(hook, BaseQuantizer) and not isinstance(hook, LoraMixin):
+            hook.__class__ = type(f"QuantizedOnce{type(hook).__name__}", (_QuantizedOnce, type(hook)), {})
 
 
 def recompute_context(model):
