@@ -42,7 +42,9 @@ def _assert_same(single: dict, several: dict, method: str) -> None:
     assert single.keys() == several.keys() and any("lora_B" in n for n in single)
     if method != "qa-sparsepeft":
         for name, tensor in single.items():
-            torch.testing.assert_close(several[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+            # atol 1e-5: lora_B starts at zero, and AdamW's normalised steps turn float-order differences in its
+            # near-zero gradients into ~1e-6 absolute (measured 1.8e-6 on a 2-core Xeon; relative norm 6e-7)
+            torch.testing.assert_close(several[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
         return
     for kind in ("lora", "input_"):
         names = [n for n in single if n.rsplit(".", 1)[-1].startswith(kind)]
