@@ -67,7 +67,7 @@ def test_one_step_equals_nncfs_composition(sym):
     assert not fused[0][weight == 0].any()  # the base's zeros stay zeros
 
 
-def _codes(merged_dir, grid_dir=None):
+def _codes(merged_dir):
     """Each merged weight's INT4 integer codes on its own trained grid (asymmetric grids)."""
     from nncf.torch.quantization.quantize_functions import TuneRange
 
