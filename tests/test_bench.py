@@ -158,7 +158,7 @@ def test_bench_report_has_every_field(bench_run, exported):
     assert ok[0]["ratios"]["decode_tokens_per_s"]["per_repeat"] == [1.0] * REPEATS  # the baseline against itself
     assert [m["engine"] for m in ok] == ["openvino-genai", "openvino-genai", "pytorch", "pytorch"]
     for ir in ok[:2]:
-        assert sum(ir["fc_primitives"].values()) == 2 * 7 + 1  # q k v o gate up down per block, and lm_head
+        assert sum(ir["fc_primitives"].values()) == 2 * 4 + 1  # qkv (fused) o gate+up (fused) down per block, lm_head
         assert ir["sparse_decompression_engaged"] is False
     assert ok[2]["fc_primitives"] is None and ok[2]["torch_dtype"] == "float32"
     assert ok[0]["size_bytes"] < ok[1]["size_bytes"]

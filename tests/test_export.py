@@ -21,12 +21,13 @@ def _openvino_dequantized(ir_dir):
     core = ov.Core()
     model = core.read_model(ir_dir / "openvino_model.xml")
     out = {}
-    for name, weight_input, transpose in _weight_inputs(model):
+    for name, weight_input, transpose, rows in _weight_inputs(model):
         try:
             sub = ov.Model([ops.result(ops.convert(weight_input, "f32"))], [], name)
         except RuntimeError:  # depends on a Parameter (e.g. the rotary embedding's matmul): not a weight
             continue
         value = core.compile_model(sub, "CPU", F32).create_infer_request().infer({})[0]
+        value = value[slice(*rows)] if rows else value  # a fused projection's rows
         out[name] = value.T if transpose else value
     return out
 

@@ -52,7 +52,7 @@ def test_grid_is_applied_read_back_and_profiled(ir):
         assert read_back(core.compile_model(ir / "openvino_model.xml", "CPU", setting), setting) == setting
     profile = report.profile["current"]
     fc = profile["fully_connected"]
-    assert fc["count"] == 2 * 7 + 1  # q k v o gate up down per layer, and lm_head
+    assert fc["count"] == 2 * 4 + 1  # qkv (fused) o gate+up (fused) down per layer, and lm_head
     assert fc["weight_bytes"] > 0 and profile["step_ms"] > 0 and profile["graph_ms"] > 0
     assert {"FullyConnectedCompressed"} <= {r["node_type"] for r in profile["by_node_type"]}
     assert all(r["x_bandwidth"] > 0 for r in profile["fully_connected_layers"])

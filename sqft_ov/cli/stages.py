@@ -120,6 +120,9 @@ def export(
     seq_len: int = option_for(ExportConfig, "seq_len"),
     sparse_rate: Optional[float] = option_for(ExportConfig, "sparse_rate", show_default="none: not written"),
     sparse_format: Optional[str] = option_for(ExportConfig, "sparse_format", show_default="none: dense MatMuls"),
+    fuse_projections: Optional[bool] = option_for(ExportConfig, "fuse_projections",
+                                                  "--fuse-projections/--no-fuse-projections",
+                                                  show_default="on, but not with a runtime adapter or int8-w8a8"),
     device: Optional[str] = option_for(ExportConfig, "device", show_default="none: not compiled"),
     chat_template: str = option_for(ExportConfig, "chat_template"),
     sub_adapter: Optional[Path] = typer.Option(None, show_default="none; NLS: the largest ranks", help="A finetune "
@@ -146,7 +149,7 @@ def export(
                           scale_estimation=scale_estimation, gptq=gptq, lora_correction=lora_correction,
                           text_fields=tuple(text_field),
                           num_samples=num_samples, seq_len=seq_len, sparse_rate=sparse_rate,
-                          sparse_format=sparse_format, device=device,
+                          sparse_format=sparse_format, fuse_projections=fuse_projections, device=device,
                           chat_template=chat_template, trust_remote_code=trust_remote_code)
     with err_console.status(f"exporting {model} to OpenVINO ({weight_format})"):
         report = (export_adapter(model, ir, config, sub_adapter, base, overwrite) if is_adapter

@@ -8,6 +8,7 @@ Reshape ...) is evaluated in numpy with the element types the graph declares.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 IR_FILE = "openvino_model.xml"  # the model graph of an IR folder; its weights are the .bin beside it
 _TORCH_NAME = re.compile(r"^__module\.(.+?)/(?:aten|ov_ext)::(?:linear|embedding|matmul)/")  # ov_ext: 16-bit sources
 _FLOAT_NAMES = {"f32": "float32", "f16": "float16", "f64": "float64", "bf16": "bfloat16"}
+FUSED_KEY = ["sqft_ov", "fused_projections"]  # model rt_info: {fused MatMul: [[part MatMul, rows], ...]} (ir_fusion)
 
 
 def check_ir_files(ir_dir: str | Path) -> Path:
@@ -129,10 +131,28 @@ def _evaluate(output, leaf: dict, rows: slice | None, total: int, root: bool = F
     return None
 
 
-def _weight_inputs(model) -> Iterator[tuple[str, object, bool]]:
-    """(torch name, weight input, needs transpose) for each MatMul / Gather fed by a constant."""
+def fused_parts(model) -> dict[str, list[tuple[str, int]]]:
+    """The fusion record of a model (sqft_ov.io.ir_fusion): fused MatMul name -> its parts' names and row counts."""
+    if not model.has_rt_info(FUSED_KEY):
+        return {}
+    return {name: [(part, int(rows)) for part, rows in parts]
+            for name, parts in json.loads(model.get_rt_info(FUSED_KEY).astype(str)).items()}
+
+
+def _weight_inputs(model) -> Iterator[tuple[str, object, bool, tuple[int, int] | None]]:
+    """(torch name, weight input, needs transpose, its rows of a fused weight or None) for each MatMul / Gather
+    fed by a constant; a fused MatMul (sqft_ov.io.ir_fusion) gives one entry per projection it holds."""
+    fused = fused_parts(model)
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
+        if kind == "MatMul" and op.get_friendly_name() in fused:
+            start = 0
+            for part, rows in fused[op.get_friendly_name()]:
+                match = _TORCH_NAME.match(part)
+                if match:
+                    yield match.group(1) + ".weight", op.input_value(1), False, (start, start + rows)
+                start += rows
+            continue
         if kind not in ("MatMul", "Gather"):
             continue
         match = _TORCH_NAME.match(op.get_friendly_name())
@@ -140,9 +160,9 @@ def _weight_inputs(model) -> Iterator[tuple[str, object, bool]]:
             continue
         if kind == "MatMul":
             transpose = not op.get_attributes().get("transpose_b", False)
-            yield match.group(1) + ".weight", op.input_value(1), transpose
+            yield match.group(1) + ".weight", op.input_value(1), transpose, None
         else:
-            yield match.group(1) + ".weight", op.input_value(0), False
+            yield match.group(1) + ".weight", op.input_value(0), False, None
 
 
 def iter_ir_weights(model_or_path) -> Iterator[IRWeight]:
@@ -157,21 +177,22 @@ def iter_ir_weights(model_or_path) -> Iterator[IRWeight]:
         path = Path(model_or_path)
         model = core_for(path).read_model(path / "openvino_model.xml" if path.is_dir() else path)
     yield from _sparse_fc_weights(model)
-    for name, weight_input, transpose in _weight_inputs(model):
+    for name, weight_input, transpose, part in _weight_inputs(model):
         pshape = weight_input.get_partial_shape()
         if not pshape.is_static or len(pshape) != 2:
             continue
         total = int(pshape[0].get_length())
+        first, end = part or (0, total)
         step = max(1, _CHUNK_ELEMENTS // max(1, int(pshape[1].get_length())))
         leaf: dict = {}
         try:
-            parts = [_evaluate(weight_input, leaf, slice(i, min(i + step, total)), total, root=True)
-                     for i in range(0, total, step)]
+            parts = [_evaluate(weight_input, leaf, slice(i, min(i + step, end)), total, root=True)
+                     for i in range(first, end, step)]
             value = None if any(p is None for p in parts) else torch.cat(parts) if len(parts) > 1 else parts[0]
         except _NotRowWise:
             leaf = {}
             parts = [_evaluate(weight_input, leaf, None, total, root=True)]
-            value = parts[0]
+            value = parts[0] if parts[0] is None or part is None else parts[0][first:end]
         if value is None or value.ndim != 2:
             continue
         if not leaf.get("computed") and len(parts) == 1:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 from sqft_ov.errors import ConfigError, ExportIntegrityError
 from sqft_ov.io.grid import Int4Grid, carry_grid, grid_of
 from sqft_ov.io.ir import save_over
+from sqft_ov.io.ir_fusion import fuse_ir
 from sqft_ov.io.output import atomic_output, check_output, kill_point
 from sqft_ov.io.prompt_format import drop_chat_template, should_drop, trained_with_chat_template
 from sqft_ov.stages.export_convert import convert_folder, model_converter
@@ -80,6 +81,10 @@ class ExportConfig:
     sparse_rate: float | None = field(default=None, metadata={
         "help": "Write CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE into the IR's runtime configuration."})
     sparse_format: str | None = field(default=None, metadata={"help": SPARSE_FORMAT_HELP})
+    fuse_projections: bool | None = field(default=None, metadata={"help": (
+        "One MatMul, split after it, for the projections that read one activation (q/k/v, gate/up): faster CPU "
+        "decode, the same products. Default: on, but not with a runtime adapter (genai finds its layers by MatMul "
+        "name) or int8-w8a8.")})
     device: str | None = field(default=None, metadata={
         "help": "Compile the IR on this device once to check it (CPU, GPU ...)."})
     chat_template: str = field(default="auto", metadata={"help": (
@@ -104,6 +109,8 @@ class ExportConfig:
             raise ConfigError(f"--sparse-rate must be in (0, 1], got {self.sparse_rate}")
         check_data_aware(self)
         check_sparse_format(self)
+        if self.fuse_projections and self.weight_format == "int8-w8a8":
+            raise ConfigError("--fuse-projections applies to weight-only formats (fp16, int8, int4), not int8-w8a8")
 
 
 @dataclass
@@ -234,7 +241,6 @@ def verify_zeros(ir_dir: Path, source_zeros: Callable[[str], "torch.Tensor | Non
 
 def _check_compiles(ir_dir: Path, device: str) -> dict:
     from sqft_ov.io.runtime import fully_connected_primitives, run_prefill, runtime_properties
-
     from sqft_ov.io.sparse_fc.op import core_for
 
     compiled = core_for(ir_dir).compile_model(ir_dir / "openvino_model.xml", device, runtime_properties(ir_dir))
@@ -303,6 +309,8 @@ def _write(output: str | Path, overwrite: bool, config: ExportConfig, source: st
             settings |= compress_ir(xml, config, provenance, chunks=chunks) | groups
         elif config.weight_format == "int8-w8a8":
             settings |= quantize_w8a8(tmp, chunks, config)
+        if config.fuse_projections is not False and after is None and config.weight_format != "int8-w8a8":
+            settings["fused_projections"] = fuse_ir(xml) or "none"
         phases["compress"] = time.perf_counter() - mark
         report = ExportReport(output=str(Path(output).absolute()), source=source, settings=settings, phases=phases)
         mark = time.perf_counter()

@@ -140,6 +140,9 @@ def export_adapter(adapter_dir: str | Path, output: str | Path, config: ExportCo
     reason = refusal(record, adapter_dir)
     if reason is not None:
         raise ConfigError(reason)
+    if config is not None and config.fuse_projections:
+        raise ConfigError("--fuse-projections: genai applies a runtime adapter to the MatMuls it names, which a fused "
+                          "IR merges: drop the flag, or merge the adapter and export the merged model")
     config = _base_config(config or ExportConfig(), record)
     check_output(output, overwrite, inputs=(adapter_dir, base, sub_adapter))
     if not (adapter_dir / TRAINABLE).is_file():
