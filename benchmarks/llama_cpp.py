@@ -1,7 +1,8 @@
 """SmolLM2-135M decoding: sqft-ov's INT4 IR in openvino_genai against llama.cpp on the same weights, same run.
 
-    python benchmarks/llama_cpp.py [--rounds 6] [--repeats 3] [--prompt-tokens 32] [--new-tokens 64] [--threads 2]
-                                   [--llama-cpp-source SDIST_OR_DIR] [--out benchmarks/results/llama-cpp-smollm2-<cpu>.json]
+    python benchmarks/llama_cpp.py [--rounds 8] [--repeats 3] [--prompt-tokens 32] [--new-tokens 64] [--threads 2]
+                                   [--llama-cpp-source SDIST_OR_DIR]
+                                   [--out benchmarks/results/llama-cpp-smollm2-<cpu>.json]
 
 What it does (issue 31, item 3; ~10 min on 2 cores the first time, building llama.cpp, ~4 min after):
   * builds llama.cpp's `llama-bench` and `llama-quantize` once into benchmarks/work/llama.cpp, from the
@@ -46,6 +47,8 @@ IR_EXPORTS = {  # label -> export options beyond --weight-format int4
     "int4-g32-sym": {"group_size": 32, "sym": True},  # Q4_0's block and symmetry
 }
 PROFILED = ("int4-default", "int4-unfused")
+LLAMA_CPP_BUILD: dict = {}  # what llama-bench reports of itself (commit, CPU), for the JSON
+PROJECTION = re.compile(r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|lm_head)")
 
 
 def llama_cpp_tools(source: Path | None) -> dict[str, Path]:
@@ -104,6 +107,7 @@ def llama_bench(tool: Path, gguf: Path, args) -> list[float]:
                           str(args.prompt_tokens), "-r", str(args.repeats), "-t", str(args.threads), "-o", "json"],
                          check=True, capture_output=True, text=True)
     (record,) = json.loads(run.stdout)
+    LLAMA_CPP_BUILD.update({k: record.get(k) for k in ("build_commit", "build_number", "cpu_info", "type_k")})
     return [float(x) for x in record["samples_ts"]]
 
 
@@ -130,9 +134,14 @@ def step_profile(xml: Path, args, genai_tokens_per_s: float) -> dict:
 
     profile = profile_decode_step(xml, {"INFERENCE_NUM_THREADS": str(args.threads)}, prompt_tokens=args.prompt_tokens,
                                   steps=16)
+    kinds: dict[str, list[dict]] = {}
+    for layer in profile["fully_connected_layers"]:  # a fused node's name lists its parts
+        kinds.setdefault("+".join(PROJECTION.findall(layer["name"])) or layer["name"], []).append(layer)
+    per_kind = {kind: {"nodes": len(layers), "mean_us": 1e3 * statistics.mean(x["ms"] for x in layers),
+                       "weight_bytes": layers[0]["weight_bytes"]} for kind, layers in kinds.items()}
     return {"genai_ms_per_token": 1e3 / genai_tokens_per_s, "bare_graph_step_ms": bare_step_ms(xml, args.prompt_tokens),
             "nodes_ms": profile["graph_ms"], "fully_connected": profile["fully_connected"],
-            "by_node_type": profile["by_node_type"][:8]}
+            "fully_connected_by_projection": per_kind, "by_node_type": profile["by_node_type"][:8]}
 
 
 def compare(tools, models: dict[str, Path], engines: dict[str, Path], args) -> dict[str, list[float]]:
@@ -157,7 +166,7 @@ def compare(tools, models: dict[str, Path], engines: dict[str, Path], args) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -185,21 +194,28 @@ def main() -> None:
     steps = {label: step_profile(engines[label] / "openvino_model.xml", args,
                                  next(r["median"] for r in rows if r["engine"] == label)) for label in PROFILED}
     default_ratio = next(r["ratio_to_q4_0"]["median"] for r in rows if r["engine"] == "int4-default")
+    llama_cpp = {"folder": str(BUILD / "build"), **LLAMA_CPP_BUILD,
+                 "sources": sorted(p.name for p in BUILD.glob("llama_cpp_python-*"))}
     report = {"command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "machine": machine, "versions": package_versions(), "llama_cpp_build": str(BUILD / "build"),
+              "machine": machine, "versions": package_versions(), "llama_cpp_build": llama_cpp,
               "settings": vars(args) | {"llama_cpp_source": str(args.llama_cpp_source), "out": str(args.out)},
-              "rows": rows, "goal": {"default_ir_to_q4_0": GOAL, "measured": default_ratio, "met": default_ratio >= GOAL},
+              "rows": rows,
+              "goal": {"default_ir_to_q4_0": GOAL, "measured": default_ratio, "met": default_ratio >= GOAL},
               "decode_step": steps}
-    cpu = re.sub(r"[^a-z0-9]+", "-", machine["cpu"].lower()).strip("-")
+    cpu = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", machine["cpu"].lower())).strip("-")
     out = args.out or ROOT / "benchmarks" / "results" / f"llama-cpp-smollm2-{cpu}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     for row in rows:
         r = row["ratio_to_q4_0"]
-        print(f"{row['engine']:28s} {row['median']:7.1f} tok/s  x Q4_0 {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})")
+        print(f"{row['engine']:28s} {row['median']:7.1f} tok/s  x Q4_0 {r['median']:.2f} "
+              f"({r['min']:.2f}-{r['max']:.2f})")
     for label, step in steps.items():
         fc = step["fully_connected"]
-        print(f"{label}: genai {step['genai_ms_per_token']:.2f} ms/token; bare graph step {step['bare_graph_step_ms']:.2f}"
-              f" ms, its nodes {step['nodes_ms']:.2f} ms, of which {fc['count']} FullyConnected {fc['ms']:.2f} ms")
+        print(f"{label}: genai {step['genai_ms_per_token']:.2f} ms/token; bare graph step "
+              f"{step['bare_graph_step_ms']:.2f} ms, its nodes {step['nodes_ms']:.2f} ms, of which {fc['count']} "
+              f"FullyConnected {fc['ms']:.2f} ms")
+        print("  " + ", ".join(f"{kind} {k['nodes']} x {k['mean_us']:.1f} us ({k['weight_bytes'] / 1e3:.0f} kB)"
+                               for kind, k in step["fully_connected_by_projection"].items()))
     print(f"goal >= {GOAL}: {'met' if default_ratio >= GOAL else 'missed'} ({default_ratio:.2f}); wrote {out}")
 
 

@@ -57,9 +57,12 @@ def _compress_point(fp16: Path, out: Path, point: GridPoint, provenance: dict) -
     for file in fp16.iterdir():  # tokenizer IRs, configs: everything but the model itself
         if file.is_file() and not file.name.startswith("openvino_model."):
             shutil.copy2(file, out / file.name)
+    from sqft_ov.io.ir_fusion import fuse_ir
+
     config = ExportConfig(weight_format="int4", sym=point.mode == "sym", group_size=point.group_size,
                           all_layers=point.embeddings == "int4")
-    return compress_ir(fp16 / "openvino_model.xml", config, provenance, into=out / "openvino_model.xml")
+    settings = compress_ir(fp16 / "openvino_model.xml", config, provenance, into=out / "openvino_model.xml")
+    return settings | {"fused_projections": fuse_ir(out / "openvino_model.xml") or "none"}  # as export writes it
 
 
 def _build_points(model_dir: Path, tmp: Path, points: list, on_progress=None) -> tuple:
@@ -69,7 +72,8 @@ def _build_points(model_dir: Path, tmp: Path, points: list, on_progress=None) ->
     rows: list[dict] = []
     report = on_progress or (lambda done, total, label: None)
     report(0, len(points) + 1, "export grid")
-    reference = export(model_dir, tmp / "fp16", ExportConfig(weight_format="fp16"))
+    # unfused, so that NNCF compresses each point's projections as export does, fused after
+    reference = export(model_dir, tmp / "fp16", ExportConfig(weight_format="fp16", fuse_projections=False))
     provenance = {"source": str(model_dir), "export_grid": True}
     for number, point in enumerate(points, 1):
         report(number, len(points) + 1, "export grid")
