@@ -51,14 +51,13 @@ def grid_points(groups=GROUPS, modes=MODES, embeddings=EMBEDDINGS) -> list[GridP
 
 
 def _compress_point(fp16: Path, out: Path, point: GridPoint, provenance: dict) -> dict:
+    from sqft_ov.io.ir_fusion import fuse_ir
     from sqft_ov.stages.export import ExportConfig, compress_ir
 
     out.mkdir()
     for file in fp16.iterdir():  # tokenizer IRs, configs: everything but the model itself
         if file.is_file() and not file.name.startswith("openvino_model."):
             shutil.copy2(file, out / file.name)
-    from sqft_ov.io.ir_fusion import fuse_ir
-
     config = ExportConfig(weight_format="int4", sym=point.mode == "sym", group_size=point.group_size,
                           all_layers=point.embeddings == "int4")
     settings = compress_ir(fp16 / "openvino_model.xml", config, provenance, into=out / "openvino_model.xml")
