@@ -70,7 +70,7 @@ def main() -> None:
     stem = ROOT / "benchmarks" / "results" / f"sparse-decode-{shape_name}-{cpu}"
     print("bench ...", flush=True)
     measure(cli("bench", *irs, "--new-tokens", args.new_tokens, "--prompt-tokens", 32, "--repeats", args.repeats,
-                "--json", f"{stem}.json", "--markdown", f"{stem}.md"))
+                "--json", f"{stem}.json", "--markdown", f"{stem}.md", "--overwrite"))  # a rerun replaces them
     print(Path(f"{stem}.md").read_text())
 
 
