@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,11 @@ def measure(cmd: list[str]) -> dict:
     if os.waitstatus_to_exitcode(status):
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def cpu_slug(cpu: str) -> str:
+    """A CPU model name as a results-file suffix: 'Intel(R) Xeon(R) Processor' -> 'intel-xeon-processor'."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", cpu.lower())).strip("-")
 
 
 def cli(*args) -> list[str]:

@@ -4,7 +4,7 @@
                                    [--llama-cpp-source SDIST_OR_DIR]
                                    [--out benchmarks/results/llama-cpp-smollm2-<cpu>.json]
 
-What it does (issue 31, item 3; ~10 min on 2 cores the first time, building llama.cpp, ~4 min after):
+What it does (issue 31, item 3; ~10 min on 2 cores the first time, building llama.cpp, ~3 min after):
   * builds llama.cpp's `llama-bench` and `llama-quantize` once into benchmarks/work/llama.cpp, from the
     `llama-cpp-python` source package (`pip download --no-binary`) or a source you give; llama.cpp is never a
     dependency of sqft-ov. CMake with GGML_NATIVE, the build llama.cpp's README recommends for a CPU;
@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_slug
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work"
@@ -202,8 +203,7 @@ def main() -> None:
               "rows": rows,
               "goal": {"default_ir_to_q4_0": GOAL, "measured": default_ratio, "met": default_ratio >= GOAL},
               "decode_step": steps}
-    cpu = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", machine["cpu"].lower())).strip("-")
-    out = args.out or ROOT / "benchmarks" / "results" / f"llama-cpp-smollm2-{cpu}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"llama-cpp-smollm2-{cpu_slug(machine['cpu'])}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     for row in rows:
         r = row["ratio_to_q4_0"]

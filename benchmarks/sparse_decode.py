@@ -17,10 +17,9 @@ baseline); its JSON and markdown go to benchmarks/results/sparse-decode-<cpu>.{j
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
-from common import cli, measure
+from common import cli, cpu_slug, measure
 from export import SMALL, TINYLLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +65,7 @@ def main() -> None:
     work = args.work or ROOT / "benchmarks" / "work" / f"sparse-decode-{shape_name}"
     work.mkdir(parents=True, exist_ok=True)
     irs = build(work, SMALL if args.small else TINYLLAMA)
-    cpu = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", machine_context()["cpu"].lower())).strip("-")
+    cpu = cpu_slug(machine_context()["cpu"])
     stem = ROOT / "benchmarks" / "results" / f"sparse-decode-{shape_name}-{cpu}"
     print("bench ...", flush=True)
     measure(cli("bench", *irs, "--new-tokens", args.new_tokens, "--prompt-tokens", 32, "--repeats", args.repeats,

@@ -39,9 +39,8 @@ def _signature(output, rows: int) -> tuple:
         key = (tuple(shape), np.asarray(node.data).tobytes())  # shared by every part: must be the same constant
     else:
         key = tuple(shape[1:]) if shape and shape[0] == rows else tuple(shape)
-    inputs = () if kind in ("Constant", "Reshape") else tuple(_signature(v, rows) for v in node.input_values())
-    if kind == "Reshape":
-        inputs = (_signature(node.input_value(0), rows),)
+    sources = [] if kind == "Constant" else node.input_values()[:1] if kind == "Reshape" else node.input_values()
+    inputs = tuple(_signature(v, rows) for v in sources)  # a Reshape's target shape holds the rows: not compared
     return (kind, node.get_output_element_type(0).get_type_name(), key, inputs)
 
 
